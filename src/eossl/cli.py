@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", help="pretext method (see 'eossl methods'; default moco)")
     t.add_argument("--data", help="sample name (brandenburg) or a folder of S2 band files")
     t.add_argument("--labels", help="polygon file with an 'fclass' column for the online probe")
+    t.add_argument("--bands", help="comma-separated band names to use, in order (default: all)")
     t.add_argument("--config", help="YAML recipe (see configs/)")
     t.add_argument("--max-time", help="wall-clock budget, e.g. 10m, 1h, 90s")
     t.add_argument("--max-steps", type=int, help="step budget")
@@ -108,6 +109,7 @@ def _cmd_pretrain(a) -> int:
 
     cfg = load_config(a.config, {
         "method": a.method, "seed": a.seed, "data.name": a.data, "data.labels": a.labels,
+        "data.bands": a.bands,
         "data.batch_size": a.batch_size, "data.crop_size": a.crop_size,
         "trainer.max_time": a.max_time, "trainer.max_steps": a.max_steps,
         "model.backbone": a.backbone, "model.lr": a.lr, "trainer.accelerator": a.accelerator,

@@ -63,6 +63,11 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
 
 
 def _quiet_lightning() -> None:
+    import logging
+
+    # Lightning's INFO lines (accelerator banner, a cloud-logger advert) say nothing our own
+    # summary does not; warnings still come through.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     # These warnings are about choices we make on purpose (no workers on a 2-core machine,
     # few batches in the kNN loaders); they would bury the progress bar for our users.
     for msg in (".*does not have many workers.*", ".*exists and is not empty.*",
@@ -80,7 +85,10 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     out = Path(out)
     if resume and (out / "config.yaml").exists():
         cfg = yaml.safe_load((out / "config.yaml").read_text())
-    prepare_run_dir(out, resume)
+    if resume:
+        prepare_run_dir(out, resume)
+    elif out.exists() and any(out.iterdir()):  # refuse early, before any data work
+        prepare_run_dir(out, resume)
     _quiet_lightning()
     method_cls = get_method(cfg["method"])  # fail on a bad name before any data work
     d, t = cfg["data"], cfg["trainer"]
@@ -95,7 +103,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
 
     L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
-    source = open_source(d["name"], cache, d.get("labels"))
+    source = open_source(d["name"], cache, d.get("labels"), bands=d.get("bands"))
     train_ds = source.crops(int(d["crop_size"]), int(d["crops_per_epoch"]))
     stats = source.stats()
     model = method_cls(bands=source.bands, stats=stats.to_dict(), crop_size=int(d["crop_size"]),
@@ -110,7 +118,9 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         val_dls = [DataLoader(source.patches("train", size), batch_size=256),
                    DataLoader(source.patches("test", size), batch_size=256)]
 
+    # Everything that can fail on bad input has run by now, so a refused run leaves no folder.
     if not resume:
+        prepare_run_dir(out, resume)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}",
                            auto_insert_metric_name=False, every_n_train_steps=int(
@@ -134,7 +144,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                 ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None)
     secs = time.perf_counter() - start
     # The final state is saved whatever step the budget ended on.
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    # weights_only=False keeps optimiser and loop state, so the run can be resumed from it.
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     steps = int(trainer.global_step)
     summary = {
         "method": cfg["method"], "data": d["name"], "steps": steps, "seconds": round(secs, 1),

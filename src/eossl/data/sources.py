@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bands import get_sensor
 from ..errors import ConfigError
 from . import samples
 from .datasets import LabelledPatches, RandomCropDataset, SpatialSplit, rasterize_labels
@@ -64,10 +65,23 @@ class SceneSource:
                                spatial_split=spatial_split or SpatialSplit(gap=size))
 
 
-def brandenburg(cache: str | os.PathLike | None = None) -> SceneSource:
+def _check_band_names(bands, sensor: str = "sentinel2-l1c") -> list[str] | None:
+    """Registry names for user-given bands; BandError for a name the sensor does not have."""
+    if bands is None:
+        return None
+    if isinstance(bands, str):
+        bands = [b for b in bands.split(",") if b.strip()]
+    s = get_sensor(sensor)
+    names = [s.band(b).name for b in bands]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"band list {', '.join(bands)} names a band twice")
+    return names
+
+
+def brandenburg(cache: str | os.PathLike | None = None, bands=None) -> SceneSource:
     """The real Sentinel-2 L1C sample scene (13 bands, 10 m grid) with OSM land-use labels."""
     folder = samples.brandenburg_dir(cache)
-    scene = stacked_scene(folder, samples.cache_dir(cache))
+    scene = stacked_scene(folder, samples.cache_dir(cache), _check_band_names(bands))
     return SceneSource("brandenburg", [scene], folder / OSM_POLYGONS, samples.cache_dir(cache))
 
 
@@ -75,13 +89,17 @@ SOURCES = {"brandenburg": brandenburg, "brandenburg-patches": brandenburg}
 
 
 def open_source(name: str, cache: str | os.PathLike | None = None,
-                labels: str | os.PathLike | None = None) -> SceneSource:
-    """A registered sample by name, or a folder of Sentinel-2 band files given as a path."""
+                labels: str | os.PathLike | None = None, bands=None) -> SceneSource:
+    """A registered sample by name, or a folder of Sentinel-2 band files given as a path.
+
+    ``bands`` (names or "B02,B03,...") restricts and orders the bands; default: all 13.
+    """
     if name in SOURCES:
-        src = SOURCES[name](cache)
+        src = SOURCES[name](cache, bands)
     elif Path(name).exists():
         folder = Path(name)
-        src = SceneSource(folder.name, [stacked_scene(folder, samples.cache_dir(cache))],
+        src = SceneSource(folder.name, [stacked_scene(folder, samples.cache_dir(cache),
+                                                      _check_band_names(bands))],
                           cache=samples.cache_dir(cache))
     else:
         raise ConfigError(f"unknown data {name!r}; expected one of {', '.join(SOURCES)} or a "

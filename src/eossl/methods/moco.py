@@ -32,7 +32,8 @@ class MoCoV2(PretextMethod):
     def __init__(self, bands: list[str], stats: dict, *, queue_size: int = 4096,
                  temperature: float = 0.2, ema_momentum: float = 0.99, proj_dim: int = 128,
                  proj_hidden_dim: int | None = None, bn_splits: int = 4,
-                 gather_distributed: bool = False, **kwargs) -> None:
+                 gather_distributed: bool = False, views: dict | None = None,
+                 **kwargs) -> None:
         super().__init__(bands, stats, **kwargs)
         if queue_size < 0 or not 0 <= ema_momentum <= 1 or temperature <= 0 or bn_splits < 1:
             raise ConfigError(f"moco: need queue_size >= 0, 0 <= ema_momentum <= 1, "
@@ -49,7 +50,8 @@ class MoCoV2(PretextMethod):
         self.criterion = NTXentLoss(temperature=temperature,
                                     memory_bank_size=(queue_size, proj_dim),
                                     gather_distributed=gather_distributed)
-        self.views = ContrastiveViews(self.hparams.crop_size)
+        # ``views`` overrides ContrastiveViews options (scale, jitter strength, ...) from a recipe.
+        self.views = ContrastiveViews(self.hparams.crop_size, **(views or {}))
 
     def current_ema_momentum(self) -> float:
         """EMA momentum rising from ``ema_momentum`` to 1 by a cosine over progress() (BYOL)."""

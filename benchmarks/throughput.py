@@ -1,0 +1,407 @@
+"""Pretraining throughput on CPU: eossl's MoCo v2 next to torchgeo's MoCoTask, same data.
+
+Every method runs in its own subprocess (so its peak RSS is its own) on the same data loader:
+random 13-band crops of the real Sentinel-2 sample scene (``brandenburg``), batch 64,
+``num_workers=0``, a Lightning ``Trainer(accelerator="cpu")``. A callback times each step with
+``time.perf_counter`` at ``on_train_batch_start`` / ``on_train_batch_end``, skipping warm-up
+steps. A bare timm ResNet-18 forward+backward gives the ceiling.
+
+    python benchmarks/throughput.py                       # all methods, 20 timed steps
+    python benchmarks/throughput.py --steps 2 --warmup 1  # smoke test
+
+Writes benchmarks/results/throughput.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "throughput.json"
+
+# name -> (description, encoder passes per image per step: (fwd+bwd, fwd-only))
+METHODS = {
+    "bare": ("timm resnet18 forward+backward, stride-4 stem (ceiling)", (1, 0)),
+    "bare-s2": ("timm resnet18 forward+backward, stride-2 stem (ceiling for eossl default)",
+                (1, 0)),
+    "torchgeo": ("torchgeo MoCoTask v2, stride-4 stem", (1, 1)),
+    "eossl-s4": ("eossl MoCoV2, stem_stride=4 (like for like with torchgeo)", (2, 2)),
+    "eossl": ("eossl MoCoV2, default stem_stride=2", (2, 2)),
+}
+
+
+# ------------------------------------------------------------------------ machine
+def machine_info() -> dict:
+    import torch
+
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_cores": os.cpu_count(),
+            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else None,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def rss_now_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+# ------------------------------------------------------------------------ workers
+def _loader(args, n_batches: int):
+    from torch.utils.data import DataLoader
+
+    from eossl.data import samples, sources
+
+    from eossl.data.stats import BandStats
+
+    src = sources.brandenburg(samples.cache_dir())
+    # statistics come from the driver, so a worker's peak RSS is data + model + training only
+    stats = BandStats.from_dict(json.loads(Path(args.stats).read_text()))
+    ds = src.crops(args.size, length=args.batch_size * n_batches, seed=0)
+    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=0, shuffle=False,
+                        drop_last=True)
+    return src, stats, loader
+
+
+def _timer_callback(warmup: int):
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        """perf_counter at batch start/end; the step = training_step + backward + optimiser."""
+
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+            self.ends: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.starts.append(time.perf_counter())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.ends.append(time.perf_counter())
+
+        def summary(self, batch_size: int) -> dict:
+            steps = [e - s for s, e in zip(self.starts, self.ends)][warmup:]
+            # end-to-end: previous step's end to this step's end (adds loading + transfer)
+            iters = [b - a for a, b in zip(self.ends, self.ends[1:])][max(warmup - 1, 0):]
+            return _rates(steps, iters, batch_size)
+
+    return StepTimer()
+
+
+def _rates(steps: list[float], iters: list[float], batch_size: int) -> dict:
+    import statistics
+
+    out = {"timed_steps": len(steps), "step_s_mean": sum(steps) / len(steps),
+           "step_s_median": statistics.median(steps), "step_s_min": min(steps),
+           "images_per_s": batch_size * len(steps) / sum(steps)}
+    if iters:
+        out["images_per_s_end_to_end"] = batch_size * len(iters) / sum(iters)
+    return out
+
+
+def _trainer(args, callbacks):
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=args.warmup + args.steps,
+                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks)
+
+
+def run_bare(args, stem_stride: int) -> dict:
+    import timm
+    import torch
+
+    from eossl.data.stats import Normalizer
+    from eossl.models.backbones import set_stem_stride
+
+    _, stats, loader = _loader(args, 1)
+    x = Normalizer(stats)(next(iter(loader))["image"])  # a real, normalised batch
+    model = timm.create_model("resnet18", pretrained=False, in_chans=x.shape[1], num_classes=0)
+    set_stem_stride(model, stem_stride)
+    model.train()
+    rss0 = rss_now_mb()
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        model(x).float().pow(2).mean().backward()
+
+    steps = []
+    for i in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        fwd_bwd()
+        if i >= args.warmup:
+            steps.append(time.perf_counter() - t)
+    res = _rates(steps, [], args.batch_size)
+    fwd = []  # forward only, no grad: what a momentum (key) encoder costs
+    with torch.no_grad():
+        for i in range(args.warmup + max(3, args.steps // 2)):
+            t = time.perf_counter()
+            model(x)
+            if i >= args.warmup:
+                fwd.append(time.perf_counter() - t)
+    res["fwd_only_s_mean"] = sum(fwd) / len(fwd)
+    res["fwd_bwd_s_mean"] = res["step_s_mean"]
+    res["rss_before_fit_mb"] = rss0
+    return res
+
+
+def run_eossl(args, stem_stride: int) -> dict:
+    import torch
+
+    from eossl.methods import get_method
+
+    src, stats, loader = _loader(args, args.warmup + args.steps + 1)
+    model = get_method("moco")(bands=src.bands, stats=stats.to_dict(), crop_size=args.size,
+                               max_steps=args.warmup + args.steps, stem_stride=stem_stride)
+    timer = _timer_callback(args.warmup)
+    trainer = _trainer(args, [timer])
+    rss0 = rss_now_mb()
+    trainer.fit(model, loader)
+    res = timer.summary(args.batch_size)
+    res["rss_before_fit_mb"] = rss0
+    if args.profile:
+        res["breakdown_s"] = profile_eossl_step(model, next(iter(loader)), args.profile)
+    res["config"] = {"queue_size": model.hparams.queue_size, "proj_dim": model.hparams.proj_dim,
+                     "bn_splits": model.hparams.bn_splits, "stem_stride": stem_stride,
+                     "symmetric_loss": True, "threads": torch.get_num_threads()}
+    return res
+
+
+def profile_eossl_step(model, batch, repeats: int) -> dict:
+    """Wall time of each part of MoCoV2.training_step (src/eossl/methods/moco.py), replayed
+    outside Lightning with the same modules, to show where a step's time goes."""
+    import torch
+    from lightly.models.utils import update_momentum
+
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    parts: dict[str, float] = {}
+
+    def tick(name, t0):
+        parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
+        return time.perf_counter()
+
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x = model.normalizer(batch["image"])
+        t = tick("normalize", t)
+        v0, v1 = model.views(x), model.views(x)
+        t = tick("views (2x ContrastiveViews)", t)
+        update_momentum(model.backbone, model.backbone_momentum, 0.99)
+        update_momentum(model.projection_head, model.projection_head_momentum, 0.99)
+        t = tick("update_momentum", t)
+        with torch.no_grad():
+            k0, k1 = (model._split_forward(model.backbone_momentum,
+                                           model.projection_head_momentum, v, shuffle=True)
+                      for v in (v0, v1))
+        t = tick("key forward (2 views, split BN)", t)
+        q0, q1 = (model._split_forward(model.backbone, model.projection_head, v, shuffle=False)
+                  for v in (v0, v1))
+        t = tick("query forward (2 views, split BN)", t)
+        loss = model.criterion(torch.cat([q0, q1]), torch.cat([k1, k0]))
+        t = tick("NTXent loss + queue", t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t = tick("backward", t)
+        opt.step()
+        t = tick("optimizer step", t)
+        with torch.no_grad():  # the same key forward without the split-BN chunks
+            for v in (v0, v1):
+                model.projection_head_momentum(model.backbone_momentum(v))
+        t = tick("(ref) key forward unsplit, 2 views", t)
+    return {k: v / repeats for k, v in parts.items()}
+
+
+def run_torchgeo(args) -> dict:
+    import torch
+    from torchgeo.trainers import MoCoTask
+
+    from eossl.data.stats import Normalizer
+
+    src, stats, loader = _loader(args, args.warmup + args.steps + 1)
+
+    class NormalisedMoCoTask(MoCoTask):
+        """torchgeo expects normalised batches (its datamodules normalise); normalise in the
+        step, as eossl does, so both pay the same cost inside the timed window."""
+
+        def training_step(self, batch, batch_idx, dataloader_idx=0):
+            return super().training_step({"image": self.normalizer(batch["image"])}, batch_idx,
+                                         dataloader_idx)
+
+    # MoCo v2 sized like eossl's: 512-512-128 projector, queue 4096, T 0.2, momentum 0.99,
+    # SGD lr 0.03 wd 1e-4; torchgeo's default v2 augmentations (RRC 0.2-1, brightness/contrast
+    # p 0.8, grayscale p 0.2, blur p 0.5 k 7, h/v flips) match eossl's views except rot90.
+    task = NormalisedMoCoTask(model="resnet18", weights=None, in_channels=len(src.bands),
+                              version=2, layers=2, hidden_dim=512, output_dim=128, lr=0.03,
+                              weight_decay=1e-4, momentum=0.9, temperature=0.2,
+                              memory_bank_size=4096, moco_momentum=0.99, size=args.size)
+    task.normalizer = Normalizer(stats)
+    timer = _timer_callback(args.warmup)
+    trainer = _trainer(args, [timer])
+    rss0 = rss_now_mb()
+    trainer.fit(task, loader)
+    res = timer.summary(args.batch_size)
+    res["rss_before_fit_mb"] = rss0
+    res["config"] = {"queue_size": 4096, "proj_dim": 128, "hidden_dim": 512, "stem_stride": 4,
+                     "symmetric_loss": False, "threads": torch.get_num_threads()}
+    return res
+
+
+def worker(args) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    m = args.worker
+    if m == "bare":
+        res = run_bare(args, 4)
+    elif m == "bare-s2":
+        res = run_bare(args, 2)
+    elif m == "eossl":
+        res = run_eossl(args, 2)
+    elif m == "eossl-s4":
+        res = run_eossl(args, 4)
+    elif m == "torchgeo":
+        res = run_torchgeo(args)
+    else:
+        raise SystemExit(f"unknown method {m!r}")
+    res.update(method=m, description=METHODS[m][0], peak_rss_mb=peak_rss_mb(),
+               wall_s=time.perf_counter() - t0)
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+# ------------------------------------------------------------------------ driver
+def table(results: list[dict], ceilings: dict) -> str:
+    rows = ["| method | images/s (step) | images/s (incl. loading) | step s (median) | "
+            "encoder passes/img (fwd+bwd, fwd) | ceiling images/s | % of ceiling | "
+            "RSS before fit MB | peak RSS MB |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in results:
+        m = r["method"]
+        passes = METHODS[m][1]
+        ceil = ceilings.get(m)
+        e2e = r.get("images_per_s_end_to_end")
+        pct = f"{100 * r['images_per_s'] / ceil:.0f}%" if ceil else "-"
+        rows.append(
+            f"| {m}: {r['description']} | {r['images_per_s']:.1f} | "
+            f"{f'{e2e:.1f}' if e2e else '-'} | {r['step_s_median']:.3f} | {passes} | "
+            f"{f'{ceil:.1f}' if ceil else '-'} | "
+            f"{pct} | "
+            f"{r.get('rss_before_fit_mb') or 0:.0f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(rows)
+
+
+def ceilings_from(results: list[dict], batch_size: int) -> dict:
+    """Ideal MoCo images/s from the bare backbone's measured fwd+bwd and fwd-only times: the
+    encoder passes a method needs per image, nothing else (no heads, views, loss, optimiser)."""
+    bare = {r["method"]: r for r in results if r["method"].startswith("bare")}
+    out = {}
+    for m, (_, (fb, f)) in METHODS.items():
+        ref = bare.get("bare-s2" if m == "eossl" or m == "bare-s2" else "bare")
+        if ref is None:
+            continue
+        t = fb * ref["fwd_bwd_s_mean"] + f * ref["fwd_only_s_mean"]
+        out[m] = batch_size / t
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per method")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--size", type=int, default=64, help="crop side in px")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--profile", type=int, default=2,
+                   help="replays of eossl's step, timed part by part (0: off)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--stats", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {', '.join(unknown)}; expected {', '.join(METHODS)}")
+    import tempfile
+
+    from eossl.data import samples, sources
+
+    stats_file = Path(tempfile.mkstemp(suffix=".json", prefix="eossl-stats-")[1])
+    stats_file.write_text(json.dumps(sources.brandenburg(samples.cache_dir()).stats().to_dict()))
+    results = []
+    for m in methods:
+        cmd = [sys.executable, __file__, "--worker", m, "--stats", str(stats_file),
+               "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+               "--size", str(args.size), "--profile", str(args.profile)]
+        print(f"# running {m} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+            raise SystemExit(f"{m}: worker failed (exit {proc.returncode})")
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+        print(f"#   {m}: {results[-1]['images_per_s']:.1f} images/s", file=sys.stderr,
+              flush=True)
+
+    stats_file.unlink()
+    ceilings = ceilings_from(results, args.batch_size)
+    info = machine_info()
+    md = table(results, ceilings)
+    print(f"\nMachine: {info['cpu_model']}, {info['cpu_cores']} cores, torch {info['torch']}, "
+          f"{info['torch_threads']} threads; batch {args.batch_size}, {args.size} px, 13 bands, "
+          f"{args.steps} timed steps after {args.warmup} warm-up\n")
+    print(md)
+    for r in results:
+        if "breakdown_s" in r:
+            total = sum(v for k, v in r["breakdown_s"].items() if not k.startswith("(ref)"))
+            print(f"\n{r['method']} step breakdown (mean of {args.profile} replays, "
+                  f"{total:.2f} s):\n\n| part | s | share |\n|---|---:|---:|")
+            for k, v in r["breakdown_s"].items():
+                share = "" if k.startswith("(ref)") else f"{100 * v / total:.0f}%"
+                print(f"| {k} | {v:.3f} | {share} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "throughput", "machine": info,
+        "settings": {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
+                     "size": args.size, "bands": 13, "num_workers": 0,
+                     "data": "brandenburg RandomCropDataset (in-memory), seed 0"},
+        "ceilings_images_per_s": ceilings, "results": results, "markdown": md}, indent=2))
+    print(f"\nwrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

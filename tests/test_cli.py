@@ -1,0 +1,100 @@
+"""The eossl command end to end on a tiny budget, and its one-line errors on bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from eossl.cli import main
+
+
+def _run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_unknown_method_is_one_clear_line(capsys, tmp_path):
+    code, out, err = _run(capsys, "pretrain", "--method", "mocoo", "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "unknown method 'mocoo'" in err and "moco" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_band_and_oversize_crop(capsys, sample_cache, tmp_path):
+    code, _, err = _run(capsys, "--cache", str(sample_cache), "pretrain", "--bands",
+                        "B02,B13", "--max-steps", "1", "--out", str(tmp_path / "a"))
+    assert code == 2 and "B13" in err and "expected one of" in err
+    code, _, err = _run(capsys, "--cache", str(sample_cache), "pretrain", "--crop-size",
+                        "5000", "--max-steps", "1", "--out", str(tmp_path / "b"))
+    assert code == 2 and "5000" in err and "larger than" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_folder_without_imagery_and_truncated_file(capsys, sample_cache, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _run(capsys, "--cache", str(sample_cache), "pretrain", "--data", str(empty),
+                        "--max-steps", "1", "--out", str(tmp_path / "r1"))
+    assert code == 2 and "holds no imagery" in err and str(empty) in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in next((sample_cache / "samples").rglob("IMG_DATA")).iterdir():
+        shutil.copy(f, broken / f.name)
+    victim = next(broken.glob("*_B11.jp2"))
+    victim.write_bytes(victim.read_bytes()[:5000])
+    code, _, err = _run(capsys, "--cache", str(tmp_path / "c"), "pretrain", "--data",
+                        str(broken), "--max-steps", "1", "--out", str(tmp_path / "r2"))
+    assert code == 2 and victim.name in err and "truncated" in err
+    assert err.strip().count("\n") == 0
+
+
+def test_budget_and_config_errors(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    code, _, err = _run(capsys, "pretrain", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert code == 2 and "bad.yaml" in err and "line" in err
+    code, _, err = _run(capsys, "pretrain", "--max-time", "0s", "--out", str(tmp_path / "r"))
+    assert code == 2 and "must be positive" in err
+
+
+def test_existing_output_is_never_overwritten(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious")
+    code, _, err = _run(capsys, "pretrain", "--max-steps", "1", "--out", str(out))
+    assert code == 2 and "not empty" in err
+    assert (out / "mine.txt").read_text() == "precious"
+
+
+def test_pretrain_then_probe_end_to_end(capsys, sample_cache, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = _run(capsys, "--cache", str(sample_cache), "pretrain", "--max-steps", "3",
+                          "--batch-size", "16", "--out", str(run), "--no-progress")
+    assert code == 0, err
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.exists() and (run / "config.yaml").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and len(summary["bands"]) == 13
+    code, out, err = _run(capsys, "--cache", str(sample_cache), "probe", "--checkpoint",
+                          f"tiny={ckpt}", "--fractions", "1", "--seeds", "0", "--out",
+                          str(tmp_path / "probe"))
+    assert code == 0, err
+    for row in ("spectral baseline", "random init", "tiny"):
+        assert f"| {row} |" in out
+    records = json.loads((tmp_path / "probe" / "results.json").read_text())["records"]
+    spectral = [r for r in records if r["model"] == "spectral baseline"][0]
+    assert 0.6 < spectral["accuracy"] < 0.72  # data.md: the spectral baseline scores ~0.66
+    assert (tmp_path / "probe" / "probe_scores.png").stat().st_size > 1000
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = shutil.which("eossl", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert exe, "the eossl console script is not installed"
+    proc = subprocess.run([exe, "pretrain", "--method", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("eossl: error: unknown method 'nope'")
+    assert "Traceback" not in proc.stderr
