@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from eossl.data.stats import BandStats, Normalizer
 from eossl.errors import ConfigError, DataError
 from eossl.evaluate.probe import (
-    ProbeResult, extract_features, format_table, knn_predict, knn_probe, linear_probe,
-    results_table, results_to_records, spectral_features, subsample_fraction,
+    ProbeResult, extract_features, knn_predict, knn_probe, linear_probe,
+    results_to_records, spectral_features, subsample_fraction,
 )
 from eossl.models.encoder import Encoder
 
@@ -195,32 +195,13 @@ def _res(kind, fraction, seed, acc, skipped=False):
     return ProbeResult(kind, fraction, seed, 10, m, skipped=skipped)
 
 
-def test_results_table_format_and_records():
+def test_results_to_records():
     rows = {
         "random": [_res("linear", 0.1, 0, 0.5), _res("linear", 0.1, 1, 0.7),
                    _res("linear", 1.0, 0, 0.8), _res("knn", 1.0, 0, 0.6)],
         "seco": [_res("linear", 0.1, 0, 0.9), _res("linear", 0.1, 1, 0.9, skipped=True),
                  _res("linear", 1.0, 0, 0.95)],
     }
-    df = results_table(rows)
-    assert list(df.columns) == ["model", "kind", "10%", "10% ±", "100%", "100% ±", "seeds"]
-    assert [tuple(r) for r in df[["model", "kind"]].itertuples(index=False)] == [
-        ("random", "linear"), ("random", "knn"), ("seco", "linear")]
-    assert df.loc[0, "10%"] == pytest.approx(0.6)
-    assert df.loc[0, "10% ±"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
-    assert math.isnan(df.loc[1, "10%"])                # knn ran only at 100%
-    assert df.loc[2, "10%"] == pytest.approx(0.9)      # skipped seed left out
-    assert df.loc[2, "seeds"] == "0"
-    assert results_table(rows, metric="macro_f1").loc[0, "100%"] == pytest.approx(0.7)
-    with pytest.raises(ConfigError, match="metric"):
-        results_table(rows, metric="auc")
-
-    md = format_table(df).splitlines()
-    assert md[0] == "| model | kind | 10% | 100% | seeds |"
-    assert md[2] == "| random | linear | 0.600 ± 0.141 | 0.800 | 0,1 |"
-    assert md[3] == "| random | knn | – | 0.600 | 0 |"
-    assert len(md) == 5
-
     recs = results_to_records(rows)
     assert len(recs) == 7
     assert recs[0] == {"model": "random", "kind": "linear", "fraction": 0.1, "seed": 0,

@@ -33,6 +33,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def summarise(records: Sequence[dict], metric: str) -> pd.DataFrame:
     """Mean and std over seeds per (model, kind, fraction)."""
     df = pd.DataFrame(records)
+    df = df[df[metric].notna()]  # skipped fits (e.g. a one-class subsample) carry no score
     g = df.groupby(["model", "kind", "fraction"], sort=False)[metric]
     return g.agg(["mean", "std", "count"]).reset_index()
 
@@ -65,6 +66,21 @@ def markdown_table(records: Sequence[dict], metrics: Sequence[str] = ("accuracy"
     # Written by hand: pandas' to_markdown needs the optional 'tabulate' package.
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {m} | " + " | ".join(cells[m]) + " |" for m in models]
+    return "\n".join(lines) + "\n"
+
+
+def per_class_table(records: Sequence[dict], fraction: float = 1.0, kind: str = "linear") -> str:
+    """Per-class F1 (mean over seeds) at one label fraction: where each model wins or fails."""
+    rows = [r for r in records if r["kind"] == kind and r["fraction"] == fraction
+            and r.get("per_class_f1")]
+    if not rows:
+        return ""
+    classes = list(rows[0]["per_class_f1"])
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = ["| model | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for m in models:
+        vals = np.array([[r["per_class_f1"][c] for c in classes] for r in rows if r["model"] == m])
+        lines.append(f"| {m} | " + " | ".join(f"{v:.2f}" for v in vals.mean(axis=0)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +157,8 @@ def write_report(out: Path, records: Sequence[dict], *, title: str, header: dict
               markdown_table(records, kind="linear"),
               "## kNN probe (k = 20, cosine)", "",
               markdown_table(records, kind="knn", metrics=("accuracy", "balanced_accuracy")),
-              f"![probe scores]({probe_png.name})", ""]
+              f"![probe scores]({probe_png.name})", "",
+              "## Per-class F1 (linear probe, all labels)", "", per_class_table(records)]
     if train_png:
         lines += ["## Pretraining", "", f"![training curve]({train_png.name})", ""]
     if notes:

@@ -7,13 +7,11 @@ labels over several seeds. The hand-crafted spectral baseline goes through the s
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,8 +22,7 @@ from .metrics import classification_metrics
 
 __all__ = [
     "ProbeResult", "extract_features", "spectral_features", "subsample_fraction",
-    "linear_probe", "knn_predict", "knn_probe", "results_table", "format_table",
-    "results_to_records",
+    "linear_probe", "knn_predict", "knn_probe", "results_to_records",
 ]
 
 
@@ -389,73 +386,6 @@ def knn_probe(train_X, train_y, test_X, test_y, *, k: int = 20, temperature: flo
 # Tables
 
 
-def _fraction_label(fraction: float) -> str:
-    return f"{fraction * 100:g}%"
-
-
-def results_table(rows: Mapping[str, Sequence[ProbeResult]],
-                  metric: str = "accuracy") -> pd.DataFrame:
-    """One row per (model, kind); per fraction a mean-over-seeds column ("10%") and a sample
-    std column ("10% ±", NaN with a single seed). Skipped fits are left out of the mean.
-
-    ``df.attrs`` keeps the metric and the fraction of each column for ``format_table``.
-    """
-    fractions = sorted({float(r.fraction) for res in rows.values() for r in res})
-    table = []
-    for model, results in rows.items():
-        for kind in dict.fromkeys(r.kind for r in results):   # first-seen order
-            mine = [r for r in results if r.kind == kind]
-            row: dict = {"model": model, "kind": kind}
-            for f in fractions:
-                vals = []
-                for r in mine:
-                    if float(r.fraction) != f or r.skipped:
-                        continue
-                    if metric not in r.metrics:
-                        known = sorted(k for k, v in r.metrics.items() if isinstance(v, float))
-                        raise ConfigError(f"metric {metric!r} is not in the probe results; "
-                                          f"available: {known}")
-                    vals.append(float(r.metrics[metric]))
-                label = _fraction_label(f)
-                row[label] = float(np.mean(vals)) if vals else math.nan
-                row[f"{label} ±"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
-            row["seeds"] = ",".join(str(s) for s in sorted({r.seed for r in mine if not r.skipped}))
-            table.append(row)
-    columns = ["model", "kind"]
-    for f in fractions:
-        columns += [_fraction_label(f), f"{_fraction_label(f)} ±"]
-    df = pd.DataFrame(table, columns=columns + ["seeds"])
-    df.attrs["metric"] = metric
-    df.attrs["fractions"] = {_fraction_label(f): f for f in fractions}
-    return df
-
-
-def format_table(df: pd.DataFrame, digits: int = 3) -> str:
-    """Markdown of a ``results_table``, cells like ``0.652 ± 0.010``.
-
-    Written by hand because ``DataFrame.to_markdown`` needs the optional ``tabulate`` package,
-    which is not a dependency of eossl (and is absent on our machines).
-    """
-    mean_cols = [c for c in df.columns if f"{c} ±" in df.columns]
-    other = [c for c in df.columns if c not in mean_cols and not str(c).endswith(" ±")]
-    head = [c for c in other if c != "seeds"] + mean_cols + (["seeds"] if "seeds" in other else [])
-
-    def cell(row, col) -> str:
-        if col in mean_cols:
-            m, s = row[col], row[f"{col} ±"]
-            if pd.isna(m):
-                return "–"
-            return f"{m:.{digits}f}" if pd.isna(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
-        v = row[col]
-        return "" if pd.isna(v) else str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(str(c) for c in head) + " |",
-             "|" + "|".join("---:" if c in mean_cols else "---" for c in head) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(cell(row, c) for c in head) + " |")
-    return "\n".join(lines)
-
-
 def results_to_records(rows: Mapping[str, Sequence[ProbeResult]]) -> list[dict]:
     """Flat records (one per fit) for JSON/CSV; metrics are None for skipped fits."""
     records = []
@@ -465,6 +395,8 @@ def results_to_records(rows: Mapping[str, Sequence[ProbeResult]]) -> list[dict]:
                    "n_train": r.n_train}
             for m in ("accuracy", "balanced_accuracy", "macro_f1"):
                 rec[m] = None if r.skipped else r.metrics.get(m)
+            rec["per_class_f1"] = None if r.skipped else {
+                name: round(float(v["f1"]), 4) for name, v in r.metrics["per_class"].items()}
             rec["skipped"] = r.skipped
             rec["reason"] = r.reason
             records.append(rec)

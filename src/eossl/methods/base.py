@@ -120,6 +120,11 @@ class PretextMethod(L.LightningModule):
             return p / w
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (p - w) / (1.0 - w))))
 
+    def cosine_momentum(self, start: float) -> float:
+        """EMA momentum rising from ``start`` to 1 by a cosine over progress() (BYOL's
+        schedule); shared by every method with a momentum (target/key) network."""
+        return 1.0 - (1.0 - start) * (math.cos(math.pi * self.progress()) + 1.0) / 2.0
+
     def on_train_start(self) -> None:
         self._fit_start = time.monotonic()
         if not self.has_budget():

@@ -5,7 +5,6 @@ a momentum key encoder and a queue of negatives; built from lightly's head, EMA 
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from lightly.loss import NTXentLoss
@@ -54,9 +53,7 @@ class MoCoV2(PretextMethod):
         self.views = ContrastiveViews(self.hparams.crop_size, **(views or {}))
 
     def current_ema_momentum(self) -> float:
-        """EMA momentum rising from ``ema_momentum`` to 1 by a cosine over progress() (BYOL)."""
-        m0 = self.hparams.ema_momentum
-        return 1.0 - (1.0 - m0) * (math.cos(math.pi * self.progress()) + 1.0) / 2.0
+        return self.cosine_momentum(self.hparams.ema_momentum)
 
     # Batch-shuffle BN replacement. MoCo shuffles keys across GPUs because BatchNorm statistics
     # shared by a query and its positive key leak a "same batch" signature that separates the
