@@ -50,16 +50,18 @@ class RandomImages(Dataset):
         return {"image": self.x[i], "label": self.y[i]} if self.labels else {"image": self.x[i]}
 
 
-def test_training_step_finite_loss_and_key_encoder_not_trained():
+@pytest.mark.parametrize("symmetric, enqueued", [(False, 32), (True, 64)])
+def test_training_step_finite_loss_and_key_encoder_not_trained(symmetric, enqueued):
     torch.manual_seed(0)
-    model = tiny(bn_splits=2, queue_size=128)
+    model = tiny(bn_splits=2, queue_size=128, symmetric=symmetric)
     loss = model.training_step({"image": raw(32)}, 0)  # 2 BN splits of 16
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is None and not p.requires_grad
                for p in model.backbone_momentum.parameters())
     assert any(p.grad is not None for p in model.backbone.parameters())
-    assert int(model.criterion.memory_bank.bank_ptr) == 64  # both views' keys, once
+    # one key per image (paper), or both views' keys once (symmetric)
+    assert int(model.criterion.memory_bank.bank_ptr) == enqueued
 
 
 def test_key_encoder_moves_by_ema():

@@ -208,9 +208,25 @@ class SceneStack:
                 r0, c0 = int(window.row_off), int(window.col_off)
                 a = a[:, r0:r0 + int(window.height), c0:c0 + int(window.width)]
             return a[idx] if idx is not None else a
-        with _open(self.path) as src:
-            ix = [i + 1 for i in idx] if idx is not None else None
-            return src.read(ix, window=window).astype(np.float32)
+        ix = [i + 1 for i in idx] if idx is not None else None
+        return self._handle().read(ix, window=window).astype(np.float32)
+
+    def _handle(self):
+        """One open dataset per process, kept between reads.
+
+        Opening per read costs ~2 ms and drops GDAL's tile cache, so every window would decode
+        its tiles again (benchmarks/README.md); the process id check reopens after a fork, as
+        a DataLoader worker must not share a GDAL handle with its parent.
+        """
+        pid = os.getpid()
+        if getattr(self, "_src", None) is None or self._src_pid != pid:
+            self._src, self._src_pid = _open(self.path), pid
+        return self._src
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_src", None)  # GDAL handles do not pickle (spawned DataLoader workers)
+        return state
 
     def valid_mask(self, window=None) -> np.ndarray:
         """True where every band holds data (not nodata and finite)."""

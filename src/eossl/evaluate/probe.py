@@ -395,8 +395,9 @@ def results_to_records(rows: Mapping[str, Sequence[ProbeResult]]) -> list[dict]:
                    "n_train": r.n_train}
             for m in ("accuracy", "balanced_accuracy", "macro_f1"):
                 rec[m] = None if r.skipped else r.metrics.get(m)
-            rec["per_class_f1"] = None if r.skipped else {
-                name: round(float(v["f1"]), 4) for name, v in r.metrics["per_class"].items()}
+            per_class = r.metrics.get("per_class") or {}
+            rec["per_class_f1"] = None if r.skipped or not per_class else {
+                name: round(float(v["f1"]), 4) for name, v in per_class.items()}
             rec["skipped"] = r.skipped
             rec["reason"] = r.reason
             records.append(rec)

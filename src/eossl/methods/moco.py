@@ -22,17 +22,19 @@ MIN_BN_SPLIT = 16  # fewer samples per BatchNorm group make its statistics too n
 
 @register_method("moco")
 class MoCoV2(PretextMethod):
-    """MoCo v2 with a symmetrised loss: (q(v0), k(v1)) and (q(v1), k(v0)) in one InfoNCE call
-    against the same queue, after which both key sets are enqueued (MoCo's CIFAR demo).
+    """MoCo v2: InfoNCE of q(v0) against its key k(v1) and a queue of earlier keys.
 
-    Defaults are sized for small CPU runs; paper: queue 65536, EMA momentum 0.999, T 0.2.
+    ``symmetric=True`` adds the (q(v1), k(v0)) direction in the same call (MoCo v3 style, as
+    in MoCo's CIFAR demo): twice the encoder work per image. The default is the paper's
+    one-directional loss. Defaults are sized for small CPU runs; paper: queue 65536, EMA
+    momentum 0.999, T 0.2.
     """
 
     def __init__(self, bands: list[str], stats: dict, *, queue_size: int = 4096,
                  temperature: float = 0.2, ema_momentum: float = 0.99, proj_dim: int = 128,
                  proj_hidden_dim: int | None = None, bn_splits: int = 4,
                  gather_distributed: bool = False, views: dict | None = None,
-                 **kwargs) -> None:
+                 symmetric: bool = False, **kwargs) -> None:
         super().__init__(bands, stats, **kwargs)
         if queue_size < 0 or not 0 <= ema_momentum <= 1 or temperature <= 0 or bn_splits < 1:
             raise ConfigError(f"moco: need queue_size >= 0, 0 <= ema_momentum <= 1, "
@@ -77,15 +79,17 @@ class MoCoV2(PretextMethod):
         m = self.current_ema_momentum()
         update_momentum(self.backbone, self.backbone_momentum, m)
         update_momentum(self.projection_head, self.projection_head_momentum, m)
+        key_views = (v1, v0) if self.hparams.symmetric else (v1,)
+        query_views = (v0, v1) if self.hparams.symmetric else (v0,)
         with torch.no_grad():
-            k0, k1 = (self._split_forward(self.backbone_momentum, self.projection_head_momentum,
-                                          v, shuffle=True) for v in (v0, v1))
-        q0, q1 = (self._split_forward(self.backbone, self.projection_head, v, shuffle=False)
-                  for v in (v0, v1))
-        # One call: both directions meet the same queue (two calls would put k1 among the
-        # negatives of q1), and the 2N keys are enqueued once afterwards.
-        loss = self.criterion(torch.cat([q0, q1]), torch.cat([k1, k0]))
+            keys = [self._split_forward(self.backbone_momentum, self.projection_head_momentum,
+                                        v, shuffle=True) for v in key_views]
+        queries = [self._split_forward(self.backbone, self.projection_head, v, shuffle=False)
+                   for v in query_views]
+        # One call: in the symmetric form both directions meet the same queue (two calls would
+        # put k1 among the negatives of q1), and all keys are enqueued once afterwards.
+        loss = self.criterion(torch.cat(queries), torch.cat(keys))
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_momentum", m)
-        self.log_collapse(q0)
+        self.log_collapse(queries[0])
         return loss
