@@ -33,8 +33,9 @@ METHODS = {
     "bare-s2": ("timm resnet18 forward+backward, stride-2 stem (ceiling for eossl default)",
                 (1, 0)),
     "torchgeo": ("torchgeo MoCoTask v2, stride-4 stem", (1, 1)),
-    "eossl-s4": ("eossl MoCoV2, stem_stride=4 (like for like with torchgeo)", (2, 2)),
-    "eossl": ("eossl MoCoV2, default stem_stride=2", (2, 2)),
+    "eossl-s4": ("eossl MoCoV2, stem_stride=4 (like for like with torchgeo)", (1, 1)),
+    "eossl": ("eossl MoCoV2, default stem_stride=2", (1, 1)),
+    "eossl-s4-sym": ("eossl MoCoV2, stem_stride=4, symmetric=True (both directions)", (2, 2)),
 }
 
 
@@ -170,14 +171,15 @@ def run_bare(args, stem_stride: int) -> dict:
     return res
 
 
-def run_eossl(args, stem_stride: int) -> dict:
+def run_eossl(args, stem_stride: int, symmetric: bool = False) -> dict:
     import torch
 
     from eossl.methods import get_method
 
     src, stats, loader = _loader(args, args.warmup + args.steps + 1)
     model = get_method("moco")(bands=src.bands, stats=stats.to_dict(), crop_size=args.size,
-                               max_steps=args.warmup + args.steps, stem_stride=stem_stride)
+                               max_steps=args.warmup + args.steps, stem_stride=stem_stride,
+                               symmetric=symmetric)
     timer = _timer_callback(args.warmup)
     trainer = _trainer(args, [timer])
     rss0 = rss_now_mb()
@@ -188,7 +190,7 @@ def run_eossl(args, stem_stride: int) -> dict:
         res["breakdown_s"] = profile_eossl_step(model, next(iter(loader)), args.profile)
     res["config"] = {"queue_size": model.hparams.queue_size, "proj_dim": model.hparams.proj_dim,
                      "bn_splits": model.hparams.bn_splits, "stem_stride": stem_stride,
-                     "symmetric_loss": True, "threads": torch.get_num_threads()}
+                     "symmetric_loss": symmetric, "threads": torch.get_num_threads()}
     return res
 
 
@@ -215,15 +217,15 @@ def profile_eossl_step(model, batch, repeats: int) -> dict:
         update_momentum(model.backbone, model.backbone_momentum, 0.99)
         update_momentum(model.projection_head, model.projection_head_momentum, 0.99)
         t = tick("update_momentum", t)
+        sym = model.hparams.symmetric
         with torch.no_grad():
-            k0, k1 = (model._split_forward(model.backbone_momentum,
-                                           model.projection_head_momentum, v, shuffle=True)
-                      for v in (v0, v1))
-        t = tick("key forward (2 views, split BN)", t)
-        q0, q1 = (model._split_forward(model.backbone, model.projection_head, v, shuffle=False)
-                  for v in (v0, v1))
-        t = tick("query forward (2 views, split BN)", t)
-        loss = model.criterion(torch.cat([q0, q1]), torch.cat([k1, k0]))
+            keys = [model._split_forward(model.backbone_momentum, model.projection_head_momentum,
+                                         v, shuffle=True) for v in ((v1, v0) if sym else (v1,))]
+        t = tick("key forward (split BN)", t)
+        queries = [model._split_forward(model.backbone, model.projection_head, v, shuffle=False)
+                   for v in ((v0, v1) if sym else (v0,))]
+        t = tick("query forward (split BN)", t)
+        loss = model.criterion(torch.cat(queries), torch.cat(keys))
         t = tick("NTXent loss + queue", t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -231,9 +233,9 @@ def profile_eossl_step(model, batch, repeats: int) -> dict:
         opt.step()
         t = tick("optimizer step", t)
         with torch.no_grad():  # the same key forward without the split-BN chunks
-            for v in (v0, v1):
+            for v in ((v0, v1) if sym else (v1,)):
                 model.projection_head_momentum(model.backbone_momentum(v))
-        t = tick("(ref) key forward unsplit, 2 views", t)
+        t = tick("(ref) key forward without split BN", t)
     return {k: v / repeats for k, v in parts.items()}
 
 
@@ -290,6 +292,8 @@ def worker(args) -> None:
         res = run_eossl(args, 2)
     elif m == "eossl-s4":
         res = run_eossl(args, 4)
+    elif m == "eossl-s4-sym":
+        res = run_eossl(args, 4, symmetric=True)
     elif m == "torchgeo":
         res = run_torchgeo(args)
     else:

@@ -206,6 +206,7 @@ def test_results_to_records():
     assert len(recs) == 7
     assert recs[0] == {"model": "random", "kind": "linear", "fraction": 0.1, "seed": 0,
                        "n_train": 10, "accuracy": 0.5, "balanced_accuracy": 0.5,
-                       "macro_f1": 0.4, "skipped": False, "reason": ""}
+                       "macro_f1": 0.4, "per_class_f1": None, "skipped": False,
+                       "reason": ""}
     assert recs[5]["accuracy"] is None
     json.dumps(recs)
