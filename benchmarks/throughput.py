@@ -171,6 +171,17 @@ def run_bare(args, stem_stride: int) -> dict:
     return res
 
 
+def _fit_timed(args, module, loader) -> dict:
+    """Fit with the step timer; the same measurement for every method compared."""
+    timer = _timer_callback(args.warmup)
+    trainer = _trainer(args, [timer])
+    rss0 = rss_now_mb()
+    trainer.fit(module, loader)
+    res = timer.summary(args.batch_size)
+    res["rss_before_fit_mb"] = rss0
+    return res
+
+
 def run_eossl(args, stem_stride: int, symmetric: bool = False) -> dict:
     import torch
 
@@ -180,12 +191,7 @@ def run_eossl(args, stem_stride: int, symmetric: bool = False) -> dict:
     model = get_method("moco")(bands=src.bands, stats=stats.to_dict(), crop_size=args.size,
                                max_steps=args.warmup + args.steps, stem_stride=stem_stride,
                                symmetric=symmetric)
-    timer = _timer_callback(args.warmup)
-    trainer = _trainer(args, [timer])
-    rss0 = rss_now_mb()
-    trainer.fit(model, loader)
-    res = timer.summary(args.batch_size)
-    res["rss_before_fit_mb"] = rss0
+    res = _fit_timed(args, model, loader)
     if args.profile:
         res["breakdown_s"] = profile_eossl_step(model, next(iter(loader)), args.profile)
     res["config"] = {"queue_size": model.hparams.queue_size, "proj_dim": model.hparams.proj_dim,
@@ -263,12 +269,7 @@ def run_torchgeo(args) -> dict:
                               weight_decay=1e-4, momentum=0.9, temperature=0.2,
                               memory_bank_size=4096, moco_momentum=0.99, size=args.size)
     task.normalizer = Normalizer(stats)
-    timer = _timer_callback(args.warmup)
-    trainer = _trainer(args, [timer])
-    rss0 = rss_now_mb()
-    trainer.fit(task, loader)
-    res = timer.summary(args.batch_size)
-    res["rss_before_fit_mb"] = rss0
+    res = _fit_timed(args, task, loader)
     res["config"] = {"queue_size": 4096, "proj_dim": 128, "hidden_dim": 512, "stem_stride": 4,
                      "symmetric_loss": False, "threads": torch.get_num_threads()}
     return res

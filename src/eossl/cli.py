@@ -141,8 +141,7 @@ def _cmd_probe(a) -> int:
         if not sep:
             name, path = Path(item).parent.parent.name or Path(item).stem, item
         ckpts[name] = path
-    data = "brandenburg" if a.data == "brandenburg-patches" else a.data
-    source = open_source(data, a.cache, a.labels)
+    source = open_source(a.data, a.cache, a.labels)
     records = probe_checkpoints(source, ckpts, patch_size=a.patch_size,
                                 fractions=a.fractions, seeds=a.seeds)
     print(markdown_table(records, metrics=("accuracy", "balanced_accuracy", "macro_f1")))
