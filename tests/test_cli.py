@@ -98,3 +98,33 @@ def test_console_script_exit_code(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("eossl: error: unknown method 'nope'")
     assert "Traceback" not in proc.stderr
+
+
+def test_resume_continues_from_last_checkpoint(capsys, sample_cache, tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    args = ["--cache", str(sample_cache), "pretrain", "--out", str(run), "--no-progress"]
+    code, _, err = _run(capsys, *args, "--max-steps", "2", "--batch-size", "8")
+    assert code == 0, err
+    import torch
+
+    def weights():
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        return ckpt["state_dict"]["backbone.model.conv1.weight"].clone()
+
+    before = weights()
+    code, _, err = _run(capsys, *args, "--resume")  # budget already spent: no new step
+    assert code == 0, err
+    assert torch.equal(weights(), before)
+    # stand-in for an interrupted longer run: the recipe in the run folder asks for 4 steps
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["trainer"]["max_steps"] = 4
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, out, err = _run(capsys, *args, "--resume")
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
+    assert not torch.equal(weights(), before)
+    code, _, err = _run(capsys, "pretrain", "--out", str(tmp_path / "none"), "--resume")
+    assert code == 2 and "nothing to resume" in err

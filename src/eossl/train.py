@@ -139,6 +139,10 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         limit_val_batches=None if val_dls else 0, num_sanity_val_steps=0,
         enable_progress_bar=progress, enable_model_summary=False,
     )
+    start_step = 0
+    if resume:  # images/s below must count this session's steps only
+        start_step = int(torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu",
+                                    weights_only=True).get("global_step", 0))
     start = time.perf_counter()
     trainer.fit(model, train_dataloaders=train_dl, val_dataloaders=val_dls,
                 ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None)
@@ -148,8 +152,9 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     steps = int(trainer.global_step)
     summary = {
-        "method": cfg["method"], "data": d["name"], "steps": steps, "seconds": round(secs, 1),
-        "images_per_s": round(steps * int(d["batch_size"]) / max(secs, 1e-9), 1),
+        "method": cfg["method"], "data": d["name"], "steps": steps,
+        "resumed_from_step": start_step, "seconds": round(secs, 1),
+        "images_per_s": round((steps - start_step) * int(d["batch_size"]) / max(secs, 1e-9), 1),
         "bands": source.bands, "device": str(trainer.strategy.root_device),
         "torch": torch.__version__, "finished": datetime.now().isoformat(timespec="seconds"),
     }
