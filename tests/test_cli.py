@@ -128,3 +128,15 @@ def test_resume_continues_from_last_checkpoint(capsys, sample_cache, tmp_path):
     assert not torch.equal(weights(), before)
     code, _, err = _run(capsys, "pretrain", "--out", str(tmp_path / "none"), "--resume")
     assert code == 2 and "nothing to resume" in err
+
+
+def test_demo_end_to_end_on_tiny_budget(capsys, sample_cache, tmp_path):
+    out = tmp_path / "demo"
+    code, stdout, err = _run(capsys, "--cache", str(sample_cache), "demo", "--max-steps", "10",
+                             "--seeds", "0", "--out", str(out), "--no-progress")
+    assert code == 0, err
+    report = (out / "report" / "report.md").read_text()
+    for row in ("spectral baseline", "random init", "MoCo v2"):
+        assert f"| {row} |" in report and f"| {row} |" in stdout
+    assert (out / "report" / "training.png").exists()  # loss is logged every 10 steps
+    assert json.loads((out / "pretrain" / "summary.json").read_text())["steps"] == 10

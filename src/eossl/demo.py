@@ -16,7 +16,6 @@ import torch
 from . import __version__
 from .config import load_config
 from .data import samples
-from .data.sources import open_source
 from .evaluate.compare import probe_checkpoints
 from .report import markdown_table, write_report
 from .train import prepare_run_dir, pretrain
@@ -38,8 +37,7 @@ def run_demo(out: str | Path, *, max_time: str = "10m", max_steps: int | None = 
     echo(f"      {res.steps} steps in {res.seconds:.0f} s ({res.images_per_s:.0f} images/s)")
     echo(f"[3/4] probing on the spatial test block ({len(seeds)} seeds, label fractions "
          f"{', '.join(f'{f:.0%}' for f in fractions)})")
-    source = open_source("brandenburg", cache)
-    records = probe_checkpoints(source, {"MoCo v2": str(res.checkpoint)},
+    records = probe_checkpoints(res.source, {"MoCo v2": str(res.checkpoint)},
                                 patch_size=int(cfg["data"]["probe_patch_size"]),
                                 fractions=fractions, seeds=seeds)
     header = {

@@ -21,7 +21,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from .config import parse_duration
-from .data.sources import open_source
+from .data.sources import SceneSource, open_source
 from .errors import ConfigError, OutputExistsError
 from .methods import get_method
 
@@ -33,6 +33,7 @@ class PretrainResult:
     steps: int
     seconds: float
     images_per_s: float
+    source: SceneSource  # the opened data, so a caller can probe without reopening it
 
 
 def new_run_dir(root: str | os.PathLike, method: str) -> Path:
@@ -85,9 +86,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     out = Path(out)
     if resume and (out / "config.yaml").exists():
         cfg = yaml.safe_load((out / "config.yaml").read_text())
-    if resume:
-        prepare_run_dir(out, resume)
-    elif out.exists() and any(out.iterdir()):  # refuse early, before any data work
+    if resume or (out.exists() and any(out.iterdir())):  # refuse early, before data work
         prepare_run_dir(out, resume)
     _quiet_lightning()
     method_cls = get_method(cfg["method"])  # fail on a bad name before any data work
@@ -139,10 +138,6 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         limit_val_batches=None if val_dls else 0, num_sanity_val_steps=0,
         enable_progress_bar=progress, enable_model_summary=False,
     )
-    start_step = 0
-    if resume:  # images/s below must count this session's steps only
-        start_step = int(torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu",
-                                    weights_only=True).get("global_step", 0))
     start = time.perf_counter()
     trainer.fit(model, train_dataloaders=train_dl, val_dataloaders=val_dls,
                 ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None)
@@ -151,6 +146,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     # weights_only=False keeps optimiser and loop state, so the run can be resumed from it.
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     steps = int(trainer.global_step)
+    start_step = model.resumed_from_step  # images/s counts this session's steps only
     summary = {
         "method": cfg["method"], "data": d["name"], "steps": steps,
         "resumed_from_step": start_step, "seconds": round(secs, 1),
@@ -160,4 +156,4 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return PretrainResult(out, out / "checkpoints" / "last.ckpt", steps, secs,
-                          summary["images_per_s"])
+                          summary["images_per_s"], source)

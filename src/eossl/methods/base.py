@@ -71,6 +71,7 @@ class PretextMethod(L.LightningModule):
         self._fit_start: float | None = None
         self._elapsed_synced = 0.0  # same value on every rank, refreshed each batch
         self._knn: dict[int, tuple[list, list]] = {}
+        self.resumed_from_step = 0  # set when Lightning restores a checkpoint (resume)
 
     # ---------------------------------------------------------------- encoder
     def encoder(self) -> Encoder:
@@ -235,6 +236,7 @@ class PretextMethod(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._elapsed_before = float(checkpoint.get("eossl", {}).get("elapsed_s", 0.0))
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
 
 
 def load_encoder(checkpoint_path: str | os.PathLike, map_location: str | torch.device = "cpu"
