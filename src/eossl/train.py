@@ -103,7 +103,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
 
     L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
     source = open_source(d["name"], cache, d.get("labels"), bands=d.get("bands"))
-    train_ds = source.crops(int(d["crop_size"]), int(d["crops_per_epoch"]))
+    train_ds = method_cls.train_dataset(source, d)
     stats = source.stats()
     model = method_cls(bands=source.bands, stats=stats.to_dict(), crop_size=int(d["crop_size"]),
                        max_steps=max_steps, max_time_s=max_time, **(cfg.get("model") or {}))

@@ -87,6 +87,42 @@ def brandenburg(cache: str | os.PathLike | None = None, bands=None) -> SceneSour
 
 SOURCES = {"brandenburg": brandenburg, "brandenburg-patches": brandenburg}
 
+# Modules that add sources of other kinds (time series, sensor pairs, shards, ...) by calling
+# register_source on import. Listed rather than discovered: data/ also holds plain modules.
+SOURCE_MODULES = ("eossl.data.timeseries_source", "eossl.data.pairs", "eossl.data.shards",
+                  "eossl.data.hyperspectral")
+_plugins_loaded = False
+
+
+def register_source(name: str):
+    """Decorator: make ``factory(cache, bands) -> source`` available as ``--data NAME``."""
+
+    def decorate(factory):
+        SOURCES[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    import importlib
+
+    for mod in SOURCE_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # a missing dependency inside the module is a real error
+                raise
+    _plugins_loaded = True
+
+
+def available_sources() -> list[str]:
+    _load_plugins()
+    return sorted(SOURCES)
+
 
 def open_source(name: str, cache: str | os.PathLike | None = None,
                 labels: str | os.PathLike | None = None, bands=None) -> SceneSource:
@@ -94,6 +130,7 @@ def open_source(name: str, cache: str | os.PathLike | None = None,
 
     ``bands`` (names or "B02,B03,...") restricts and orders the bands; default: all 13.
     """
+    _load_plugins()
     if name in SOURCES:
         src = SOURCES[name](cache, bands)
     elif Path(name).exists():

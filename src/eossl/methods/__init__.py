@@ -34,5 +34,15 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-# Importing a method module registers it; add new methods here.
-from . import moco  # noqa: E402,F401
+def _import_all() -> None:
+    """Import every module of this package: a method module registers itself on import, so a
+    new method is one new file here and nothing else to edit."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_") and info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()

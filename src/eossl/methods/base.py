@@ -73,6 +73,14 @@ class PretextMethod(L.LightningModule):
         self._knn: dict[int, tuple[list, list]] = {}
         self.resumed_from_step = 0  # set when Lightning restores a checkpoint (resume)
 
+    # ---------------------------------------------------------------- data
+    @classmethod
+    def train_dataset(cls, source, data_cfg: dict):
+        """The training dataset this method needs from a data source. Default: random crops
+        (``{"image": (C, H, W)}`` samples). Methods that need time series or sensor pairs
+        override this and raise ConfigError when the source cannot provide them."""
+        return source.crops(int(data_cfg["crop_size"]), int(data_cfg["crops_per_epoch"]))
+
     # ---------------------------------------------------------------- encoder
     def encoder(self) -> Encoder:
         """The part downstream tasks keep (shares modules with this method, no copy)."""
