@@ -53,3 +53,17 @@ def test_landsat_lowercase_names_are_not_mistaken_for_sentinel2():
     assert tm.band("b3").role == "red" and tm.band("B3").role == "red"
     assert band_indices(["b3", "b4", "b5"], ["b5", "b3"]) == [2, 0]
     assert band_indices(SENTINEL2_L1C.band_names, ["b8a", "B8"]) == [8, 7]
+
+
+def test_equivalent_bands_cross_sensor_by_role_and_wavelength():
+    from eossl.bands import SENTINEL2_L1C, equivalent_bands
+
+    s2 = SENTINEL2_L1C.band_names
+    # Landsat TM red/NIR/SWIR1 stand in for S2 B04/B08/B11 (nearest centre wavelength)
+    assert equivalent_bands(["b3", "b4", "b5"], s2) == ["B04", "B08", "B11"]
+    # same sensor: exact or loose spelling, never a role substitution
+    assert equivalent_bands(["B02", "b8a"], s2) == ["B02", "B8A"]
+    with pytest.raises(BandError, match="'VV'.*no sar counterpart"):
+        equivalent_bands(["VV"], s2)
+    with pytest.raises(BandError, match="'B99' is not in the data"):
+        equivalent_bands(["B99"], s2)

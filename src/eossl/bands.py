@@ -219,3 +219,46 @@ def select_bands(array, available: Sequence[str], wanted: Sequence[str], *, axis
 def wavelengths(sensor: str | Sensor, names: Sequence[str]) -> list[float | None]:
     s = get_sensor(sensor)
     return [s.band(n).wavelength_nm for n in names]
+
+
+def find_sensor(names: Sequence[str]) -> Sensor | None:
+    """The first registered sensor that has every band in ``names`` (exact names first, so
+    Landsat's lower-case 'b3' is not mistaken for Sentinel-2's 'B03'), or None."""
+    for exact in (True, False):
+        for s in SENSORS.values():
+            if all((n in s.band_names) if exact else _match(n, s.band_names) is not None
+                   for n in names):
+                return s
+    return None
+
+
+def equivalent_bands(wanted: Sequence[str], available: Sequence[str]) -> list[str]:
+    """For each band in ``wanted``, the band of ``available`` that stands in for it.
+
+    Same name first; otherwise the band with the same role and the nearest centre wavelength
+    on the other sensor (Landsat TM b3/b4/b5 -> Sentinel-2 B04/B08/B11), so an encoder
+    pretrained on one sensor can be evaluated on another. Raises BandError naming the band
+    that has no counterpart.
+    """
+    src, dst = find_sensor(wanted), find_sensor(available)
+    out = []
+    for w in wanted:
+        if w in available:
+            out.append(w)
+            continue
+        if src is None or dst is None or src is dst:
+            i = _match(w, available)  # loose spelling ('B4', 'b8a') on the same sensor
+            if i is None:
+                raise BandError(f"band {w!r} is not in the data (bands: "
+                                f"{', '.join(available)})")
+            out.append(available[i])
+            continue
+        b = src.band(w)
+        cands = [dst.band(a) for a in available if dst.band(a).role == b.role]
+        if not cands:
+            raise BandError(f"band {w!r} ({src.name}, {b.role}) has no {b.role} counterpart "
+                            f"among the data's bands {', '.join(available)}")
+        if b.wavelength_nm is not None:
+            cands.sort(key=lambda c: abs((c.wavelength_nm or 0.0) - b.wavelength_nm))
+        out.append(next(a for a in available if dst.band(a).name == cands[0].name))
+    return out

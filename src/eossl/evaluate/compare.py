@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..bands import band_indices, equivalent_bands
 from ..data.stats import BandStats, Normalizer
 from ..models.backbones import build_backbone
 from ..models.encoder import Encoder
@@ -28,6 +30,47 @@ def random_encoder(bands: Sequence[str], stats: BandStats | dict, backbone: str 
         torch.manual_seed(seed)
         bb = build_backbone(backbone, in_chans=len(bands), stem_stride=stem_stride)
     return Encoder(bb, Normalizer(stats), name=RANDOM)
+
+
+class BandAdapter(nn.Module):
+    """An encoder fed from data that carries other bands: picks, by name, the bands the encoder
+    was trained on (or their stand-ins on another sensor, see bands.equivalent_bands).
+
+    Several methods train on a subset (colorization hides R, G, B) or another sensor (SeCo on
+    Landsat); the probe data keep all their bands, so the adapter, not the data, adapts.
+    """
+
+    def __init__(self, encoder: nn.Module, data_bands: Sequence[str]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.data_bands = list(data_bands)
+        self.used_bands = equivalent_bands(list(encoder.bands), self.data_bands)
+        self.register_buffer("index", torch.as_tensor(band_indices(self.data_bands,
+                                                                   self.used_bands)),
+                             persistent=False)
+        self.name = getattr(encoder, "name", "encoder")
+
+    @property
+    def bands(self) -> list[str]:
+        return self.data_bands
+
+    @property
+    def out_dim(self) -> int:
+        return self.encoder.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.index_select(1, self.index))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(x.index_select(1, self.index))
+
+
+def fit_to_bands(encoder: nn.Module, data_bands: Sequence[str]) -> nn.Module:
+    """The encoder itself when it takes exactly ``data_bands``; else a BandAdapter (BandError
+    when a band the encoder needs has no counterpart in the data)."""
+    if list(encoder.bands) == list(data_bands):
+        return encoder
+    return BandAdapter(encoder, data_bands)
 
 
 def compare(train, test, encoders: Mapping[str, Encoder], *, class_names: Sequence[str],
@@ -74,15 +117,15 @@ def probe_checkpoints(source, checkpoints: Mapping[str, str], *, patch_size: int
     encoders = {name: load_encoder(path) for name, path in checkpoints.items()}
     if random_init and encoders:
         first = next(iter(encoders.values()))
-        stats = first.normalizer.stats.subset(train.bands)
-        enc = random_encoder(train.bands, stats, first.backbone.name,
-                             getattr(first.backbone, "stem_stride", 2))
+        stats = first.normalizer.stats
+        if list(first.bands) == list(train.bands):
+            enc = random_encoder(train.bands, stats, first.backbone.name,
+                                 getattr(first.backbone, "stem_stride", 2))
+        else:  # the same architecture on the same inputs as the first encoder, random weights
+            enc = fit_to_bands(random_encoder(first.bands, stats, first.backbone.name,
+                                              getattr(first.backbone, "stem_stride", 2)),
+                               train.bands)
         encoders = {RANDOM: enc, **encoders}
-    for name, enc in encoders.items():
-        if list(enc.bands) != list(train.bands):
-            from ..errors import BandError
-
-            raise BandError(f"encoder {name!r} expects bands {', '.join(enc.bands)} but the data "
-                            f"has {', '.join(train.bands)}")
+    encoders = {name: fit_to_bands(enc, train.bands) for name, enc in encoders.items()}
     return compare(train, test, encoders, class_names=train.classes, fractions=fractions,
                    seeds=seeds)

@@ -1,0 +1,167 @@
+"""What a benchmark runs, and the folder that remembers what it has done.
+
+A benchmark folder holds ``plan.json`` (the matrix), ``status.json`` (what finished or failed),
+``runs/METHOD/seedN/`` (ordinary pretraining run folders), ``evals/`` (one JSON of records per
+evaluation, model and seed) and the report. Running the same command again continues where it
+stopped; a folder holding a different plan is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..config import parse_duration
+from ..errors import ConfigError, OutputExistsError
+from ..report import atomic_write_text
+
+QUICK = {"budget": "60s", "seeds": [0], "fractions": [0.1, 1.0]}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A pretraining budget: wall-clock seconds or optimiser steps (one of the two)."""
+
+    seconds: float | None = None
+    steps: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | int | float) -> "Budget":
+        """'10m', '90s', '1h' (wall clock) or '500-steps' / '500steps' / '500 steps'."""
+        t = str(text).strip().lower()
+        m = re.fullmatch(r"(\d+)\s*-?\s*steps?", t)
+        if m:
+            steps = int(m.group(1))
+            if steps < 1:
+                raise ConfigError(f"--budget {text!r}: a step budget must be >= 1 step")
+            return cls(steps=steps)
+        if re.fullmatch(r"0+(\.0*)?\s*[a-z-]*", t):
+            raise ConfigError(f"--budget {text!r}: the budget must be more than zero")
+        try:
+            secs = parse_duration(t)
+        except ConfigError:
+            secs = None
+        if secs is None:
+            raise ConfigError(f"--budget {text!r}: expected a duration (90s, 10m, 1h) or a "
+                              "step count (500-steps)")
+        if secs <= 0:
+            raise ConfigError(f"--budget {text!r}: the budget must be more than zero")
+        return cls(seconds=secs)
+
+    def __str__(self) -> str:
+        return f"{self.steps} steps" if self.steps else f"{self.seconds:g} s wall clock"
+
+
+@dataclass
+class Plan:
+    methods: list[str]
+    seeds: list[int]
+    budget: str
+    data: str = "brandenburg"
+    backbone: str = "resnet18"
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    evaluations: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("--methods: no method to benchmark")
+        if not self.seeds:
+            raise ConfigError("--seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds {self.seeds}: a seed is repeated")
+        Budget.parse(self.budget)  # refuse a bad or zero budget before any work
+        for f in self.fractions:
+            if not 0 < f <= 1:
+                raise ConfigError(f"label fraction {f} must be in (0, 1]")
+
+    @property
+    def budget_obj(self) -> Budget:
+        return Budget.parse(self.budget)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_methods(text: str | None) -> list[str]:
+    """'all' (or None) -> every registered method; 'a,b' -> those, checked by name."""
+    from ..methods import available_methods, get_method
+
+    if text is None or text.strip() == "all":
+        return available_methods()
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for n in names:
+        get_method(n)  # ConfigError naming the unknown method and the choices
+    return names
+
+
+class BenchmarkFolder:
+    """The benchmark's folder: plan, status, run folders, evaluation results."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.json"
+
+    def open(self, plan: Plan) -> bool:
+        """Create the folder for ``plan``, or reopen it for the same plan (returns True when
+        resuming). A folder with another plan, or with unrelated content, is refused."""
+        if self.plan_path.exists():
+            old = json.loads(self.plan_path.read_text())
+            new = plan.to_dict()
+            diff = [k for k in new if old.get(k) != new[k]]
+            if diff:
+                raise OutputExistsError(
+                    f"{self.root} holds another benchmark (its {', '.join(diff)} differ: "
+                    + "; ".join(f"{k}: {old.get(k)} there vs {new[k]} now" for k in diff)
+                    + "); choose another --out, or repeat the original command to resume it")
+            return True
+        if self.root.exists() and any(self.root.iterdir()):
+            raise OutputExistsError(f"{self.root} exists, is not empty and is not a benchmark "
+                                    "folder (no plan.json); choose another --out")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.plan_path, json.dumps(plan.to_dict(), indent=1))
+        except OSError as e:
+            raise OutputExistsError(f"{self.root}: cannot write there ({e.strerror})") from None
+        return False
+
+    def load_plan(self) -> Plan:
+        if not self.plan_path.exists():
+            raise ConfigError(f"{self.root} is not a benchmark folder (no plan.json)")
+        return Plan(**json.loads(self.plan_path.read_text()))
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        p = self.root / "status.json"
+        return json.loads(p.read_text()) if p.exists() else {"runs": {}, "evals": {}}
+
+    def set_status(self, section: str, key: str, value: dict) -> None:
+        st = self.status()
+        st.setdefault(section, {})[key] = value
+        atomic_write_text(self.root / "status.json", json.dumps(st, indent=1))
+
+    # ------------------------------------------------------------------ layout
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.root / "runs" / method / f"seed{seed}"
+
+    def eval_path(self, evaluation: str, model: str, seed: int) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+        return self.root / "evals" / evaluation / f"{safe}__seed{seed}.json"
+
+    def load_eval(self, evaluation: str, model: str, seed: int) -> list[dict] | None:
+        p = self.eval_path(evaluation, model, seed)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def save_eval(self, evaluation: str, model: str, seed: int, records: list[dict]) -> None:
+        atomic_write_text(self.eval_path(evaluation, model, seed),
+                          json.dumps(records, indent=1, default=float))
+
+    def all_eval_records(self) -> list[dict]:
+        out = []
+        for p in sorted((self.root / "evals").glob("*/*.json")):
+            out += json.loads(p.read_text())
+        return out

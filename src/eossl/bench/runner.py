@@ -1,0 +1,150 @@
+"""Run a benchmark: pretrain every (method, seed) under one budget, then every evaluation that
+applies, recording failures instead of stopping, and skipping whatever is already finished."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import EosslError
+from .evaluations import EVALUATIONS, Context, RunInfo
+from .plan import BenchmarkFolder, Plan
+
+CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
+
+
+def recipe_for(method: str) -> Path | None:
+    """The CPU-sized recipe of a method (configs/METHOD-cpu.yaml) when there is one."""
+    for d in CONFIG_DIRS:
+        p = d / f"{method}-cpu.yaml"
+        if p.is_file():
+            return p
+    return None
+
+
+def run_config(plan: Plan, method: str, seed: int) -> dict:
+    """The pretraining config of one run: the method's CPU recipe, then the plan's shared
+    settings (backbone, budget, seed) on top, so every method gets the same backbone and
+    budget. Methods that need other data than the plan's (time series, sensor pairs) name it
+    in a ``default_data`` class attribute."""
+    from ..methods import get_method
+
+    cls = get_method(method)
+    data = getattr(cls, "default_data", None) or plan.data
+    cfg = load_config(recipe_for(method), {"method": method, "seed": seed,
+                                           "model.backbone": plan.backbone, "data.name": data})
+    b = plan.budget_obj
+    cfg["trainer"]["max_time"] = f"{b.seconds:g}s" if b.seconds else None
+    cfg["trainer"]["max_steps"] = b.steps
+    return cfg
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {msg}" if not isinstance(e, EosslError) else msg
+
+
+def pretrain_all(plan: Plan, folder: BenchmarkFolder, cache=None, progress: bool = True,
+                 echo=print) -> list[RunInfo]:
+    from ..train import pretrain
+
+    runs: list[RunInfo] = []
+    total, i = len(plan.methods) * len(plan.seeds), 0
+    for method in plan.methods:
+        for seed in plan.seeds:
+            i += 1
+            key, run_dir = f"{method}/seed{seed}", folder.run_dir(method, seed)
+            ckpt = run_dir / "checkpoints" / "last.ckpt"
+            st = folder.status()["runs"].get(key, {})
+            if st.get("state") == "done" and ckpt.exists():
+                echo(f"[{i}/{total}] {key}: finished earlier, kept")
+                runs.append(RunInfo(method, seed, run_dir, ckpt, st))
+                continue
+            resume = ckpt.exists() and (run_dir / "config.yaml").exists()
+            if run_dir.exists() and not resume:
+                shutil.rmtree(run_dir)  # our own half-started run folder, nothing to keep
+            echo(f"[{i}/{total}] pretraining {key} ({plan.budget_obj})"
+                 + (" - resuming" if resume else ""))
+            try:
+                cfg = run_config(plan, method, seed)
+                res = pretrain(cfg, run_dir, resume=resume, cache=cache, progress=progress)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one method failing must not stop the others
+                folder.set_status("runs", key, {"state": "failed", "error": _short(e),
+                                                "traceback": traceback.format_exc(limit=6)})
+                echo(f"      FAILED: {_short(e)}")
+                continue
+            info = {"state": "done", "steps": res.steps, "seconds": round(res.seconds, 1),
+                    "images_per_s": res.images_per_s, "data": cfg["data"]["name"]}
+            folder.set_status("runs", key, info)
+            runs.append(RunInfo(method, seed, run_dir, res.checkpoint, info))
+    return runs
+
+
+def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], ctx: Context,
+                 echo=print) -> None:
+    names = plan.evaluations or list(EVALUATIONS)
+    for name in names:
+        ev = EVALUATIONS[name]()
+        for seed in plan.seeds:
+            refs_done = folder.load_eval(name, "_references", seed)
+            if refs_done is None:
+                try:
+                    refs = ev.references(ctx, seed)
+                    folder.save_eval(name, "_references", seed,
+                                     [r for recs in refs.values() for r in recs])
+                except Exception as e:
+                    folder.set_status("evals", f"{name}/references/seed{seed}",
+                                      {"state": "failed", "error": _short(e)})
+                    echo(f"      {name}: reference rows FAILED: {_short(e)}")
+        for run in runs:
+            key = f"{name}/{run.method}/seed{run.seed}"
+            reason = ev.applies(run)
+            if reason:
+                folder.set_status("evals", key, {"state": "not applicable", "reason": reason})
+                continue
+            if folder.load_eval(name, run.method, run.seed) is not None:
+                continue
+            echo(f"      {name}: {run.method} seed {run.seed}")
+            t0 = time.perf_counter()
+            try:
+                recs = ev.evaluate(ctx, run)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:
+                folder.set_status("evals", key, {"state": "failed", "error": _short(e),
+                                                 "traceback": traceback.format_exc(limit=6)})
+                echo(f"      {name}: {run.method} seed {run.seed} FAILED: {_short(e)}")
+                continue
+            folder.save_eval(name, run.method, run.seed, recs)
+            folder.set_status("evals", key, {"state": "done",
+                                             "seconds": round(time.perf_counter() - t0, 1)})
+
+
+def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = True,
+                  quick: bool = False, command: str = "", echo=print) -> Path:
+    from .report import write_benchmark_report
+
+    folder = BenchmarkFolder(out)
+    resumed = folder.open(plan)
+    if resumed:
+        echo(f"resuming the benchmark in {folder.root}")
+    from .report import environment
+
+    folder.set_status("environment", "now", environment())
+    started = time.time()
+    runs = pretrain_all(plan, folder, cache=cache, progress=progress, echo=echo)
+    echo("evaluating")
+    evaluate_all(plan, folder, runs, Context(plan, cache=cache, quick=quick), echo=echo)
+    st = folder.status()
+    st.setdefault("sessions", []).append({"command": command, "started": started,
+                                          "seconds": round(time.time() - started, 1)})
+    from ..report import atomic_write_text
+    import json
+
+    atomic_write_text(folder.root / "status.json", json.dumps(st, indent=1))
+    return write_benchmark_report(folder)

@@ -1,0 +1,70 @@
+"""``eossl benchmark``: pretrain every method under one budget and compare them fairly."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+COMMAND = "benchmark"
+
+
+def _seeds(text: str) -> list[int]:
+    """'3' -> seeds 0, 1, 2; '0,4,7' -> those seeds."""
+    import argparse
+
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed count (3) or a list (0,1,2), got "
+                                         f"{text!r}") from None
+    if len(vals) == 1 and "," not in text:
+        if vals[0] < 1:
+            raise argparse.ArgumentTypeError(f"--seeds {text}: need at least one seed")
+        return list(range(vals[0]))
+    return vals
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="pretrain every method with the same backbone and "
+                       "budget, run every evaluation that applies, write a report")
+    p.add_argument("--methods", default="all", help="'all' or a comma-separated list "
+                   "(see 'eossl methods')")
+    p.add_argument("--budget", help="per run: wall clock (10m, 90s) or steps (500-steps); "
+                   "default 3m (--quick: 60s)")
+    p.add_argument("--seeds", type=_seeds, help="a count (3 -> 0,1,2) or a list (0,1,2); "
+                   "default 3 (--quick: 1)")
+    p.add_argument("--data", default="brandenburg", help="pretraining data for crop-based "
+                   "methods (default: the sample scene)")
+    p.add_argument("--backbone", default="resnet18", help="timm backbone for every method")
+    p.add_argument("--fractions", help="label fractions, e.g. 0.01,0.1,1")
+    p.add_argument("--evaluations", help="comma-separated subset of evaluations "
+                   "(default: all that apply)")
+    p.add_argument("--quick", action="store_true", help="a small preset: 60 s per run, one "
+                   "seed, fractions 10%% and 100%%")
+    p.add_argument("--out", help="benchmark folder (default runs/benchmark-TIMESTAMP); repeat "
+                   "the command with the same --out to resume")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(a) -> int:
+    from ..bench.evaluations import EVALUATIONS
+    from ..bench.plan import QUICK, Plan, resolve_methods
+    from ..bench.runner import run_benchmark
+    from ..errors import ConfigError
+
+    fractions = ([float(v) for v in a.fractions.split(",") if v.strip()] if a.fractions
+                 else (QUICK["fractions"] if a.quick else [0.01, 0.1, 1.0]))
+    evals = [e.strip() for e in a.evaluations.split(",")] if a.evaluations else []
+    for e in evals:
+        if e not in EVALUATIONS:
+            raise ConfigError(f"unknown evaluation {e!r}; expected one of: "
+                              f"{', '.join(EVALUATIONS)}")
+    plan = Plan(methods=resolve_methods(a.methods),
+                seeds=a.seeds or (QUICK["seeds"] if a.quick else [0, 1, 2]),
+                budget=a.budget or (QUICK["budget"] if a.quick else "3m"), data=a.data,
+                backbone=a.backbone, fractions=fractions, evaluations=evals)
+    out = a.out or f"runs/benchmark-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    report = run_benchmark(plan, out, cache=a.cache, progress=not a.no_progress,
+                           quick=a.quick, command="eossl " + " ".join(sys.argv[1:]))
+    print(f"report: {report} (and {report.with_suffix('.html')})")
+    return 0
