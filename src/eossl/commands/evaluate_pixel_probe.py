@@ -1,0 +1,119 @@
+"""``eossl evaluate pixel-probe``: per-pixel logistic-regression probe of pretrained encoders on
+the labelled pixels of a scene (west block train, east block test), beside the raw-spectrum
+baseline and a random-init copy of the first encoder.
+
+Also holds the small helpers the regress and multilabel tasks share (checkpoint arguments,
+random-init row, result files that are never overwritten).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TASK = "pixel-probe"
+
+
+# ------------------------------------------------------------------ shared helpers
+def ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def parse_checkpoints(items) -> dict[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named after its run folder) -> {name: path}."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).parent.parent.name or Path(item).stem, item
+        out[name] = path
+    return out
+
+
+def load_encoders(checkpoints: dict[str, str], random_init: bool = True, seed: int = 0) -> dict:
+    """Encoders from checkpoints, plus (first) a seeded random-init copy of the first one's
+    architecture, band list and normalisation: it differs in its weights only."""
+    import torch
+
+    from ..evaluate.compare import RANDOM
+    from ..methods.base import load_encoder
+    from ..models.backbones import build_backbone
+    from ..models.encoder import Encoder
+
+    encoders = {name: load_encoder(path) for name, path in checkpoints.items()}
+    if random_init and encoders:
+        name, first = next(iter(encoders.items()))
+        meta = torch.load(checkpoints[name], map_location="cpu", weights_only=True)["eossl"]
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            bb = build_backbone(meta["backbone"], in_chans=len(meta["bands"]),
+                                stem_stride=meta["stem_stride"],
+                                **meta.get("backbone_kwargs", {}))
+        encoders = {RANDOM: Encoder(bb, first.normalizer, name=RANDOM).eval(), **encoders}
+    return encoders
+
+
+def write_results(out: str | None, payload: dict, markdown: str) -> Path | None:
+    """results.json + report.md in ``out`` (atomic); refuses a folder that holds results."""
+    if not out:
+        return None
+    from ..errors import OutputExistsError
+    from ..report import atomic_write_text
+
+    folder = Path(out)
+    if (folder / "results.json").exists():
+        raise OutputExistsError(f"{folder} already holds results.json; choose another --out")
+    payload = {"command": "eossl " + " ".join(sys.argv[1:]), **payload}
+    atomic_write_text(folder / "results.json", json.dumps(payload, indent=1, default=float))
+    atomic_write_text(folder / "report.md", markdown)
+    return folder / "report.md"
+
+
+def add_common(p, data_default: str | None = "brandenburg") -> None:
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="pretrained checkpoint (repeatable; NAME=PATH names the row)")
+    if data_default is not None:
+        p.add_argument("--data", default=data_default,
+                       help="data source (default brandenburg; 'hyperspectral' reads "
+                            "$EOSSL_HYPERSPECTRAL)")
+        p.add_argument("--labels", help="polygon file with an 'fclass' column (default: the "
+                                        "sample's OSM polygons)")
+    p.add_argument("--seeds", type=ints, default=[0, 1, 2])
+    p.add_argument("--no-random-init", action="store_true", help="leave out the random row")
+    p.add_argument("--out", help="write results.json and report.md here (never overwritten)")
+
+
+# ------------------------------------------------------------------ the task
+def add_parser(tsub) -> None:
+    p = tsub.add_parser(TASK, help="per-pixel linear probe on labelled pixels (spatial split)")
+    add_common(p)
+    p.add_argument("--per-class", type=int, default=500,
+                   help="training pixels drawn per class from the west block (default 500)")
+    p.add_argument("--test-per-class", type=int, default=2000,
+                   help="test pixels drawn per class from the east block (default 2000)")
+    p.add_argument("--tile", type=int, default=64, help="tile size for the embedding pass")
+
+
+def run(args) -> int:
+    from ..data.sources import open_source
+    from ..evaluate.compare import fit_to_bands
+    from ..evaluate.pixel_probe import pixel_probe
+    from ..report import markdown_table, per_class_table
+
+    source = open_source(args.data, args.cache, args.labels)
+    encoders = load_encoders(parse_checkpoints(args.checkpoint), not args.no_random_init)
+    encoders = {n: fit_to_bands(e, source.bands) for n, e in encoders.items()}
+    records = pixel_probe(source, encoders, per_class=args.per_class,
+                          test_per_class=args.test_per_class, seeds=args.seeds, tile=args.tile)
+    table = markdown_table(records, kind="pixel-linear")
+    classes = per_class_table(records, kind="pixel-linear")
+    print(table)
+    print(classes)
+    md = (f"# eossl evaluate pixel-probe\n\n- data: {args.data}\n- seeds: {args.seeds}\n"
+          f"- pixels per class: {args.per_class} train (west block), up to "
+          f"{args.test_per_class} test (east block)\n\n{table}\n## Per-class F1\n\n{classes}")
+    path = write_results(args.out, {"task": TASK, "records": records}, md)
+    if path:
+        print(f"report: {path}")
+    return 0
