@@ -1,0 +1,47 @@
+"""``eossl evaluate dense-map``: the picture of a dense checkpoint's pixel embeddings (first
+three principal components as RGB) beside the true-colour scene and its OSM label map."""
+
+from __future__ import annotations
+
+TASK = "dense-map"
+
+
+def add_parser(tsub) -> None:
+    p = tsub.add_parser(TASK, help="PCA picture of a dense checkpoint's pixel embeddings")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of method 'dense'")
+    p.add_argument("--data", default="brandenburg", help="scene (default brandenburg)")
+    p.add_argument("--labels", help="polygon file (default: the sample's OSM polygons)")
+    p.add_argument("--out", required=True, help="PNG file to write (never overwritten)")
+    p.add_argument("--device", default="cpu")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ..data.datasets import OSM_CLASSES
+    from ..data.sources import open_source
+    from ..data.stats import Normalizer
+    from ..errors import ConfigError, OutputExistsError
+    from ..methods.dense import write_embedding_map
+    from ..models.unet import load_unet
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: expected a .png file name")
+    if out.exists():
+        raise OutputExistsError(f"{out} exists; choose another --out")
+    unet, meta = load_unet(args.checkpoint)
+    source = open_source(args.data, args.cache, args.labels, bands=meta["bands"])
+    norm = Normalizer(meta["stats"])
+    unet, norm = unet.to(args.device).eval(), norm.to(args.device)
+    labels = source.label_map() if source.polygons is not None else None
+
+    def embed(raw: torch.Tensor) -> torch.Tensor:
+        return unet(norm(raw))
+
+    write_embedding_map(embed, source.scenes[0], labels, out, device=args.device,
+                        class_names=OSM_CLASSES)
+    print(f"embedding picture: {out}")
+    return 0
