@@ -1,0 +1,40 @@
+"""``eossl embed CHECKPOINT SCENE``: patch embeddings to GeoParquet and dense embeddings to a
+GeoTIFF, streamed window by window and resumable; see eossl.embed."""
+
+from __future__ import annotations
+
+COMMAND = "embed"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(COMMAND, help="embed a scene: patches -> GeoParquet, dense "
+                              "features -> GeoTIFF (georeferenced, streamed, resumable)")
+    p.add_argument("checkpoint", help="eossl pretraining checkpoint")
+    p.add_argument("scene", help="sample name (brandenburg), folder of band files, or a "
+                   "multi-band GeoTIFF stack")
+    p.add_argument("--out", help="output folder (default embeddings-SCENE)")
+    p.add_argument("--patch-size", type=int, help="patch size in px (default: the "
+                   "checkpoint's crop size)")
+    p.add_argument("--window", type=int, default=512, help="window size in px read at a time")
+    p.add_argument("--min-valid", type=float, default=0.5,
+                   help="skip patches with a smaller share of valid pixels (default 0.5)")
+    p.add_argument("--no-dense", action="store_true", help="patch embeddings only")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..embed import embed_scene
+
+    out = args.out or f"embeddings-{Path(args.scene).stem}"
+    res = embed_scene(args.checkpoint, args.scene, out, patch_size=args.patch_size,
+                      window=args.window, dense=not args.no_dense, min_valid=args.min_valid,
+                      resume=args.resume, overwrite=args.overwrite, cache=args.cache,
+                      progress=not args.no_progress)
+    print(f"{res.n_patches} patch embeddings: {res.patches}")
+    if res.dense:
+        print(f"dense embeddings: {res.dense}")
+    return 0

@@ -1,0 +1,278 @@
+"""Embeddings of a whole scene from a pretrained encoder, georeferenced, streamed window by window.
+
+Two products, written into one output folder:
+
+- ``patches.parquet``: GeoParquet, one row per patch of ``patch_size`` px on a regular grid,
+  the patch footprint as a polygon in the scene's CRS, its row/col, the share of valid pixels
+  and the embedding vector (a fixed-size list of float32).
+- ``dense.tif``: the backbone's feature map as a multi-band float32 GeoTIFF (one band per
+  embedding dimension) on the scene's CRS, its transform scaled by the feature stride.
+
+The scene is read in windows (never loaded whole), so it may be larger than memory. Each
+finished window is saved to ``.embed-parts/`` with a progress file, so an interrupted run
+continues where it stopped (``resume=True``); the final files are assembled into temporary
+names and renamed, so a reader never sees a half-written product.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import BandError, ConfigError, DataError, OutputExistsError
+from .report import atomic_path, atomic_write_text
+
+PARTS = ".embed-parts"
+PROGRESS = "progress.json"
+
+
+@dataclass
+class EmbedResult:
+    out: Path
+    patches: Path
+    dense: Path | None
+    n_patches: int
+    n_windows: int
+    resumed_windows: int
+
+
+def open_scene(scene: str | os.PathLike, cache=None, bands: list[str] | None = None):
+    """A SceneStack for a sample name, a folder of band files or a multi-band GeoTIFF stack.
+
+    A stack's band names come from its band descriptions (as eossl writes them) or ``bands``.
+    """
+    from .data.readers import SceneStack, _open
+    from .data.sources import SOURCES, open_source
+
+    p = Path(str(scene))
+    if str(scene) in SOURCES or p.is_dir():
+        return open_source(str(scene), cache).scenes[0]
+    if not p.exists():
+        raise DataError(f"{scene}: no such scene; expected a sample name ({', '.join(SOURCES)}), "
+                        "a folder of band files or a GeoTIFF stack")
+    with _open(p) as src:
+        names = [d for d in src.descriptions if d]
+        count, nodata = src.count, src.nodata
+    names = list(bands) if bands else names
+    if len(names) != count:
+        raise BandError(f"{p}: holds {count} bands but {len(names)} band names are known "
+                        f"({', '.join(names) or 'none'}); give --bands with {count} names in "
+                        "file order")
+    return SceneStack(p, names, nodata=None if nodata is None else float(nodata))
+
+
+def _feature_stride(encoder, n_bands: int, probe: int = 64) -> int:
+    with torch.no_grad():
+        f = encoder.backbone.forward_features(torch.zeros(1, n_bands, probe, probe))
+    if f.ndim != 4:
+        raise ConfigError("dense embeddings need a convolutional backbone with a spatial "
+                          "feature map; pass --no-dense")
+    return probe // f.shape[-1]
+
+
+def _windows(height: int, width: int, size: int):
+    for r in range(0, height, size):
+        for c in range(0, width, size):
+            yield r, c, min(size, height - r), min(size, width - c)
+
+
+def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
+                patch_size: int | None = None, window: int = 512, dense: bool = True,
+                min_valid: float = 0.5, batch_size: int = 256, resume: bool = False,
+                overwrite: bool = False, cache=None, progress: bool = True) -> EmbedResult:
+    """Patch (and dense) embeddings of ``scene`` with the encoder in ``checkpoint``.
+
+    ``scene``: a SceneStack or anything :func:`open_scene` takes. Patches with less than
+    ``min_valid`` share of valid pixels (finite, not nodata) are skipped; invalid pixels of the
+    others are set to 0 before encoding.
+    """
+    from tqdm.auto import tqdm
+
+    from .data.readers import SceneStack
+    from .export import match_bands, read_checkpoint
+    from .methods.base import load_encoder
+
+    out = Path(out)
+    patches_path, dense_path, parts = out / "patches.parquet", out / "dense.tif", out / PARTS
+    if not resume and not overwrite:
+        for p in (patches_path, dense_path, parts):
+            if p.exists():
+                raise OutputExistsError(f"{p} already exists; pass --resume to continue an "
+                                        "interrupted run, --overwrite to replace, or another --out")
+    if overwrite and not resume and parts.exists():
+        shutil.rmtree(parts)
+    meta = read_checkpoint(checkpoint)["eossl"]
+    encoder = load_encoder(checkpoint)
+    stack = scene if isinstance(scene, SceneStack) else open_scene(scene, cache)
+    # the scene may hold more bands, in any order: the encoder's are picked by name
+    match_bands(encoder.bands, stack.bands, reorder=True, where=f"checkpoint {checkpoint}")
+    bands = encoder.bands
+    p = int(patch_size) if patch_size is not None else int(meta.get("crop_size") or 32)
+    if p < 1 or p > min(stack.height, stack.width):
+        raise ConfigError(f"patch size {p} px must be between 1 and the scene size "
+                          f"({stack.height} x {stack.width} px)")
+    stride = _feature_stride(encoder, len(bands)) if dense else 1
+    unit = math.lcm(p, stride)
+    window = max(unit, (int(window) // unit) * unit)
+    grid_h, grid_w = stack.height // p, stack.width // p  # whole patches only
+    wins = list(_windows(grid_h * p if not dense else stack.height,
+                         grid_w * p if not dense else stack.width, window))
+    job = {"checkpoint": str(Path(checkpoint).resolve()), "scene": str(stack.path),
+           "patch_size": p, "window": window, "dense": dense, "min_valid": min_valid}
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputExistsError(f"{out}: cannot write there ({e.strerror})") from None
+    prog_file = parts / PROGRESS
+    done: set[int] = set()
+    if prog_file.exists():
+        prev = json.loads(prog_file.read_text())
+        if prev.get("job") != job:
+            raise ConfigError(f"{out}: holds an unfinished embedding run with other settings "
+                              f"({prev.get('job')}); use the same settings or another --out")
+        done = set(prev["done"])
+    resumed = len(done)
+    encoder.eval()
+    bar = tqdm(total=len(wins), initial=resumed, desc="embed windows", unit="win",
+               disable=not progress)
+    for i, (r, c, h, w) in enumerate(wins):
+        if i in done:
+            continue
+        raw = stack.read((r, c, h, w), bands=bands)
+        valid = np.isfinite(raw).all(axis=0)
+        if stack.nodata is not None:
+            valid &= (raw != stack.nodata).all(axis=0)
+        raw = np.where(valid[None], raw, 0).astype(np.float32)
+        rec = _embed_patches(encoder, raw, valid, r, c, p, grid_h, grid_w, min_valid, batch_size)
+        if dense:
+            rec["dense"] = _embed_dense(encoder, raw, stride)
+        try:
+            with atomic_path(parts / f"w{i:06d}.npz", suffix=".npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **rec)
+            done.add(i)
+            atomic_write_text(prog_file, json.dumps({"job": job, "done": sorted(done)}))
+        except OSError as e:
+            raise DataError(f"{out}: write failed ({e.strerror or e}); the {len(done)} finished "
+                            "windows are kept: free space and rerun with --resume") from None
+        bar.update(1)
+    bar.close()
+    try:
+        n = _assemble(stack, parts, wins, p, stride, dense, patches_path, dense_path,
+                      encoder.out_dim, min_valid)
+    except OSError as e:
+        raise DataError(f"{out}: write failed ({e.strerror or e}); the finished windows are "
+                        "kept: free space and rerun with --resume") from None
+    shutil.rmtree(parts, ignore_errors=True)
+    atomic_write_text(out / "embed.json", json.dumps({
+        **job, "bands": list(bands), "crs": str(stack.crs), "feature_stride": stride,
+        "embedding_dim": encoder.out_dim, "patches": n, "method": meta.get("method")}, indent=2))
+    return EmbedResult(out, patches_path, dense_path if dense else None, n, len(wins), resumed)
+
+
+def _embed_patches(encoder, raw, valid, r0, c0, p, grid_h, grid_w, min_valid, batch_size):
+    h, w = raw.shape[1:]
+    rows, cols, tiles, shares = [], [], [], []
+    for pr in range(h // p):
+        for pc in range(w // p):
+            gr, gc = (r0 + pr * p) // p, (c0 + pc * p) // p
+            if gr >= grid_h or gc >= grid_w:
+                continue
+            share = float(valid[pr * p:(pr + 1) * p, pc * p:(pc + 1) * p].mean())
+            if share < min_valid:
+                continue  # all-nodata (or mostly) patches carry no embedding worth keeping
+            rows.append(gr)
+            cols.append(gc)
+            shares.append(share)
+            tiles.append(raw[:, pr * p:(pr + 1) * p, pc * p:(pc + 1) * p])
+    emb = np.zeros((0, encoder.out_dim), np.float32)
+    if tiles:
+        x = torch.from_numpy(np.stack(tiles))
+        with torch.no_grad():
+            emb = torch.cat([encoder(b) for b in x.split(batch_size)]).float().numpy()
+    return {"row": np.asarray(rows, np.int64), "col": np.asarray(cols, np.int64),
+            "valid": np.asarray(shares, np.float32), "embedding": emb}
+
+
+def _embed_dense(encoder, raw, stride):
+    # Pad edge windows to a whole number of feature cells; the padding is nodata (0).
+    c, h, w = raw.shape
+    ph, pw = math.ceil(h / stride) * stride, math.ceil(w / stride) * stride
+    x = np.zeros((1, c, ph, pw), np.float32)
+    x[0, :, :h, :w] = raw
+    with torch.no_grad():
+        f = encoder.forward_features(torch.from_numpy(x))[0].float().numpy()
+    return f
+
+
+def _assemble(stack, parts, wins, p, stride, dense, patches_path, dense_path, dim,
+              min_valid: float = 0.5) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pyproj
+    import rasterio
+    import shapely
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+
+    t = stack.transform
+    # GeoParquet 1.0 stores the CRS as PROJJSON; pyproj (a geopandas dependency) writes it
+    crs_json = (pyproj.CRS.from_user_input(stack.crs.to_wkt()).to_json_dict()
+                if stack.crs else None)
+    geo = {"version": "1.0.0", "primary_column": "geometry",
+           "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"],
+                                    **({"crs": crs_json} if crs_json else {})}}}
+    schema = pa.schema([("row", pa.int64()), ("col", pa.int64()), ("valid_fraction", pa.float32()),
+                        ("embedding", pa.list_(pa.float32(), dim)), ("geometry", pa.binary())],
+                       metadata={b"geo": json.dumps(geo).encode()})
+    n = 0
+    dense_profile = None
+    if dense:
+        dh, dw = math.ceil(stack.height / stride), math.ceil(stack.width / stride)
+        dense_profile = dict(driver="GTiff", width=dw, height=dh, count=dim, dtype="float32",
+                             crs=stack.crs, transform=t @ Affine.scale(stride),
+                             interleave="pixel", BIGTIFF="IF_SAFER")
+        if dh >= 256 and dw >= 256:
+            dense_profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with atomic_path(patches_path, suffix=".parquet") as tmp_pq, \
+            (atomic_path(dense_path, suffix=".tif") if dense else nullcontext()) as tmp_tif:
+        writer = pq.ParquetWriter(str(tmp_pq), schema)
+        dst = rasterio.open(tmp_tif, "w", **dense_profile) if dense else None
+        try:
+            for i, (r, c, h, w) in enumerate(wins):
+                with np.load(parts / f"w{i:06d}.npz", allow_pickle=False) as z:
+                    rows, cols, emb = z["row"], z["col"], z["embedding"]
+                    if len(rows):
+                        x0, y0 = t @ (cols * p, rows * p)
+                        x1, y1 = t @ ((cols + 1) * p, (rows + 1) * p)
+                        boxes = shapely.box(np.minimum(x0, x1), np.minimum(y0, y1),
+                                            np.maximum(x0, x1), np.maximum(y0, y1))
+                        table = pa.table({
+                            "row": rows, "col": cols, "valid_fraction": z["valid"],
+                            "embedding": pa.FixedSizeListArray.from_arrays(
+                                pa.array(emb.reshape(-1), pa.float32()), dim),
+                            "geometry": shapely.to_wkb(boxes)}, schema=schema)
+                        writer.write_table(table)
+                        n += len(rows)
+                    if dst is not None:
+                        f = z["dense"]
+                        fr, fc = r // stride, c // stride
+                        fh = min(f.shape[1], dst.height - fr)
+                        fw = min(f.shape[2], dst.width - fc)
+                        dst.write(f[:, :fh, :fw], window=Window(fc, fr, fw, fh))
+            if n == 0:
+                raise DataError(f"{stack.path}: no {p} px patch has {min_valid:.0%} valid pixels "
+                                "(all nodata or NaN); nothing to embed")
+        finally:
+            writer.close()
+            if dst is not None:
+                dst.close()
+    return n

@@ -1,0 +1,77 @@
+"""Never lose work: a pretraining run killed with SIGKILL after a checkpoint resumes with
+--resume and ends exactly where an uninterrupted run ends (same steps, loss and weights)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+STEPS = 30
+
+
+def _config(tmp_path):
+    cfg = {"method": "moco", "seed": 7,
+           # 12 batches per epoch: the run crosses epochs and is killed mid-epoch
+           "data": {"crop_size": 32, "batch_size": 8, "crops_per_epoch": 96},
+           "trainer": {"checkpoint_every_n_steps": 10, "val_every_n_steps": 1000,
+                       "accelerator": "cpu"}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cmd(cache, cfg, out, *extra):
+    return [sys.executable, "-m", "eossl.cli", "--cache", str(cache), "pretrain", "--config",
+            str(cfg), "--max-steps", str(STEPS), "--out", str(out), "--no-progress", *extra]
+
+
+def _final(run):
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    m = pd.read_csv(run / "logs" / "metrics.csv")
+    loss = m[["step", "train/loss"]].dropna().iloc[-1]
+    return ckpt, float(loss["train/loss"]), int(loss["step"])
+
+
+@pytest.mark.slow
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(sample_cache, tmp_path):
+    cfg = _config(tmp_path)
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    full = tmp_path / "full"
+    subprocess.run(_cmd(sample_cache, cfg, full), check=True, env=env, timeout=300,
+                   capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(sample_cache, cfg, run), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert last.exists() and not (run / "summary.json").exists(), "run was not killed mid-way"
+    killed_at = torch.load(last, weights_only=True)["global_step"]
+    assert 10 <= killed_at < STEPS
+    # no half-written checkpoint left behind by the kill is ever trusted
+    assert not list((run / "checkpoints").glob("*.part"))
+
+    res = subprocess.run(_cmd(sample_cache, cfg, run, "--resume"), env=env, timeout=300,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["resumed_from_step"] == killed_at
+
+    a, loss_a, step_a = _final(full)
+    b, loss_b, step_b = _final(run)
+    assert a["global_step"] == b["global_step"] == STEPS
+    assert step_a == step_b and loss_a == loss_b
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
