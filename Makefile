@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/eossl demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cov=eossl --cov-report=term
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

@@ -1,4 +1,5 @@
-"""Pretraining throughput on CPU: eossl's MoCo v2 next to torchgeo's MoCoTask, same data.
+"""Pretraining throughput on CPU: eossl's MoCo v2, SimCLR and BYOL next to torchgeo's MoCoTask,
+SimCLRTask and BYOLTask, same data.
 
 Every method runs in its own subprocess (so its peak RSS is its own) on the same data loader:
 random 13-band crops of the real Sentinel-2 sample scene (``brandenburg``), batch 64,
@@ -8,6 +9,8 @@ steps. A bare timm ResNet-18 forward+backward gives the ceiling.
 
     python benchmarks/throughput.py                       # all methods, 20 timed steps
     python benchmarks/throughput.py --steps 2 --warmup 1  # smoke test
+    python benchmarks/throughput.py --methods bare,torchgeo-simclr,eossl-simclr-s4 \
+        --out benchmarks/results/throughput-baselines.json  # a subset, another file
 
 Writes benchmarks/results/throughput.json and prints a Markdown table.
 """
@@ -36,7 +39,23 @@ METHODS = {
     "eossl-s4": ("eossl MoCoV2, stem_stride=4 (like for like with torchgeo)", (1, 1)),
     "eossl": ("eossl MoCoV2, default stem_stride=2", (1, 1)),
     "eossl-s4-sym": ("eossl MoCoV2, stem_stride=4, symmetric=True (both directions)", (2, 2)),
+    "torchgeo-simclr": ("torchgeo SimCLRTask v1 (2-layer 512-128 head, no bank, LARS), "
+                        "stride-4 stem", (2, 0)),
+    "eossl-simclr-s4": ("eossl SimCLR, stem_stride=4 (like for like with torchgeo)", (2, 0)),
+    "eossl-simclr": ("eossl SimCLR, default stem_stride=2", (2, 0)),
+    "torchgeo-byol": ("torchgeo BYOLTask with its views at the crop size (64 px), stride-4 stem",
+                      (2, 2)),
+    "torchgeo-byol-224": ("torchgeo BYOLTask as shipped: resizes every view to 224 px",
+                          None),
+    "eossl-byol-s4": ("eossl BYOL (4096/256 heads as torchgeo), stem_stride=4 (like for like)",
+                      (2, 2)),
+    "eossl-byol": ("eossl BYOL (4096/256 heads), default stem_stride=2", (2, 2)),
 }
+# each eossl row is compared with the torchgeo row of the same method
+TORCHGEO_OF = {"eossl": "torchgeo", "eossl-s4": "torchgeo", "eossl-s4-sym": "torchgeo",
+               "eossl-simclr": "torchgeo-simclr", "eossl-simclr-s4": "torchgeo-simclr",
+               "eossl-byol": "torchgeo-byol", "eossl-byol-s4": "torchgeo-byol"}
+STRIDE2 = {"bare-s2", "eossl", "eossl-simclr", "eossl-byol"}
 
 
 # ------------------------------------------------------------------------ machine
@@ -245,6 +264,163 @@ def profile_eossl_step(model, batch, repeats: int) -> dict:
     return {k: v / repeats for k, v in parts.items()}
 
 
+def run_eossl_method(args, name: str, stem_stride: int) -> dict:
+    """eossl SimCLR / BYOL at their defaults; BYOL with torchgeo's head sizes (4096 hidden,
+    256 out), so head cost is like for like (the heads are <3% of a step either way)."""
+    import torch
+
+    from eossl.methods import get_method
+
+    src, stats, loader = _loader(args, args.warmup + args.steps + 1)
+    extra = ({"proj_hidden_dim": 4096, "proj_dim": 256, "pred_hidden_dim": 4096}
+             if name == "byol" else {})
+    model = get_method(name)(bands=src.bands, stats=stats.to_dict(), crop_size=args.size,
+                             max_steps=args.warmup + args.steps, stem_stride=stem_stride, **extra)
+    res = _fit_timed(args, model, loader)
+    if args.profile:
+        res["breakdown_s"] = PROFILES[name](model, next(iter(loader)), args.profile)
+    hp = model.hparams
+    res["config"] = {k: hp[k] for k in ("temperature", "proj_dim", "proj_hidden_dim",
+                                        "pred_hidden_dim", "ema_momentum") if k in hp}
+    res["config"].update(stem_stride=stem_stride, threads=torch.get_num_threads())
+    return res
+
+
+def _profiler(model, batch):
+    import torch
+
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    parts: dict[str, float] = {}
+
+    def tick(name, t0):
+        parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
+        return time.perf_counter()
+
+    return opt, parts, tick
+
+
+def profile_simclr_step(model, batch, repeats: int) -> dict:
+    """The parts of SimCLR.training_step (src/eossl/methods/simclr.py), replayed."""
+    import torch
+
+    opt, parts, tick = _profiler(model, batch)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x = model.normalizer(batch["image"])
+        t = tick("normalize", t)
+        v0, v1 = model.make_views(x)
+        t = tick("views (2x ContrastiveViews)", t)
+        z0, z1 = model.projection_head(model.backbone(torch.cat([v0, v1]))).chunk(2)
+        t = tick("forward (2N views, one pass)", t)
+        loss = model.criterion(z0, z1)
+        t = tick("NT-Xent loss", t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t = tick("backward", t)
+        opt.step()
+        t = tick("optimizer step", t)
+    return {k: v / repeats for k, v in parts.items()}
+
+
+def profile_byol_step(model, batch, repeats: int) -> dict:
+    """The parts of BYOL.training_step (src/eossl/methods/byol.py), replayed."""
+    from lightly.models.utils import update_momentum
+
+    opt, parts, tick = _profiler(model, batch)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x = model.normalizer(batch["image"])
+        t = tick("normalize", t)
+        v0, v1 = model.make_views(x)
+        t = tick("views (2x ContrastiveViews)", t)
+        update_momentum(model.backbone, model.backbone_momentum, 0.99)
+        update_momentum(model.projection_head, model.projection_head_momentum, 0.99)
+        t = tick("update_momentum", t)
+        _, p0 = model.online(v0)
+        _, p1 = model.online(v1)
+        t = tick("online forward (2 views)", t)
+        t0, t1 = model.target(v0), model.target(v1)
+        t = tick("target forward (2 views, no grad)", t)
+        loss = model.byol_loss(p0, p1, t0, t1)
+        t = tick("loss", t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t = tick("backward", t)
+        opt.step()
+        t = tick("optimizer step", t)
+    return {k: v / repeats for k, v in parts.items()}
+
+
+PROFILES = {"simclr": profile_simclr_step, "byol": profile_byol_step}
+
+
+def _normalised(task_cls):
+    """torchgeo tasks expect normalised batches (its datamodules normalise); normalise in the
+    step, as eossl does, so both pay the same cost inside the timed window."""
+
+    class Normalised(task_cls):
+        def training_step(self, batch, batch_idx, dataloader_idx=0):
+            return super().training_step({"image": self.normalizer(batch["image"])}, batch_idx,
+                                         dataloader_idx)
+
+    Normalised.__name__ = f"Normalised{task_cls.__name__}"
+    return Normalised
+
+
+def run_torchgeo_simclr(args) -> dict:
+    import torch
+    from torchgeo.trainers import SimCLRTask
+
+    from eossl.data.stats import Normalizer
+
+    src, stats, loader = _loader(args, args.warmup + args.steps + 1)
+    # SimCLR v1 sized like eossl's: 512-512-128 projector, in-batch negatives, T 0.5; torchgeo
+    # trains with LARS (lr 0.3 x 64/256) and its SimCLR augmentations (RRC, flips,
+    # brightness/contrast p 0.8, grayscale p 0.2, blur always).
+    task = _normalised(SimCLRTask)(model="resnet18", weights=None, in_channels=len(src.bands),
+                                   version=1, layers=2, hidden_dim=512, output_dim=128,
+                                   lr=0.075, weight_decay=1e-6, temperature=0.5,
+                                   memory_bank_size=0, size=args.size)
+    task.normalizer = Normalizer(stats)
+    res = _fit_timed(args, task, loader)
+    res["config"] = {"proj_dim": 128, "hidden_dim": 512, "temperature": 0.5, "stem_stride": 4,
+                     "optimizer": "LARS", "threads": torch.get_num_threads()}
+    return res
+
+
+def run_torchgeo_byol(args, image_size: int | None) -> dict:
+    import timm
+    import torch
+    from torchgeo.trainers import BYOLTask
+    from torchgeo.trainers.byol import BYOL as TorchgeoBYOL
+
+    from eossl.data.stats import Normalizer
+
+    src, stats, loader = _loader(args, args.warmup + args.steps + 1)
+    base = _normalised(BYOLTask)
+
+    class SizedBYOLTask(base):
+        """BYOLTask.configure_models hard-codes image_size=(224, 224): every view is resized
+        to 224 px. With ``image_size`` given, build the same model at that size instead."""
+
+        def configure_models(self) -> None:
+            if image_size is None:
+                return super().configure_models()
+            backbone = timm.create_model(self.hparams["model"],
+                                         in_chans=self.hparams["in_channels"], pretrained=False)
+            self.model = TorchgeoBYOL(backbone, in_channels=self.hparams["in_channels"],
+                                      image_size=(image_size, image_size))
+
+    task = SizedBYOLTask(model="resnet18", weights=None, in_channels=len(src.bands))
+    task.normalizer = Normalizer(stats)
+    res = _fit_timed(args, task, loader)
+    res["config"] = {"image_size": image_size or 224, "projection_size": 256,
+                     "hidden_size": 4096, "stem_stride": 4, "optimizer": "AdamW (torchgeo)",
+                     "threads": torch.get_num_threads()}
+    return res
+
+
 def run_torchgeo(args) -> dict:
     import torch
     from torchgeo.trainers import MoCoTask
@@ -297,8 +473,18 @@ def worker(args) -> None:
         res = run_eossl(args, 4, symmetric=True)
     elif m == "torchgeo":
         res = run_torchgeo(args)
+    elif m == "torchgeo-simclr":
+        res = run_torchgeo_simclr(args)
+    elif m == "torchgeo-byol":
+        res = run_torchgeo_byol(args, args.size)
+    elif m == "torchgeo-byol-224":
+        res = run_torchgeo_byol(args, None)
+    elif m in ("eossl-simclr", "eossl-simclr-s4", "eossl-byol", "eossl-byol-s4"):
+        res = run_eossl_method(args, m.split("-")[1], 2 if m in STRIDE2 else 4)
     else:
         raise SystemExit(f"unknown method {m!r}")
+    if "breakdown_s" in res:
+        res["profile_repeats"] = args.profile
     res.update(method=m, description=METHODS[m][0], peak_rss_mb=peak_rss_mb(),
                wall_s=time.perf_counter() - t0)
     print("RESULT " + json.dumps(res), flush=True)
@@ -308,32 +494,36 @@ def worker(args) -> None:
 def table(results: list[dict], ceilings: dict) -> str:
     rows = ["| method | images/s (step) | images/s (incl. loading) | step s (median) | "
             "encoder passes/img (fwd+bwd, fwd) | ceiling images/s | % of ceiling | "
-            "RSS before fit MB | peak RSS MB |",
-            "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+            "x torchgeo | RSS before fit MB | peak RSS MB |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    by_name = {r["method"]: r for r in results}
     for r in results:
         m = r["method"]
-        passes = METHODS[m][1]
+        passes = METHODS[m][1] or "-"
         ceil = ceilings.get(m)
         e2e = r.get("images_per_s_end_to_end")
         pct = f"{100 * r['images_per_s'] / ceil:.0f}%" if ceil else "-"
+        tg = by_name.get(TORCHGEO_OF.get(m, ""))
+        ratio = f"{r['images_per_s'] / tg['images_per_s']:.2f}" if tg else "-"
         rows.append(
             f"| {m}: {r['description']} | {r['images_per_s']:.1f} | "
             f"{f'{e2e:.1f}' if e2e else '-'} | {r['step_s_median']:.3f} | {passes} | "
             f"{f'{ceil:.1f}' if ceil else '-'} | "
-            f"{pct} | "
+            f"{pct} | {ratio} | "
             f"{r.get('rss_before_fit_mb') or 0:.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(rows)
 
 
 def ceilings_from(results: list[dict], batch_size: int) -> dict:
-    """Ideal MoCo images/s from the bare backbone's measured fwd+bwd and fwd-only times: the
+    """Ideal images/s from the bare backbone's measured fwd+bwd and fwd-only times: the
     encoder passes a method needs per image, nothing else (no heads, views, loss, optimiser)."""
     bare = {r["method"]: r for r in results if r["method"].startswith("bare")}
     out = {}
-    for m, (_, (fb, f)) in METHODS.items():
-        ref = bare.get("bare-s2" if m == "eossl" or m == "bare-s2" else "bare")
-        if ref is None:
+    for m, (_, passes) in METHODS.items():
+        ref = bare.get("bare-s2" if m in STRIDE2 else "bare")
+        if ref is None or passes is None:
             continue
+        fb, f = passes
         t = fb * ref["fwd_bwd_s_mean"] + f * ref["fwd_only_s_mean"]
         out[m] = batch_size / t
     return out
@@ -350,6 +540,9 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=2,
                    help="replays of eossl's step, timed part by part (0: off)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--append", action="store_true",
+                   help="keep the other methods' results already in --out (same settings), "
+                        "so a long comparison can run in several sittings")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--stats", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -383,6 +576,15 @@ def main() -> None:
               flush=True)
 
     stats_file.unlink()
+    if args.append and args.out.exists():
+        old = json.loads(args.out.read_text())
+        same = all(old["settings"].get(k) == getattr(args, k) for k in ("batch_size", "size"))
+        if not same:
+            raise SystemExit(f"{args.out}: --append needs the same --batch-size and --size as "
+                             f"the results there ({old['settings']})")
+        fresh = {r["method"] for r in results}
+        results = [r for r in old["results"] if r["method"] not in fresh] + results
+        results.sort(key=lambda r: list(METHODS).index(r["method"]))
     ceilings = ceilings_from(results, args.batch_size)
     info = machine_info()
     md = table(results, ceilings)
@@ -393,18 +595,22 @@ def main() -> None:
     for r in results:
         if "breakdown_s" in r:
             total = sum(v for k, v in r["breakdown_s"].items() if not k.startswith("(ref)"))
-            print(f"\n{r['method']} step breakdown (mean of {args.profile} replays, "
+            print(f"\n{r['method']} step breakdown (mean of "
+                  f"{r.get('profile_repeats', args.profile)} replays, "
                   f"{total:.2f} s):\n\n| part | s | share |\n|---|---:|---:|")
             for k, v in r["breakdown_s"].items():
                 share = "" if k.startswith("(ref)") else f"{100 * v / total:.0f}%"
                 print(f"| {k} | {v:.3f} | {share} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps({
         "benchmark": "throughput", "machine": info,
         "settings": {"steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
                      "size": args.size, "bands": 13, "num_workers": 0,
-                     "data": "brandenburg RandomCropDataset (in-memory), seed 0"},
+                     "data": "brandenburg RandomCropDataset (in-memory), seed 0",
+                     "note": "each result's timed_steps says how many steps it timed"},
         "ceilings_images_per_s": ceilings, "results": results, "markdown": md}, indent=2))
+    tmp.replace(args.out)  # atomic: a killed run leaves the old file intact
     print(f"\nwrote {args.out}", file=sys.stderr)
 
 

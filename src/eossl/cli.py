@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0])
     pr.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     pr.add_argument("--out", help="write results.json, report.md and plots here")
+    pr.add_argument("--per-band", action="store_true", help="band-wise encoders (rsbyol): "
+                    "probe the frozen encoder on each band alone; table + heat map in --out")
 
     dm = sub.add_parser("demo", help="the main job: fetch, pretrain MoCo v2, probe, report")
     dm.add_argument("--max-time", default="10m", help="pretraining budget (default 10m)")
@@ -87,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", help="output folder (default runs/demo-TIMESTAMP)")
     dm.add_argument("--no-progress", action="store_true")
     for mod in _plugin_modules():
-        if hasattr(mod, "add_parser"):
+        # evaluate_TASK modules also have add_parser, for ``eossl evaluate``; only COMMAND
+        # modules are top-level commands
+        if hasattr(mod, "add_parser") and hasattr(mod, "COMMAND"):
             mod.add_parser(sub)
     return p
 
@@ -164,6 +168,13 @@ def _cmd_probe(a) -> int:
             name, path = Path(item).parent.parent.name or Path(item).stem, item
         ckpts[name] = path
     source = open_source(a.data, a.cache, a.labels)
+    from .evaluate.perband import describe_band_use, per_band_report
+    if a.per_band:  # one probe per band (RS-BYOL's main figure), evaluate/perband.py
+        print(per_band_report(source, ckpts, patch_size=a.patch_size, seeds=a.seeds[:1],
+                              out=a.out, command="eossl " + " ".join(sys.argv[1:])))
+        return 0
+    for line in describe_band_use(ckpts, source.bands):  # band-wise encoders name their bands
+        print(line)
     records = probe_checkpoints(source, ckpts, patch_size=a.patch_size,
                                 fractions=a.fractions, seeds=a.seeds)
     print(markdown_table(records, metrics=("accuracy", "balanced_accuracy", "macro_f1")))

@@ -38,6 +38,7 @@ DEFAULTS: dict = {
         "precision": "32-true",
         "val_every_n_steps": 100,
         "checkpoint_every_n_steps": 100,
+        "deterministic": False,  # Lightning's flag: deterministic kernels (GPU), same results
     },
 }
 

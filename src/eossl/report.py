@@ -11,19 +11,34 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write via a temporary file + rename, so a killed process leaves no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block ends
+    without error. A killed process or a failed write (disk full) leaves the old file, or no
+    file, never a half-written one. ``suffix`` keeps an extension for writers that dispatch on
+    it (matplotlib, GDAL)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -105,7 +120,8 @@ def plot_probe_scores(records: Sequence[dict], path: Path, metric: str = "accura
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
@@ -137,7 +153,8 @@ def plot_training(metrics_csv: Path, path: Path) -> Path | None:
             ax2.set_ylabel("online kNN accuracy", color="tab:orange")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

@@ -8,6 +8,7 @@ monitor) and ``summary.json``. An existing run folder is never overwritten: it i
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -16,14 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, Sampler
 
 from .config import parse_duration
+from .data.datasets import RandomCropDataset
 from .data.sources import SceneSource, open_source
-from .errors import ConfigError, OutputExistsError
+from .errors import ConfigError, DataError, OutputExistsError
 from .methods import get_method
+from .report import atomic_path, atomic_write_text
 
 
 @dataclass
@@ -63,6 +69,142 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
         raise OutputExistsError(f"{out}: cannot write there ({e.strerror})") from None
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but through a temporary file + rename.
+
+    Lightning writes checkpoints in place, so a process killed mid-write (SIGKILL, OOM, a lost
+    node) leaves a truncated ``last.ckpt`` that ``--resume`` would then fail on; here the old
+    checkpoint stays whole until the new one is complete.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path, suffix=".ckpt") as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class ResumableSampler(Sampler[int]):
+    """Sequential indices that can restart mid-epoch, so a resumed run sees the same batches an
+    uninterrupted run would have seen next (Lightning restores its step counters but restarts a
+    plain DataLoader at the beginning of the epoch).
+
+    With ``epoch_offset`` the indices continue across epochs (epoch e yields e*n .. e*n+n-1): a
+    seeded RandomCropDataset draws crop i from (seed, i), so every epoch gets fresh crops and the
+    whole stream is a function of the seed.
+    """
+
+    def __init__(self, length: int, batch_size: int, epoch_offset: bool) -> None:
+        self.length, self.batch_size, self.epoch_offset = length, batch_size, epoch_offset
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        start, self.skip_batches = self.skip_batches * self.batch_size, 0
+        base = self.epoch * self.length if self.epoch_offset else 0
+        return iter(range(base + start, base + self.length))
+
+
+class TrainingState(Callback):
+    """What Lightning leaves out of a checkpoint but a bit-exact resume needs.
+
+    - the random number generators (torch, numpy, python; CUDA), which drive the views;
+    - buffers a module registered as non-persistent: lightly's MemoryBankModule keeps the MoCo
+      queue that way, so without this a resumed run would start with a fresh random queue;
+    - where in the epoch the data stream stood (set on the ResumableSampler at train start).
+    """
+
+    def __init__(self, sampler: ResumableSampler | None = None) -> None:
+        self.sampler = sampler
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        import random
+
+        np_state = np.random.get_state()
+        st = {"torch": torch.get_rng_state(),
+              "numpy": [np_state[0], np_state[1].tolist(), *map(_plain_number, np_state[2:])],
+              "python": _plain_tuple(random.getstate())}
+        if torch.cuda.is_available():
+            st["cuda"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["eossl_buffers"] = {name: buf.detach().clone() for name, buf in
+                                       _non_persistent_buffers(pl_module)}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        saved = checkpoint.get("eossl_buffers") or {}
+        for name, buf in _non_persistent_buffers(pl_module):
+            if name in saved and saved[name].shape == buf.shape:
+                buf.copy_(saved[name].to(buf.device))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import random
+
+        if self.sampler is not None and trainer.global_step:
+            steps_per_epoch = max(1, len(self.sampler) // self.sampler.batch_size)
+            self.sampler.skip_batches = trainer.global_step % steps_per_epoch
+        st, self._pending = self._pending, None
+        if st is None:
+            return
+        # Restored last, after every setup step that draws random numbers, so the next training
+        # step draws exactly what it would have drawn in an uninterrupted run.
+        torch.set_rng_state(st["torch"])
+        np.random.set_state((st["numpy"][0], np.asarray(st["numpy"][1], dtype=np.uint32),
+                             *st["numpy"][2:]))
+        random.setstate(_tuple_tree(st["python"]))
+        if "cuda" in st and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _non_persistent_buffers(module: torch.nn.Module):
+    for mod_name, mod in module.named_modules():
+        for name in getattr(mod, "_non_persistent_buffers_set", ()):
+            buf = mod._buffers.get(name)
+            if buf is not None:
+                yield (f"{mod_name}.{name}" if mod_name else name), buf
+
+
+def _plain_number(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _plain_tuple(t):
+    return [_plain_tuple(v) for v in t] if isinstance(t, (tuple, list)) else t
+
+
+def _tuple_tree(t):
+    return tuple(_tuple_tree(v) for v in t) if isinstance(t, list) else t
+
+
+def check_resume_checkpoint(out: Path, cfg: dict) -> None:
+    """Refuse to resume from a last.ckpt that another method (or band list) wrote: Lightning
+    would otherwise fail deep inside load_state_dict with a wall of missing keys."""
+    path = out / "checkpoints" / "last.ckpt"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # any unreadable file is reported the same way
+        raise DataError(f"{path}: cannot read the checkpoint to resume "
+                        f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}); "
+                        "it is corrupt or not a PyTorch checkpoint") from None
+    meta = ckpt.get("eossl") if isinstance(ckpt, dict) else None
+    if not meta:
+        raise DataError(f"{path}: not an eossl pretraining checkpoint (no 'eossl' metadata); "
+                        "cannot resume from it")
+    if meta.get("method") != cfg["method"]:
+        raise ConfigError(f"{path}: written by method {meta.get('method')!r}, but the run in "
+                          f"{out} is {cfg['method']!r} (config.yaml); resume with the method "
+                          "that wrote it, or start a new run")
+
+
 def _quiet_lightning() -> None:
     import logging
 
@@ -88,6 +230,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         cfg = yaml.safe_load((out / "config.yaml").read_text())
     if resume or (out.exists() and any(out.iterdir())):  # refuse early, before data work
         prepare_run_dir(out, resume)
+    if resume:
+        check_resume_checkpoint(out, cfg)
     _quiet_lightning()
     method_cls = get_method(cfg["method"])  # fail on a bad name before any data work
     d, t = cfg["data"], cfg["trainer"]
@@ -101,7 +245,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         if int(d[key]) < 1:
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
 
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    seed = int(cfg.get("seed", 0))
+    L.seed_everything(seed, workers=True, verbose=False)
     source = open_source(d["name"], cache, d.get("labels"), bands=d.get("bands"))
     train_ds = method_cls.train_dataset(source, d)
     stats = source.stats()
@@ -109,7 +254,22 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                        max_steps=max_steps, max_time_s=max_time, **(cfg.get("model") or {}))
 
     loader_kw = dict(batch_size=int(d["batch_size"]), num_workers=int(d.get("num_workers", 0)))
-    train_dl = DataLoader(train_ds, shuffle=False, drop_last=True,
+    # One process: our sampler restarts mid-epoch on resume. Several (DDP) ranks: Lightning
+    # shards the sampler itself, so keep the plain sequential order there.
+    single = (str(t.get("devices", 1)) == "1" and int(t.get("num_nodes", 1)) == 1
+              and str(t.get("strategy", "auto")) in ("auto", "single_device"))
+    sampler = None
+    if single and hasattr(train_ds, "__len__"):
+        epoch_offset = isinstance(train_ds, RandomCropDataset) and train_ds.seed is None
+        if epoch_offset:
+            # Crops drawn from OS entropy could not be replayed on resume; seeded by global
+            # index (see ResumableSampler) they still differ every epoch and every run seed.
+            train_ds.seed = seed
+        sampler = ResumableSampler(len(train_ds), loader_kw["batch_size"], epoch_offset)
+    # Its own generator: creating a DataLoader iterator draws a seed, which must not come from
+    # the global RNG the views use (a resumed run creates its iterator at another moment).
+    train_dl = DataLoader(train_ds, shuffle=False, drop_last=True, sampler=sampler,
+                          generator=torch.Generator().manual_seed(seed),
                           persistent_workers=loader_kw["num_workers"] > 0, **loader_kw)
     val_dls = None
     if source.polygons is not None:
@@ -120,7 +280,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     # Everything that can fail on bad input has run by now, so a refused run leaves no folder.
     if not resume:
         prepare_run_dir(out, resume)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}",
                            auto_insert_metric_name=False, every_n_train_steps=int(
                                t.get("checkpoint_every_n_steps", 100)),
@@ -131,7 +291,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         max_steps=int(max_steps) if max_steps else -1, max_epochs=-1,
         accelerator=t.get("accelerator", "auto"), devices=t.get("devices", 1),
         num_nodes=int(t.get("num_nodes", 1)), strategy=t.get("strategy", "auto"),
-        precision=t.get("precision", "32-true"), callbacks=[ckpt],
+        precision=t.get("precision", "32-true"), callbacks=[ckpt, TrainingState(sampler)],
+        plugins=[AtomicCheckpointIO()], deterministic=t.get("deterministic", False),
         logger=CSVLogger(out, name="", version="logs"), log_every_n_steps=10,
         val_check_interval=val_every if val_dls else None,
         check_val_every_n_epoch=None if val_dls else 1,
@@ -139,12 +300,18 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         enable_progress_bar=progress, enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(model, train_dataloaders=train_dl, val_dataloaders=val_dls,
-                ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None)
-    secs = time.perf_counter() - start
-    # The final state is saved whatever step the budget ended on.
-    # weights_only=False keeps optimiser and loop state, so the run can be resumed from it.
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+    try:
+        trainer.fit(model, train_dataloaders=train_dl, val_dataloaders=val_dls,
+                    ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None)
+        secs = time.perf_counter() - start
+        # The final state is saved whatever step the budget ended on.
+        # weights_only=False keeps optimiser and loop state, so the run can be resumed from it.
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO):
+            raise
+        raise DataError(f"{out}: write failed ({e.strerror}); the last complete checkpoint is "
+                        "kept: free space and continue with --resume") from None
     steps = int(trainer.global_step)
     start_step = model.resumed_from_step  # images/s counts this session's steps only
     summary = {
@@ -154,6 +321,6 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         "bands": source.bands, "device": str(trainer.strategy.root_device),
         "torch": torch.__version__, "finished": datetime.now().isoformat(timespec="seconds"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return PretrainResult(out, out / "checkpoints" / "last.ckpt", steps, secs,
                           summary["images_per_s"], source)

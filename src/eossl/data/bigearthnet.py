@@ -276,8 +276,26 @@ class BigEarthNetV2(Dataset):
                 found.update(zip(self._s2, self._entry(txn, pid, self._s2)))
             if self._s1:
                 found.update(zip(self._s1, self._entry(txn, self._s1_names[i], self._s1)))
+        if self._s1:
+            self._check_pair(found, pid, self._s1_names[i])
         return {"image": self._stack([found[b] for b in self.band_names], pid),
                 "label": self._labels[i].clone(), "patch_id": pid}
+
+    def _check_pair(self, found: dict[str, np.ndarray], pid: str, s1_name: str) -> None:
+        """The S1 partner must lie on the S2 10 m grid of its patch. Resampling would hide a
+        partner of another footprint or pixel size, so a mismatch is an error, not a resize."""
+        expected = None
+        for b in self._s2:
+            scale = self._resolution(b) / 10.0
+            expected = (round(found[b].shape[0] * scale), round(found[b].shape[1] * scale))
+            break
+        sar = {b: tuple(found[b].shape) for b in self._s1}
+        shapes = set(sar.values()) | ({expected} if expected else set())
+        if len(shapes) > 1:
+            got = ", ".join(f"{b} {h}x{w}" for b, (h, w) in sar.items())
+            grid = f"; the S2 10 m grid is {expected[0]}x{expected[1]}" if expected else ""
+            raise DataError(f"SAR/optical pair of patch {pid} (S1 partner {s1_name}) does not "
+                            f"match: {got}{grid}; a pair must be co-registered on one grid")
 
     def _stack(self, arrays: list[np.ndarray], pid: str) -> torch.Tensor:
         chans = []

@@ -123,24 +123,32 @@ class SpatialSplit:
 
     train_fraction: float = 0.6
     gap: int = 16
+    # "east" mirrors the split (train on the east block, test on the west): the cross-region
+    # check of a model pretrained on the west block only.
+    train_side: str = "west"
 
     def __post_init__(self) -> None:
         if not 0 < self.train_fraction < 1:
             raise ConfigError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if self.gap < 0:
             raise ConfigError(f"split gap must be >= 0 px, got {self.gap}")
+        if self.train_side not in ("west", "east"):
+            raise ConfigError(f"train_side must be 'west' or 'east', got {self.train_side!r}")
 
     def border(self, width: int) -> int:
-        return int(round(width * self.train_fraction))
+        b = int(round(width * self.train_fraction))
+        return b if self.train_side == "west" else width - b
 
     def columns(self, split: str, width: int) -> tuple[int, int]:
         """The column range [start, end) of a block."""
         b = self.border(width)
+        if split not in ("train", "test"):
+            raise ConfigError(f"unknown split {split!r}; expected 'train' or 'test'")
+        if self.train_side == "east":
+            return (b, width) if split == "train" else (0, max(b - self.gap, 0))
         if split == "train":
             return 0, b
-        if split == "test":
-            return min(b + self.gap, width), width
-        raise ConfigError(f"unknown split {split!r}; expected 'train' or 'test'")
+        return min(b + self.gap, width), width
 
 
 def patch_grid(height: int, width: int, size: int, cols: tuple[int, int]) -> list[tuple[int, int]]:
@@ -208,14 +216,17 @@ class LabelledPatches(Dataset):
 
 
 class DenseLabelTiles(Dataset):
-    """Tiles of image + per-pixel label mask for segmentation (IGNORE_INDEX = unlabelled)."""
+    """Tiles of image + per-pixel label mask for segmentation (IGNORE_INDEX = unlabelled).
+
+    ``num_classes`` (default: the OSM classes) declares the valid ids 0..num_classes-1; any
+    other id than IGNORE_INDEX in the label map is an error rather than a silent extra class.
+    """
 
     def __init__(self, scene: SceneStack, label_map: np.ndarray, *, split: str = "train",
                  size: int = 64, spatial_split: SpatialSplit | None = None,
-                 min_labelled: float = 0.0) -> None:
-        if label_map.shape != (scene.height, scene.width):
-            raise DataError(f"label map of shape {label_map.shape} does not match the scene grid "
-                            f"{(scene.height, scene.width)} of {scene.path}")
+                 min_labelled: float = 0.0, num_classes: int | None = len(OSM_CLASSES)) -> None:
+        check_label_map(label_map, (scene.height, scene.width), num_classes,
+                        where=f"the label map of {Path(scene.path).name}")
         self.scene, self.label_map, self.size = scene, label_map, size
         self.split = spatial_split or SpatialSplit(gap=size)
         cols = self.split.columns(split, scene.width)
@@ -226,6 +237,9 @@ class DenseLabelTiles(Dataset):
             (r, c) for r, c in patch_grid(scene.height, scene.width, size, cols)
             if (label_map[r:r + size, c:c + size] != IGNORE_INDEX).mean() >= min_labelled
         ]
+        if not self.corners:
+            raise DataError(f"no {size}px tile of the {split} block of {Path(scene.path).name} "
+                            f"has >= {min_labelled:.0%} labelled pixels")
 
     def __len__(self) -> int:
         return len(self.corners)
@@ -236,3 +250,43 @@ class DenseLabelTiles(Dataset):
         mask = self.label_map[r:r + self.size, c:c + self.size].astype(np.int64)
         return {"image": torch.from_numpy(np.ascontiguousarray(img)),
                 "mask": torch.from_numpy(mask)}
+
+    def labelled_counts(self) -> np.ndarray:
+        """Labelled pixels per tile, in tile order."""
+        s = self.size
+        return np.array([(self.label_map[r:r + s, c:c + s] != IGNORE_INDEX).sum()
+                         for r, c in self.corners], dtype=np.int64)
+
+    def fraction_indices(self, fraction: float, seed: int) -> np.ndarray:
+        """Whole tiles, in a seeded random order, until they hold ``fraction`` of the block's
+        labelled pixels (at least one labelled tile). Sorted tile indices.
+
+        Tiles rather than pixels: a label budget buys annotated areas, and scattered single
+        pixels would leak neighbourhood labels a real 1% annotation never has.
+        """
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"label fraction must be in (0, 1], got {fraction}")
+        counts = self.labelled_counts()
+        labelled = np.flatnonzero(counts > 0)
+        if fraction >= 1:
+            return labelled
+        order = np.random.default_rng(seed).permutation(labelled)
+        need = fraction * counts.sum()
+        k = int(np.searchsorted(np.cumsum(counts[order]), need) + 1)
+        return np.sort(order[:max(1, min(k, len(order)))])
+
+
+def check_label_map(label_map: np.ndarray, grid: tuple[int, int], num_classes: int | None,
+                    where: str = "label map") -> None:
+    """DataError unless the map is 2-D on ``grid`` with ids in [0, num_classes) or IGNORE_INDEX."""
+    shape = tuple(np.shape(label_map))
+    if shape != tuple(grid):
+        raise DataError(f"{where}: shape {shape} does not match the image grid {tuple(grid)}; "
+                        "rasterise the labels onto the image's grid")
+    if num_classes is None:
+        return
+    ids = np.unique(label_map)
+    bad = [int(v) for v in ids if v != IGNORE_INDEX and not 0 <= v < num_classes]
+    if bad:
+        raise DataError(f"{where}: class ids {bad[:10]} are outside the declared classes "
+                        f"0..{num_classes - 1} (and {IGNORE_INDEX} = unlabelled)")

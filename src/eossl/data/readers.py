@@ -192,7 +192,11 @@ class SceneStack:
     def load(self) -> np.ndarray:
         if self._array is None:
             with _open(self.path) as src:
-                self._array = src.read().astype(np.float32)
+                try:
+                    self._array = src.read().astype(np.float32)
+                except (RasterioError, OSError) as e:
+                    raise DataError(f"{self.path}: read failed ({_short(e)}); the file may be "
+                                    "truncated or corrupt") from None
         return self._array
 
     def read(self, window: Window | tuple[int, int, int, int] | None = None,
@@ -209,7 +213,11 @@ class SceneStack:
                 a = a[:, r0:r0 + int(window.height), c0:c0 + int(window.width)]
             return a[idx] if idx is not None else a
         ix = [i + 1 for i in idx] if idx is not None else None
-        return self._handle().read(ix, window=window).astype(np.float32)
+        try:
+            return self._handle().read(ix, window=window).astype(np.float32)
+        except (RasterioError, OSError) as e:
+            raise DataError(f"{self.path}: read of window {window} failed ({_short(e)}); the "
+                            "file may be truncated or corrupt") from None
 
     def _handle(self):
         """One open dataset per process, kept between reads.

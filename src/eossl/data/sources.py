@@ -133,6 +133,10 @@ def open_source(name: str, cache: str | os.PathLike | None = None,
     _load_plugins()
     if name in SOURCES:
         src = SOURCES[name](cache, bands)
+    elif "://" in name or (Path(name) / "eossl.json").is_file():  # a shard corpus (data/shards.py)
+        from .shards import open_shards
+
+        src = open_shards(name, cache, bands)
     elif Path(name).exists():
         folder = Path(name)
         src = SceneSource(folder.name, [stacked_scene(folder, samples.cache_dir(cache),

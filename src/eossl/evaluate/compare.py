@@ -70,6 +70,8 @@ def fit_to_bands(encoder: nn.Module, data_bands: Sequence[str]) -> nn.Module:
     when a band the encoder needs has no counterpart in the data)."""
     if list(encoder.bands) == list(data_bands):
         return encoder
+    if hasattr(encoder, "for_bands"):  # picks its own bands by name (rsbyol's BandwiseEncoder)
+        return encoder.for_bands(data_bands)
     return BandAdapter(encoder, data_bands)
 
 
@@ -118,7 +120,9 @@ def probe_checkpoints(source, checkpoints: Mapping[str, str], *, patch_size: int
     if random_init and encoders:
         first = next(iter(encoders.values()))
         stats = first.normalizer.stats
-        if list(first.bands) == list(train.bands):
+        if hasattr(first, "random_like"):  # same wrapper, random weights (rsbyol)
+            enc = first.random_like(seed=0)
+        elif list(first.bands) == list(train.bands):
             enc = random_encoder(train.bands, stats, first.backbone.name,
                                  getattr(first.backbone, "stem_stride", 2))
         else:  # the same architecture on the same inputs as the first encoder, random weights

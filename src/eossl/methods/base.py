@@ -263,7 +263,9 @@ def load_encoder(checkpoint_path: str | os.PathLike, map_location: str | torch.d
                         f"'eossl' metadata)")
     meta, state = ckpt["eossl"], ckpt["state_dict"]
     try:
-        backbone = build_backbone(meta["backbone"], in_chans=len(meta["bands"]),
+        # in_chans differs from the band count when the backbone sees views (rsbyol: 1 or 3)
+        backbone = build_backbone(meta["backbone"],
+                                  in_chans=int(meta.get("in_chans", len(meta["bands"]))),
                                   stem_stride=meta["stem_stride"],
                                   **meta.get("backbone_kwargs", {}))
         normalizer = Normalizer(meta["stats"])
@@ -273,7 +275,11 @@ def load_encoder(checkpoint_path: str | os.PathLike, map_location: str | torch.d
     except (KeyError, RuntimeError) as e:
         raise DataError(f"checkpoint {path!r}: eossl metadata and weights do not match: "
                         f"{str(e).splitlines()[0]}") from None
-    return Encoder(backbone, normalizer, name=meta.get("method", "encoder")).eval()
+    encoder = Encoder(backbone, normalizer, name=meta.get("method", "encoder"))
+    if meta.get("encoder"):  # a method whose backbone sees views, not all bands, wraps it
+        from . import get_method
+        encoder = get_method(meta["method"]).wrap_encoder(encoder, meta["encoder"])
+    return encoder.eval()
 
 
 def _plain(obj: Any) -> Any:

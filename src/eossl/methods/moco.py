@@ -33,7 +33,7 @@ class MoCoV2(PretextMethod):
     def __init__(self, bands: list[str], stats: dict, *, queue_size: int = 4096,
                  temperature: float = 0.2, ema_momentum: float = 0.99, proj_dim: int = 128,
                  proj_hidden_dim: int | None = None, bn_splits: int = 4,
-                 gather_distributed: bool = False, views: dict | None = None,
+                 gather_distributed: bool = True, views: dict | None = None,
                  symmetric: bool = False, **kwargs) -> None:
         super().__init__(bands, stats, **kwargs)
         if queue_size < 0 or not 0 <= ema_momentum <= 1 or temperature <= 0 or bn_splits < 1:
@@ -47,7 +47,9 @@ class MoCoV2(PretextMethod):
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.projection_head_momentum)
         # queue_size 0 falls back to in-batch negatives. Under DDP, gather_distributed=True
-        # enqueues the keys of all ranks, as MoCo's multi-GPU queue does.
+        # enqueues the keys of all ranks, as MoCo's multi-GPU queue does (default: with False
+        # each rank's queue holds only its own keys, so k ranks no longer optimise the loss of
+        # one process with the global batch; tests/test_ddp.py pins this). No-op on one process.
         self.criterion = NTXentLoss(temperature=temperature,
                                     memory_bank_size=(queue_size, proj_dim),
                                     gather_distributed=gather_distributed)
@@ -73,9 +75,14 @@ class MoCoV2(PretextMethod):
         out = torch.cat([head(backbone(c)) for c in xs.chunk(splits)])
         return out[torch.argsort(perm)] if shuffle else out
 
+    def make_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (query, key) views of a normalised batch: two augmentations of one image.
+        Subclasses with other positives (moco-tp: two dates of one place) override this."""
+        return self.views(x), self.views(x)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = self.normalizer(batch["image"])
-        v0, v1 = self.views(x), self.views(x)
+        v0, v1 = self.make_views(x)
         m = self.current_ema_momentum()
         update_momentum(self.backbone, self.backbone_momentum, m)
         update_momentum(self.projection_head, self.projection_head_momentum, m)
