@@ -137,7 +137,9 @@ def test_html_report_renders_in_chromium(bench_dir):
     n_images = text.count("<img ")
     assert n_tables >= 4 and n_images >= 2
     dom = subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={bench_dir / 'chromium-profile'}", "--virtual-time-budget=5000",
          "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120).stdout
     m = re.search(r'data-images="(\d+)" data-images-ok="(\d+)"', dom)
     assert m, "the page's load script did not run"
