@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-nodes", type=int)
     t.add_argument("--strategy", help="auto, ddp, ...")
     t.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
+    t.add_argument("--channels-last", action="store_const", const=True, default=None,
+                   help="NHWC memory layout for weights and images (faster convolutions on "
+                   "CPUs with oneDNN and on tensor-core GPUs)")
+    t.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE",
+                   help="torch.compile the backbone; optional torch.compile mode, e.g. "
+                   "max-autotune")
     t.add_argument("--out", help="run folder (default runs/METHOD-TIMESTAMP); never overwritten")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -131,7 +137,7 @@ def _cmd_data(a) -> int:
 def _cmd_pretrain(a) -> int:
     from .config import load_config
     from .methods import get_method
-    from .train import new_run_dir, pretrain
+    from .train import external_launch, launched_rank_zero, new_run_dir, pretrain
 
     cfg = load_config(a.config, {
         "method": a.method, "seed": a.seed, "data.name": a.data, "data.labels": a.labels,
@@ -141,7 +147,8 @@ def _cmd_pretrain(a) -> int:
         "model.backbone": a.backbone, "model.lr": a.lr, "trainer.accelerator": a.accelerator,
         "trainer.devices": (int(a.devices) if a.devices and a.devices.isdigit() else a.devices),
         "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
-        "trainer.precision": a.precision,
+        "trainer.precision": a.precision, "trainer.channels_last": a.channels_last,
+        "trainer.compile": a.compile,
     })
     if a.max_time is not None or a.max_steps is not None:
         # an explicit budget on the command line replaces the recipe's whole budget
@@ -149,11 +156,29 @@ def _cmd_pretrain(a) -> int:
     get_method(cfg["method"])
     if a.resume and not a.out:
         raise EosslError("--resume needs --out RUN_FOLDER (the run to continue)")
-    out = Path(a.out) if a.out else new_run_dir("runs", cfg["method"])
-    res = pretrain(cfg, out, resume=a.resume, cache=a.cache, progress=not a.no_progress)
-    print(f"pretrained {cfg['method']}: {res.steps} steps in {res.seconds:.0f} s "
-          f"({res.images_per_s:.0f} images/s)\ncheckpoint: {res.checkpoint}")
+    # Lightning's DDP launcher re-runs this command for ranks > 0: they must use rank 0's
+    # folder, not a new timestamp (EOSSL_RUN_DIR is inherited by those processes only).
+    out = a.out or os.environ.get(RUN_DIR_ENV)
+    chosen = not out
+    if chosen:
+        if external_launch():
+            raise EosslError("runs started by torchrun or SLURM need --out RUN_FOLDER (every "
+                             "process must write to the same folder)")
+        out = new_run_dir("runs", cfg["method"])
+        os.environ[RUN_DIR_ENV] = str(out)
+    try:
+        res = pretrain(cfg, Path(out), resume=a.resume, cache=a.cache,
+                       progress=not a.no_progress)
+    finally:
+        if chosen:
+            os.environ.pop(RUN_DIR_ENV, None)
+    if launched_rank_zero():
+        print(f"pretrained {cfg['method']}: {res.steps} steps in {res.seconds:.0f} s "
+              f"({res.images_per_s:.0f} images/s)\ncheckpoint: {res.checkpoint}")
     return 0
+
+
+RUN_DIR_ENV = "EOSSL_RUN_DIR"
 
 
 def _cmd_probe(a) -> int:

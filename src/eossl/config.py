@@ -36,6 +36,8 @@ DEFAULTS: dict = {
         "num_nodes": 1,
         "strategy": "auto",
         "precision": "32-true",
+        "channels_last": False,  # NHWC weights and batches (train.ChannelsLast)
+        "compile": False,  # torch.compile the backbone(s): true or a torch.compile mode
         "val_every_n_steps": 100,
         "checkpoint_every_n_steps": 100,
         "deterministic": False,  # Lightning's flag: deterministic kernels (GPU), same results

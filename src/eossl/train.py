@@ -109,6 +109,81 @@ class ResumableSampler(Sampler[int]):
         return iter(range(base + start, base + self.length))
 
 
+def launched_rank_zero() -> bool:
+    """False in the processes a launcher started as ranks > 0.
+
+    Lightning's own DDP launcher re-runs the command with ``LOCAL_RANK``/``NODE_RANK`` set;
+    torchrun sets ``RANK``, SLURM ``SLURM_PROCID``. Those processes run ``pretrain`` too, from
+    the start, before any process group exists; only rank 0 may refuse or prepare the run
+    folder and write ``config.yaml`` and ``summary.json``, or the other ranks would find the
+    folder rank 0 just filled and refuse it.
+    """
+    env = os.environ
+    if any(env.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK",
+                                                       "GROUP_RANK")):
+        return False
+    # SLURM_PROCID is also set (to 0) inside a one-task allocation that Lightning launches
+    # from, so it only counts when SLURM runs several tasks.
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_PROCID", "0") != "0":
+        return False
+    return True
+
+
+def external_launch() -> bool:
+    """True when torchrun or SLURM started several copies of this command at once."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1") or 1) > 1 or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+
+
+class ChannelsLast(Callback):
+    """NHWC memory layout for the module's 4-D weights and the batches' 4-D images.
+
+    The one place eossl converts layouts (``trainer.channels_last``, ``--channels-last``). On
+    CPU (oneDNN) and on GPUs with tensor cores convolutions run faster in NHWC; a convolution
+    whose weight is NHWC returns NHWC, so views made from the batch keep the layout through
+    the network. Works for any LightningModule (the throughput benchmark applies it to
+    torchgeo's tasks too). Runs in ``setup``, before the strategy wraps the module (DDP's
+    gradient buckets then match the parameters' strides).
+
+    1x1 kernels (N, C, 1, 1) are left as they are: their memory order is the same in both
+    layouts, and gloo's coalesced broadcast, which DDP uses to sync the initial weights,
+    fails on channels-last tensors of that shape (torch 2.14: "some elements of the input
+    tensor and the written-to tensor refer to a single memory location").
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        for t in [*pl_module.parameters(), *pl_module.buffers()]:
+            if t.ndim == 4 and tuple(t.shape[-2:]) != (1, 1):
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if isinstance(batch, dict):
+            for k, v in batch.items():
+                if isinstance(v, torch.Tensor) and v.ndim == 4:
+                    batch[k] = v.contiguous(memory_format=torch.channels_last)
+
+
+class CompileBackbone(Callback):
+    """``torch.compile`` of the method's backbone(s) (``trainer.compile``, ``--compile``).
+
+    Compiles every child module whose name starts with ``backbone`` (the encoder and, where a
+    method has one, its momentum copy) with ``nn.Module.compile``, which compiles in place:
+    unlike ``torch.compile(module)`` it adds no ``_orig_mod.`` level to the state dict, so
+    checkpoints keep ``backbone.*`` keys and load into a plain encoder (``load_encoder``).
+    ``mode`` is torch.compile's (None, "reduce-overhead", "max-autotune").
+    """
+
+    def __init__(self, mode: str | None = None) -> None:
+        self.mode = mode
+        self.compiled: list[str] = []
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        for name, child in pl_module.named_children():
+            if name.startswith("backbone") and name not in self.compiled:
+                child.compile(mode=self.mode)
+                self.compiled.append(name)
+
+
 class TrainingState(Callback):
     """What Lightning leaves out of a checkpoint but a bit-exact resume needs.
 
@@ -226,9 +301,10 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     from lightning.pytorch.loggers import CSVLogger
 
     out = Path(out)
+    zero = launched_rank_zero()  # ranks > 0 of a DDP launch leave the run folder to rank 0
     if resume and (out / "config.yaml").exists():
         cfg = yaml.safe_load((out / "config.yaml").read_text())
-    if resume or (out.exists() and any(out.iterdir())):  # refuse early, before data work
+    if (resume or (zero and out.exists() and any(out.iterdir()))):  # refuse early
         prepare_run_dir(out, resume)
     if resume:
         check_resume_checkpoint(out, cfg)
@@ -278,7 +354,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                    DataLoader(source.patches("test", size), batch_size=256)]
 
     # Everything that can fail on bad input has run by now, so a refused run leaves no folder.
-    if not resume:
+    if not resume and zero:
         prepare_run_dir(out, resume)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}",
@@ -286,12 +362,15 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                                t.get("checkpoint_every_n_steps", 100)),
                            save_last=True, save_top_k=-1)
     val_every = int(t.get("val_every_n_steps", 100))
+    speed = ([ChannelsLast()] if t.get("channels_last") else []) + (
+        [CompileBackbone(None if t["compile"] is True else str(t["compile"]))]
+        if t.get("compile") else [])
     trainer = L.Trainer(
         default_root_dir=out, max_time={"seconds": max_time} if max_time else None,
         max_steps=int(max_steps) if max_steps else -1, max_epochs=-1,
         accelerator=t.get("accelerator", "auto"), devices=t.get("devices", 1),
         num_nodes=int(t.get("num_nodes", 1)), strategy=t.get("strategy", "auto"),
-        precision=t.get("precision", "32-true"), callbacks=[ckpt, TrainingState(sampler)],
+        precision=t.get("precision", "32-true"), callbacks=[ckpt, TrainingState(sampler), *speed],
         plugins=[AtomicCheckpointIO()], deterministic=t.get("deterministic", False),
         logger=CSVLogger(out, name="", version="logs"), log_every_n_steps=10,
         val_check_interval=val_every if val_dls else None,
@@ -314,13 +393,17 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                         "kept: free space and continue with --resume") from None
     steps = int(trainer.global_step)
     start_step = model.resumed_from_step  # images/s counts this session's steps only
+    world = int(trainer.world_size)  # batch_size is per rank: all ranks' images count
     summary = {
         "method": cfg["method"], "data": d["name"], "steps": steps,
         "resumed_from_step": start_step, "seconds": round(secs, 1),
-        "images_per_s": round((steps - start_step) * int(d["batch_size"]) / max(secs, 1e-9), 1),
+        "images_per_s": round((steps - start_step) * int(d["batch_size"]) * world
+                              / max(secs, 1e-9), 1),
+        "world_size": world, "precision": str(t.get("precision", "32-true")),
         "bands": source.bands, "device": str(trainer.strategy.root_device),
         "torch": torch.__version__, "finished": datetime.now().isoformat(timespec="seconds"),
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if trainer.is_global_zero:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return PretrainResult(out, out / "checkpoints" / "last.ckpt", steps, secs,
                           summary["images_per_s"], source)
