@@ -247,6 +247,40 @@ class PretextMethod(L.LightningModule):
         self.resumed_from_step = int(checkpoint.get("global_step", 0))
 
 
+def float32_loss(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with autocast off and every floating tensor in ``args`` (also
+    inside lists and tuples) cast to float32; gradients flow through the casts.
+
+    For the parts of a loss that mixed precision must not touch: InfoNCE logits are cosines
+    divided by a temperature of 0.07-0.2, and bf16's 8-bit mantissa would round them by up to
+    ~0.4 % before the softmax (and a queue of float32 keys would be read at bf16). The
+    networks before it still run in bf16 under ``--precision bf16-mixed``; the loss is a
+    sliver of the step's work.
+    """
+    device = _first_device(args)
+    with torch.autocast(device.type if device is not None else "cpu", enabled=False):
+        return fn(*(_float32(a) for a in args), **kwargs)
+
+
+def _float32(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_float32(o) for o in obj)
+    return obj
+
+
+def _first_device(obj: Any) -> torch.device | None:
+    if isinstance(obj, torch.Tensor):
+        return obj.device
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            d = _first_device(o)
+            if d is not None:
+                return d
+    return None
+
+
 def load_encoder(checkpoint_path: str | os.PathLike, map_location: str | torch.device = "cpu"
                  ) -> Encoder:
     """Rebuild the pretrained Encoder from an eossl checkpoint alone (no method class needed)."""

@@ -17,7 +17,7 @@ from ..models.backbones import build_backbone
 from ..models.heads import byol_prediction_head, byol_projection_head
 from ..views import ContrastiveViews
 from . import register_method
-from .base import PretextMethod
+from .base import PretextMethod, float32_loss
 
 
 @register_method("byol")
@@ -94,7 +94,8 @@ class BYOL(PretextMethod):
     def byol_loss(self, p0: torch.Tensor, p1: torch.Tensor, t0: torch.Tensor,
                   t1: torch.Tensor) -> torch.Tensor:
         """Symmetrised loss: mean of (2 - 2 cos(p0, t1)) and (2 - 2 cos(p1, t0))."""
-        return 2.0 + self.criterion(p0, t1.detach()) + self.criterion(p1, t0.detach())
+        return 2.0 + float32_loss(self.criterion, p0, t1.detach()) + float32_loss(
+            self.criterion, p1, t0.detach())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = self.normalizer(batch["image"])

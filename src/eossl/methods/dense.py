@@ -20,7 +20,7 @@ from ..errors import ConfigError, DataError
 from ..models.unet import UNet, backbone_pyramid
 from ..views import BandJitter
 from . import register_method
-from .base import PretextMethod
+from .base import PretextMethod, float32_loss
 
 
 # ------------------------------------------------------------------------ geometry
@@ -256,8 +256,9 @@ class DenseContrast(PretextMethod):
         q = torch.gather(z1, 2, i1.unsqueeze(1).expand(-1, z1.shape[1], -1)).transpose(1, 2)
         k = torch.gather(z2, 2, i2.unsqueeze(1).expand(-1, z2.shape[1], -1)).transpose(1, 2)
         # symmetric: each view queries the other
-        loss = 0.5 * (dense_info_nce(q, k, hp.temperature, hp.cross_negatives)
-                      + dense_info_nce(k, q, hp.temperature, hp.cross_negatives))
+        # float32, outside autocast: per-pixel logits / temperature under bf16-mixed
+        loss = 0.5 * (float32_loss(dense_info_nce, q, k, hp.temperature, hp.cross_negatives)
+                      + float32_loss(dense_info_nce, k, q, hp.temperature, hp.cross_negatives))
         with torch.no_grad():
             pos = (q * k).sum(-1).mean()
             neg = torch.bmm(q, k.transpose(1, 2)).mean()

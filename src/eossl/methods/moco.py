@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..models.heads import moco_projection_head
 from ..views import ContrastiveViews
 from . import register_method
-from .base import PretextMethod
+from .base import PretextMethod, float32_loss
 
 MIN_BN_SPLIT = 16  # fewer samples per BatchNorm group make its statistics too noisy
 
@@ -95,7 +95,8 @@ class MoCoV2(PretextMethod):
                    for v in query_views]
         # One call: in the symmetric form both directions meet the same queue (two calls would
         # put k1 among the negatives of q1), and all keys are enqueued once afterwards.
-        loss = self.criterion(torch.cat(queries), torch.cat(keys))
+        # float32, outside autocast: logits / temperature and the float32 queue
+        loss = float32_loss(self.criterion, torch.cat(queries), torch.cat(keys))
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_momentum", m)
         self.log_collapse(queries[0])

@@ -31,7 +31,7 @@ from ..errors import ConfigError, DataError
 from ..models.heads import moco_projection_head
 from ..views import BandGrayscale, BandJitter, _blur_kernel
 from . import register_method
-from .base import PretextMethod
+from .base import PretextMethod, float32_loss
 from .moco import MIN_BN_SPLIT, MoCoV2
 
 EMA_SCHEDULES = ("constant", "cosine")
@@ -211,11 +211,16 @@ class SeasonalContrast(PretextMethod):
         fq = self._features(self.backbone, q, shuffle=False)
         queries = [F.normalize(head(fq), dim=1) for head in self.heads]
         # The queue read happens before this batch's positives are enqueued (update=True
-        # returns the bank as it was).
-        banks = [bank(keys[i][i], update=True)[1] for i, bank in enumerate(self.queues)]
-        logits = seco_logits(queries, keys, banks, self.hparams.temperature, batch_keys)
+        # returns the bank as it was). Keys enter the float32 queue as float32.
+        banks = [bank(keys[i][i].float(), update=True)[1] for i, bank in enumerate(self.queues)]
         target = torch.zeros(n, dtype=torch.long, device=q.device)
-        losses = [F.cross_entropy(lg, target) for lg in logits]
+
+        def infonce(queries, keys, banks, batch_keys):
+            logits = seco_logits(queries, keys, banks, self.hparams.temperature, batch_keys)
+            return [F.cross_entropy(lg, target) for lg in logits]
+
+        # float32, outside autocast: logits / temperature (0.07) against float32 queues
+        losses = float32_loss(infonce, queries, keys, banks, batch_keys)
         loss = sum(losses)
         self.log("train/loss", loss, prog_bar=True)
         for i, li in enumerate(losses):

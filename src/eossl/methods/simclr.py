@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..models.heads import simclr_projection_head
 from ..views import ContrastiveViews
 from . import register_method
-from .base import PretextMethod
+from .base import PretextMethod, float32_loss
 
 
 @register_method("simclr")
@@ -61,7 +61,7 @@ class SimCLR(PretextMethod):
         x = self.normalizer(batch["image"])
         v0, v1 = self.make_views(x)
         z0, z1 = self.projection_head(self.backbone(torch.cat([v0, v1]))).chunk(2)
-        loss = self.criterion(z0, z1)
+        loss = float32_loss(self.criterion, z0, z1)  # logits in float32 under bf16-mixed
         self.log("train/loss", loss, prog_bar=True)
         self.log_collapse(z0)
         return loss

@@ -30,7 +30,7 @@ from ..errors import ConfigError, DataError
 from ..models.heads import simclr_projection_head
 from ..views import ContrastiveViews
 from . import register_method
-from .base import PretextMethod
+from .base import PretextMethod, float32_loss
 
 __all__ = ["SpectralStem", "SpectralResNet", "SpectralSpatial", "BandDropout",
            "spectral_mask", "masked_mse", "pixel_embeddings", "has_pixel_stem"]
@@ -259,7 +259,7 @@ class SpectralSpatial(PretextMethod):
         v1 = self.band_dropout(self.views(x))
         z0 = self.projection_head(self.backbone(v0))
         z1 = self.projection_head(self.backbone(v1))
-        return self.criterion(z0, z1), z0
+        return float32_loss(self.criterion, z0, z1), z0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = self.normalizer(batch["image"])
