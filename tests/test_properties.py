@@ -115,3 +115,131 @@ def test_dense_correspondences_point_at_the_same_ground_pixel(a, b, size):
     assert torch.equal(torch.stack([sr, sc]).float(), v1)
     br, bc = source_to_view(sr, sc, p1, size)
     assert torch.equal(br, r) and torch.equal(bc, c)
+
+
+# ------------------------------------------------------------------ more readers
+def _band_file(path, arr, res, crs="EPSG:32633"):
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0],
+                       count=1, dtype=arr.dtype, crs=crs,
+                       transform=from_origin(300000, 5800000, res, res)) as dst:
+        dst.write(arr[None])
+
+
+@pytest.fixture(scope="module")
+def band_folder(tmp_path_factory, brandenburg):
+    """Real pixels as per-band files at 10, 20 and 60 m (one tile: 120 x 180 m x 10)."""
+    scene = brandenburg.scenes[0]
+    folder = tmp_path_factory.mktemp("bandfiles")
+    a = scene.read((100, 100, 60, 90), bands=["B02", "B05", "B09"]).astype("uint16")
+    _band_file(folder / "T_B02.tif", a[0], 10)
+    _band_file(folder / "T_B05.tif", a[1, ::2, ::2].copy(), 20)
+    _band_file(folder / "T_B09.tif", a[2, ::6, ::6].copy(), 60)
+    return folder
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 61), order=st.permutations(["B02", "B05", "B09"]))
+def test_stacking_in_blocks_equals_one_whole_read(band_folder, tmp_path_factory, rows, order):
+    """The block-by-block stack builder gives exactly the pixels of one whole-band resampled
+    read, for any block height (blocks cut 20 and 60 m pixels at fractional rows) and band
+    order."""
+    from rasterio.enums import Resampling
+
+    from eossl.data.readers import find_band_files, write_band_stack
+
+    files = find_band_files(band_folder)
+    out = tmp_path_factory.mktemp("blk") / "s.tif"
+    write_band_stack(files, list(order), out, block_rows=rows)
+    with rasterio.open(out) as s:
+        got, names = s.read(), s.descriptions
+        assert (s.height, s.width, s.res) == (60, 90, (10.0, 10.0))
+    assert list(names) == list(order)
+    for i, b in enumerate(order):
+        with rasterio.open(files[b]) as src:
+            want = src.read(1, out_shape=(60, 90), resampling=Resampling.bilinear)
+        np.testing.assert_array_equal(got[i], want)
+
+
+@FAST
+@given(data=st.data())
+def test_valid_mask_is_finite_and_not_nodata(tmp_path_factory, data):
+    h, w = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
+    vals = st.sampled_from([0.0, 1.5, 7.0, float("nan"), -3.0])
+    arr = np.array(data.draw(st.lists(vals, min_size=2 * h * w, max_size=2 * h * w)),
+                   np.float32).reshape(2, h, w)
+    path = tmp_path_factory.mktemp("vm") / "v.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=2, dtype="float32",
+                       transform=from_origin(0, 0, 10, 10)) as dst:
+        dst.write(arr)
+    s = SceneStack(path, ["B02", "B03"], nodata=0.0)
+    want = np.isfinite(arr).all(axis=0) & (arr != 0).all(axis=0)
+    np.testing.assert_array_equal(s.valid_mask(), want)
+
+
+# ------------------------------------------------------------------ more view builders
+def _band_constant(n, c, size):
+    """(n, c, size, size): channel i holds the value i everywhere (which band is which)."""
+    return torch.arange(c, dtype=torch.float32)[None, :, None, None].expand(n, c, size,
+                                                                              size).contiguous()
+
+
+@settings(max_examples=20, deadline=None)
+@given(c=st.integers(2, 14), data=st.data(), seed=st.integers(0, 2**16))
+def test_band_views_draw_distinct_pool_bands_and_never_mix_them(c, data, seed):
+    from eossl.methods.rsbyol import BandViews, SpatialViews
+
+    names = [f"b{i}" for i in range(c)]
+    pool = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=c, unique=True))
+    k = data.draw(st.integers(1, len(pool)))
+    torch.manual_seed(seed)
+    views = BandViews(names, pool, k, SpatialViews(size=8))
+    v = views(_band_constant(3, c, 16))
+    assert v.shape == (3, k, 8, 8)
+    # crops, flips, rotations and blur move pixels, never values between bands
+    flat = v.reshape(3, k, -1)
+    torch.testing.assert_close(flat, flat[:, :, :1].expand_as(flat), rtol=0, atol=1e-4)
+    drawn = flat[:, :, 0].round().long()
+    allowed = {names.index(b) for b in pool}
+    for row in drawn.tolist():
+        assert len(set(row)) == k and set(row) <= allowed
+
+
+@settings(max_examples=15, deadline=None)
+@given(c=st.integers(1, 14), size=st.sampled_from([8, 16]), seed=st.integers(0, 2**16))
+def test_seasonal_views_any_band_count(c, size, seed):
+    from eossl.methods.seco import SeasonalViews
+
+    torch.manual_seed(seed)
+    t = [torch.randn(2, c, 24, 24) for _ in range(3)]
+    out = SeasonalViews(size=size)(*t)
+    assert len(out) == 4 and all(o.shape == (2, c, size, size) for o in out)
+    assert all(torch.isfinite(o).all() for o in out)
+    # the query is a crop only: no band mixing, values stay per-band constants
+    q = SeasonalViews(size=size)(_band_constant(2, c, 24), *t[1:])[0]
+    torch.testing.assert_close(q, _band_constant(2, c, size), rtol=0, atol=1e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(size=st.integers(1, 12), n=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_rot90_gives_one_of_the_four_rotations(size, n, seed):
+    from eossl.views import RandomRot90
+
+    torch.manual_seed(seed)
+    x = torch.randn(n, 3, size, size)
+    y = RandomRot90()(x)
+    for i in range(n):
+        assert any(torch.equal(y[i], torch.rot90(x[i], r, dims=(-2, -1))) for r in range(4))
+    if size > 1:
+        with pytest.raises(DataError, match="square"):
+            RandomRot90()(torch.randn(n, 3, size, size - 1))
+
+
+@settings(max_examples=15, deadline=None)
+@given(c=st.integers(1, 14), seed=st.integers(0, 2**16))
+def test_geometric_contrastive_views_keep_bands_apart(c, seed):
+    """With jitter, grayscale and blur off, a contrastive view is pure geometry: each output
+    band comes from the same input band."""
+    torch.manual_seed(seed)
+    v = ContrastiveViews(size=8, jitter_p=0.0, gray_p=0.0, blur_p=0.0)(_band_constant(3, c, 20))
+    torch.testing.assert_close(v, _band_constant(3, c, 8), rtol=0, atol=1e-4)

@@ -93,61 +93,14 @@ def _short(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
-def read_band_files(files: dict[str, Path], bands: list[str] | None = None,
-                    resampling: Resampling = Resampling.bilinear) -> tuple[np.ndarray, dict]:
-    """Read per-band files and resample them to the finest grid among them.
-
-    Returns (array (C, H, W) uint16/float, rasterio profile of the target grid). Bands must
-    cover the same extent (the same tile); a file on another CRS or extent is an error, since
-    silently warping would shift pixels between bands.
-    """
-    names = bands or sorted(files, key=_s2_order)
-    missing = [b for b in names if b not in files]
-    if missing:
-        raise DataError(f"band file(s) {', '.join(missing)} not found; found "
-                        f"{', '.join(sorted(files, key=_s2_order))}")
-    metas = {}
-    for b in names:
-        with _open(files[b]) as src:
-            metas[b] = (src.crs, src.bounds, src.res, src.height, src.width, src.dtypes[0],
-                        src.nodata, src.count)
-    ref = min(names, key=lambda b: metas[b][2][0])  # finest resolution defines the grid
-    crs, bounds, res, H, W, dtype, nodata, _ = metas[ref]
-    for b in names:
-        c, bd, *_rest, count = metas[b]
-        if c != crs:
-            raise DataError(f"{files[b]}: CRS {c} differs from {files[ref].name} ({crs}); "
-                            "expected all bands of one scene on one CRS")
-        if max(abs(bd[i] - bounds[i]) for i in range(4)) > max(metas[b][2]):
-            raise DataError(f"{files[b]}: extent {tuple(bd)} differs from {files[ref].name} "
-                            f"{tuple(bounds)}; expected bands of the same tile")
-        if count != 1:
-            raise DataError(f"{files[b]}: holds {count} bands; expected one band per file")
-    out = np.empty((len(names), H, W), dtype=np.dtype(dtype))
-    for i, b in enumerate(names):
-        with _open(files[b]) as src:
-            try:
-                out[i] = src.read(1, out_shape=(H, W), resampling=resampling)
-            except (RasterioError, OSError) as e:
-                raise DataError(f"{files[b]}: read failed ({_short(e)}); the file may be "
-                                "truncated or corrupt") from None
-            profile = src.profile if b == ref else None
-        if profile is not None:
-            ref_profile = profile
-    _check_decoded(out, [files[b] for b in names])
-    ref_profile = dict(ref_profile)
-    ref_profile.update(count=len(names), dtype=out.dtype.name, driver="GTiff")
-    return out, ref_profile
-
-
-def _check_decoded(stack: np.ndarray, paths: list[Path], tolerance: float = 0.05) -> None:
-    """Refuse bands that decoded to far more nodata (0) than the others.
+def _check_zero_shares(zero: np.ndarray, paths: list[Path], tolerance: float = 0.05) -> None:
+    """Refuse bands whose share of nodata (0) pixels is far above the others'.
 
     GDAL's JPEG 2000 driver logs decode failures of a truncated file on stderr but still returns
     a band of (mostly) zeros, so a damaged file is only visible in its pixels: on one tile every
     band covers the same footprint, so their nodata shares agree to within edge effects.
     """
-    zero = (stack == 0).reshape(len(stack), -1).mean(axis=1)
+    zero = np.asarray(zero, dtype=float)
     if zero.min() >= 1.0:
         raise DataError(f"{paths[0].parent}: every band is nodata (0) everywhere; expected "
                         "imagery with valid pixels")
@@ -254,12 +207,15 @@ def _cache_key(files: dict[str, Path], bands: list[str]) -> str:
 
 
 def stacked_scene(folder: str | os.PathLike, cache: str | os.PathLike,
-                  bands: list[str] | None = None, sensor: str = "sentinel2-l1c") -> SceneStack:
+                  bands: list[str] | None = None, sensor: str = "sentinel2-l1c",
+                  block_bytes: int = 64 << 20) -> SceneStack:
     """A :class:`SceneStack` for a folder of per-band files, building the cached stack once.
 
     The cache file name hashes the source paths, sizes and mtimes, so an edited source is
     restacked, and the stack is written to a temporary file and renamed, so a killed process
-    never leaves a half-written stack that a later run would trust.
+    never leaves a half-written stack that a later run would trust. The stack is built in
+    blocks of rows (about ``block_bytes`` of pixels at a time), so a scene larger than memory
+    can be stacked; windowed resampled reads give the same pixels as one whole-band read.
     """
     files = find_band_files(folder)
     if bands is None:
@@ -271,22 +227,86 @@ def stacked_scene(folder: str | os.PathLike, cache: str | os.PathLike,
                             f"{sensor}; found {', '.join(bands)}")
     out = Path(cache) / "stacks" / f"{Path(folder).resolve().name}-{_cache_key(files, bands)}.tif"
     if not out.exists():
-        arr, profile = read_band_files(files, bands)
         out.parent.mkdir(parents=True, exist_ok=True)
-        profile.update(tiled=True, blockxsize=256, blockysize=256, compress=None,
-                       interleave="pixel", nodata=0, BIGTIFF="IF_SAFER")
-        profile.pop("photometric", None)
         fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tif.part")
         os.close(fd)
         try:
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(arr)
-                dst.descriptions = tuple(bands)
+            write_band_stack(files, list(bands), Path(tmp), block_bytes=block_bytes)
             os.replace(tmp, out)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
     return SceneStack(out, list(bands), sensor=sensor)
+
+
+def write_band_stack(files: dict[str, Path], bands: list[str], path: Path,
+                     resampling: Resampling = Resampling.bilinear,
+                     block_bytes: int = 64 << 20, block_rows: int | None = None) -> None:
+    """Resample per-band files onto the finest grid among them and write one tiled GeoTIFF,
+    a block of rows at a time, so the scene is never held in memory whole.
+
+    Bands must cover the same extent (the same tile): a file on another CRS or extent is an
+    error, since silently warping would shift pixels between bands.
+    """
+    missing = [b for b in bands if b not in files]
+    if missing:
+        raise DataError(f"band file(s) {', '.join(missing)} not found; found "
+                        f"{', '.join(sorted(files, key=_s2_order))}")
+    srcs = {}
+    try:
+        for b in bands:
+            srcs[b] = _open(files[b])
+        ref = _check_same_grid(files, bands, srcs)
+        grid = srcs[ref]
+        H, W, dtype = grid.height, grid.width, np.dtype(grid.dtypes[0])
+        profile = dict(grid.profile)
+        profile.update(count=len(bands), dtype=dtype.name, driver="GTiff", tiled=True,
+                       blockxsize=256, blockysize=256, compress=None, interleave="pixel",
+                       nodata=0, BIGTIFF="IF_SAFER")
+        profile.pop("photometric", None)
+        # whole 256-px tile rows per block (unless told), so every block writes complete tiles
+        rows = int(block_rows) if block_rows else max(
+            256, (block_bytes // max(1, len(bands) * W * dtype.itemsize)) // 256 * 256)
+        zeros = np.zeros(len(bands), np.int64)
+        with rasterio.open(path, "w", **profile) as dst:
+            for r in range(0, H, rows):
+                h = min(rows, H - r)
+                block = np.empty((len(bands), h, W), dtype)
+                for i, b in enumerate(bands):
+                    s = srcs[b]
+                    fy = s.height / H
+                    win = Window(0, r * fy, s.width, h * fy)
+                    try:
+                        block[i] = s.read(1, window=win, out_shape=(h, W), resampling=resampling)
+                    except (RasterioError, OSError) as e:
+                        raise DataError(f"{files[b]}: read failed ({_short(e)}); the file may "
+                                        "be truncated or corrupt") from None
+                    zeros[i] += int(np.count_nonzero(block[i] == 0))
+                dst.write(block, window=Window(0, r, W, h))
+                del block
+            dst.descriptions = tuple(bands)
+        _check_zero_shares(zeros / float(H * W), [files[b] for b in bands])
+    finally:
+        for s in srcs.values():
+            s.close()
+
+
+def _check_same_grid(files: dict[str, Path], bands: list[str], srcs: dict) -> str:
+    """The band whose (finest) grid the stack uses; DataError for a band on another CRS or
+    extent, or a file with more than one band."""
+    ref = min(bands, key=lambda b: srcs[b].res[0])
+    crs, bounds = srcs[ref].crs, srcs[ref].bounds
+    for b in bands:
+        s = srcs[b]
+        if s.crs != crs:
+            raise DataError(f"{files[b]}: CRS {s.crs} differs from {files[ref].name} ({crs}); "
+                            "expected all bands of one scene on one CRS")
+        if max(abs(s.bounds[i] - bounds[i]) for i in range(4)) > max(s.res):
+            raise DataError(f"{files[b]}: extent {tuple(s.bounds)} differs from "
+                            f"{files[ref].name} {tuple(bounds)}; expected bands of the same tile")
+        if s.count != 1:
+            raise DataError(f"{files[b]}: holds {s.count} bands; expected one band per file")
+    return ref
 
 
 def check_patch_size(size: int, height: int, width: int, what: str) -> None:
