@@ -13,7 +13,7 @@ from rasterio.windows import Window
 import eossl.embed as embed_mod
 from eossl.cli import main
 from eossl.embed import embed_scene
-from eossl.errors import OutputExistsError
+from eossl.errors import ConfigError, OutputExistsError
 
 BANDS4 = ("B02", "B03", "B04", "B08")
 
@@ -148,3 +148,125 @@ def test_cli_embed_and_its_errors(setup, tmp_path, capsys):
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "lack B03, B04, B08" in err and err.count("\n") == 1
+
+
+def test_streams_in_windows_with_a_progress_bar(setup, tmp_path, monkeypatch, capsys):
+    """Bounded memory: the scene is only ever read window by window (never loaded whole), and
+    the progress bar counts windows."""
+    from eossl.data.readers import SceneStack
+
+    ckpt, tif, _, _ = setup
+    reads = []
+    real_read = SceneStack.read
+
+    def spy(self, window=None, bands=None):
+        reads.append(window)
+        return real_read(self, window, bands)
+
+    def no_load(self):
+        raise AssertionError("embed loaded the whole scene into memory")
+
+    monkeypatch.setattr(SceneStack, "read", spy)
+    monkeypatch.setattr(SceneStack, "load", no_load)
+    res = embed_scene(ckpt, tif, tmp_path / "s", window=48, progress=True)
+    err = capsys.readouterr().err
+    assert all(w is not None and w[2] <= 48 and w[3] <= 48 for w in reads), reads
+    assert len(reads) == res.n_windows == math.ceil(150 / 48) * math.ceil(200 / 48)
+    assert "embed windows" in err and f"{res.n_windows}/{res.n_windows}" in err
+
+
+def test_folder_of_band_files_with_only_the_encoders_bands(setup, tmp_path, brandenburg):
+    """A folder that holds just the encoder's bands (not the sensor's 13) is stacked with
+    those and embedded; the result equals embedding the same pixels from a GeoTIFF stack."""
+    import geopandas as gpd
+
+    ckpt, tif, _, _ = setup
+    scene = brandenburg.scenes[0]
+    r0, c0, h, w = 400, 600, 64, 96
+    tr = scene.transform @ Affine.translation(c0, r0)
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    arr = scene.read((r0, c0, h, w), bands=list(BANDS4)).astype("uint16")
+    for i, b in enumerate(BANDS4):
+        with rasterio.open(folder / f"T33UUU_20170216T102101_{b}.tif", "w", driver="GTiff",
+                           width=w, height=h, count=1, dtype="uint16", crs=scene.crs,
+                           transform=tr) as dst:
+            dst.write(arr[i:i + 1])
+    stack = tmp_path / "stack.tif"
+    with rasterio.open(stack, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint16",
+                       crs=scene.crs, transform=tr, nodata=0) as dst:
+        dst.write(arr)
+    code = main(["--cache", str(tmp_path / "cache"), "embed", str(ckpt), str(folder), "--out",
+                 str(tmp_path / "f"), "--no-dense", "--no-progress"])
+    assert code == 0
+    a = gpd.read_parquet(tmp_path / "f" / "patches.parquet")
+    b = gpd.read_parquet(embed_scene(ckpt, stack, tmp_path / "g", dense=False, progress=False,
+                                     bands=list(BANDS4)).patches)
+    assert len(a) == len(b) == (h // 16) * (w // 16)
+    assert a.crs == scene.crs
+    np.testing.assert_allclose(np.stack(a["embedding"]), np.stack(b["embedding"]), atol=1e-5)
+
+
+def test_resume_refuses_another_job_and_a_finished_run(setup, tmp_path, monkeypatch):
+    ckpt, tif, _, _ = setup
+    real = embed_mod._embed_patches
+    calls = {"n": 0}
+
+    def dies_on_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(embed_mod, "_embed_patches", dies_on_second)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        embed_scene(ckpt, tif, out, window=64, dense=False, progress=False)
+    monkeypatch.setattr(embed_mod, "_embed_patches", real)
+    # other options than the interrupted run: refused, naming what differs
+    with pytest.raises(ConfigError, match="other window"):
+        embed_scene(ckpt, tif, out, window=32, dense=False, resume=True, progress=False)
+    # the checkpoint was rewritten since (e.g. pretraining went on): refused too
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(ckpt.read_bytes())
+    with pytest.raises(ConfigError, match="checkpoint"):
+        embed_scene(other, tif, out, window=64, dense=False, resume=True, progress=False)
+    res = embed_scene(ckpt, tif, out, window=64, dense=False, resume=True, progress=False)
+    assert res.resumed_windows == 1 and not (out / ".embed-parts").exists()
+    with pytest.raises(OutputExistsError, match="finished embedding run"):
+        embed_scene(ckpt, tif, out, window=64, dense=False, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="--min-valid 1.5"):
+        embed_scene(ckpt, tif, tmp_path / "m", min_valid=1.5, progress=False)
+
+
+def test_stacking_a_band_folder_holds_one_block_not_the_scene(tmp_path):
+    """A folder of band files is stacked block by block: peak memory is a block of rows, not
+    the scene (the old whole-scene read needed every band at once)."""
+    import tracemalloc
+
+    from rasterio.transform import from_origin
+
+    from eossl.data.readers import stacked_scene
+
+    H = W = 1024
+    rng = np.random.default_rng(0)
+    for b, res in (("B02", 10), ("B03", 10), ("B04", 10), ("B05", 20)):
+        n = H * 10 // res
+        with rasterio.open(tmp_path / f"T33UUU_20170216T102101_{b}.tif", "w", driver="GTiff",
+                           width=n, height=n, count=1, dtype="uint16", crs="EPSG:32633",
+                           transform=from_origin(300000, 5800000, res, res), tiled=True,
+                           blockxsize=256, blockysize=256) as dst:
+            dst.write(rng.integers(1, 5000, (1, n, n)).astype("uint16"))
+    scene_bytes = 4 * H * W * 2
+    tracemalloc.start()
+    try:
+        s = stacked_scene(tmp_path, tmp_path / "cache", ["B02", "B03", "B04", "B05"],
+                          block_bytes=scene_bytes // 8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert s.shape == (4, H, W)
+    assert peak < scene_bytes / 2, f"peak {peak / 2**20:.1f} MiB, scene {scene_bytes / 2**20} MiB"
+    with rasterio.open(tmp_path / "T33UUU_20170216T102101_B03.tif") as src:
+        np.testing.assert_array_equal(s.read((700, 0, 300, W), bands=["B03"])[0],
+                                      src.read(1, window=Window(0, 700, W, 300)))

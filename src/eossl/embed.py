@@ -44,19 +44,31 @@ class EmbedResult:
     resumed_windows: int
 
 
-def open_scene(scene: str | os.PathLike, cache=None, bands: list[str] | None = None):
+def open_scene(scene: str | os.PathLike, cache=None, bands: list[str] | None = None,
+               need: list[str] | None = None):
     """A SceneStack for a sample name, a folder of band files or a multi-band GeoTIFF stack.
 
-    A stack's band names come from its band descriptions (as eossl writes them) or ``bands``.
+    A stack's band names come from ``bands`` (names in file order) or else from its band
+    descriptions (as eossl writes them). A folder that lacks some of the sensor's band files
+    is stacked with the bands in ``need`` only (the encoder's).
     """
-    from .data.readers import SceneStack, _open
-    from .data.sources import SOURCES, open_source
+    from .bands import get_sensor
+    from .data.readers import SceneStack, _open, find_band_files
+    from .data.sources import available_sources, open_source
 
     p = Path(str(scene))
-    if str(scene) in SOURCES or p.is_dir():
+    sources = available_sources()
+    if str(scene) in sources:
         return open_source(str(scene), cache).scenes[0]
+    if p.is_dir():
+        have = find_band_files(p)
+        full = get_sensor("sentinel2-l1c").band_names
+        pick = None
+        if not all(b in have for b in full):
+            pick = [b for b in (need or []) if b in have] or None
+        return open_source(str(p), cache, bands=pick).scenes[0]
     if not p.exists():
-        raise DataError(f"{scene}: no such scene; expected a sample name ({', '.join(SOURCES)}), "
+        raise DataError(f"{scene}: no such scene; expected a sample name ({', '.join(sources)}), "
                         "a folder of band files or a GeoTIFF stack")
     with _open(p) as src:
         names = [d for d in src.descriptions if d]
@@ -67,6 +79,11 @@ def open_scene(scene: str | os.PathLike, cache=None, bands: list[str] | None = N
                         f"({', '.join(names) or 'none'}); give --bands with {count} names in "
                         "file order")
     return SceneStack(p, names, nodata=None if nodata is None else float(nodata))
+
+
+def _file_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [int(st.st_size), int(st.st_mtime_ns)]
 
 
 def _feature_stride(encoder, n_bands: int, probe: int = 64) -> int:
@@ -87,10 +104,13 @@ def _windows(height: int, width: int, size: int):
 def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
                 patch_size: int | None = None, window: int = 512, dense: bool = True,
                 min_valid: float = 0.5, batch_size: int = 256, resume: bool = False,
-                overwrite: bool = False, cache=None, progress: bool = True) -> EmbedResult:
+                overwrite: bool = False, cache=None, progress: bool = True,
+                bands: list[str] | None = None) -> EmbedResult:
     """Patch (and dense) embeddings of ``scene`` with the encoder in ``checkpoint``.
 
-    ``scene``: a SceneStack or anything :func:`open_scene` takes. Patches with less than
+    ``scene``: a SceneStack or anything :func:`open_scene` takes (``bands``: the names of a
+    GeoTIFF stack's bands in file order, when its band descriptions do not say). Patches with
+    less than
     ``min_valid`` share of valid pixels (finite, not nodata) are skipped; invalid pixels of the
     others are set to 0 before encoding.
     """
@@ -100,6 +120,8 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
     from .export import match_bands, read_checkpoint
     from .methods.base import load_encoder
 
+    if not 0.0 <= float(min_valid) <= 1.0:
+        raise ConfigError(f"--min-valid {min_valid} must be a share between 0 and 1")
     out = Path(out)
     patches_path, dense_path, parts = out / "patches.parquet", out / "dense.tif", out / PARTS
     if not resume and not overwrite:
@@ -107,11 +129,15 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
             if p.exists():
                 raise OutputExistsError(f"{p} already exists; pass --resume to continue an "
                                         "interrupted run, --overwrite to replace, or another --out")
+    if resume and not parts.exists() and patches_path.exists():
+        raise OutputExistsError(f"{out} holds a finished embedding run ({patches_path.name}); "
+                                "nothing to resume: pass --overwrite to redo it, or another --out")
     if overwrite and not resume and parts.exists():
         shutil.rmtree(parts)
     meta = read_checkpoint(checkpoint)["eossl"]
     encoder = load_encoder(checkpoint)
-    stack = scene if isinstance(scene, SceneStack) else open_scene(scene, cache)
+    stack = scene if isinstance(scene, SceneStack) else open_scene(scene, cache, bands,
+                                                                   need=list(encoder.bands))
     # the scene may hold more bands, in any order: the encoder's are picked by name
     match_bands(encoder.bands, stack.bands, reorder=True, where=f"checkpoint {checkpoint}")
     bands = encoder.bands
@@ -125,7 +151,11 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
     grid_h, grid_w = stack.height // p, stack.width // p  # whole patches only
     wins = list(_windows(grid_h * p if not dense else stack.height,
                          grid_w * p if not dense else stack.width, window))
-    job = {"checkpoint": str(Path(checkpoint).resolve()), "scene": str(stack.path),
+    # a resumed run must continue the same job: same model file (a checkpoint rewritten by
+    # further pretraining has another size or mtime), same scene file, same settings
+    job = {"checkpoint": str(Path(checkpoint).resolve()),
+           "checkpoint_file": _file_stamp(Path(checkpoint)), "scene": str(stack.path),
+           "scene_file": _file_stamp(Path(stack.path)), "bands": list(bands),
            "patch_size": p, "window": window, "dense": dense, "min_valid": min_valid}
     try:
         parts.mkdir(parents=True, exist_ok=True)
@@ -134,11 +164,18 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
     prog_file = parts / PROGRESS
     done: set[int] = set()
     if prog_file.exists():
-        prev = json.loads(prog_file.read_text())
-        if prev.get("job") != job:
-            raise ConfigError(f"{out}: holds an unfinished embedding run with other settings "
-                              f"({prev.get('job')}); use the same settings or another --out")
-        done = set(prev["done"])
+        try:
+            prev = json.loads(prog_file.read_text())
+            prev_job, prev_done = dict(prev["job"]), [int(i) for i in prev["done"]]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{prog_file}: unreadable progress file; pass --overwrite to start "
+                            "the embedding again") from None
+        if prev_job != job:
+            diff = [k for k in job if prev_job.get(k) != job[k]]
+            raise ConfigError(f"{out}: holds an unfinished embedding run with other "
+                              f"{', '.join(diff)}; resume with the same checkpoint, scene and "
+                              "options, --overwrite to start again, or another --out")
+        done = set(prev_done)
     resumed = len(done)
     encoder.eval()
     bar = tqdm(total=len(wins), initial=resumed, desc="embed windows", unit="win",

@@ -13,6 +13,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("scene", help="sample name (brandenburg), folder of band files, or a "
                    "multi-band GeoTIFF stack")
     p.add_argument("--out", help="output folder (default embeddings-SCENE)")
+    p.add_argument("--bands", help="comma-separated names of a GeoTIFF stack's bands in file "
+                   "order (default: the file's band descriptions)")
     p.add_argument("--patch-size", type=int, help="patch size in px (default: the "
                    "checkpoint's crop size)")
     p.add_argument("--window", type=int, default=512, help="window size in px read at a time")
@@ -33,7 +35,9 @@ def run(args) -> int:
     res = embed_scene(args.checkpoint, args.scene, out, patch_size=args.patch_size,
                       window=args.window, dense=not args.no_dense, min_valid=args.min_valid,
                       resume=args.resume, overwrite=args.overwrite, cache=args.cache,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      bands=[b.strip() for b in args.bands.split(",") if b.strip()]
+                      if args.bands else None)
     print(f"{res.n_patches} patch embeddings: {res.patches}")
     if res.dense:
         print(f"dense embeddings: {res.dense}")
