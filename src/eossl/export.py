@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import BandError, ConfigError, DataError, OutputExistsError
+from .errors import BandError, ConfigError, DataError, OutputExistsError, load_failure
 from .report import atomic_path
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
@@ -59,9 +59,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
             OSError) as e:
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise DataError(f"checkpoint {path} is corrupt or not a plain PyTorch checkpoint: "
-                        f"{msg}") from None
+                        f"{load_failure(e)}") from None
     if not isinstance(ckpt, dict) or "eossl" not in ckpt or "state_dict" not in ckpt:
         raise DataError(f"checkpoint {path} is not an eossl pretraining checkpoint (no 'eossl' "
                         "metadata); expected a file from 'eossl pretrain' (checkpoints/*.ckpt)")
@@ -260,8 +259,8 @@ def match_bands(export_bands: Sequence[str], input_bands: Sequence[str] | None,
                         f"which {where} needs; it was trained on {', '.join(export_bands)}")
     if not reorder:
         raise BandError(f"input bands ({', '.join(input_bands)}) do not match {where}'s bands "
-                        f"({', '.join(export_bands)}) in order; pass reorder=True (--reorder) "
-                        "to select and reorder them by name")
+                        f"({', '.join(export_bands)}) in order; pass reorder=True to select and "
+                        "reorder them by name")
     return [input_bands.index(b) for b in export_bands]
 
 

@@ -109,7 +109,9 @@ class BigEarthNetV2(Dataset):
     """BigEarthNet v2 patches from the reBEN LMDB, with multi-hot labels over 19 classes.
 
     Each item is ``{"image": float32 (C, S, S), "label": float32 (19,), "patch_id": str}``,
-    raw values (S2 L2A digital numbers = reflectance x 10000, S1 backscatter in dB).
+    raw values (S2 L2A digital numbers = reflectance x 10000, S1 backscatter in dB). The
+    metadata's ``labels`` are lists of class names (as released) or of class ids 0..18 in
+    :data:`CLASSES_19` order; anything else is refused with the patch id.
 
     Args:
         root: folder holding ``BigEarthNet-V2-LMDB/`` and ``metadata.parquet`` (and, if present,
@@ -215,11 +217,19 @@ class BigEarthNetV2(Dataset):
     def _encode_labels(self, meta_path: Path) -> torch.Tensor:
         index = {c: i for i, c in enumerate(CLASSES_19)}
         out = torch.zeros(len(self.metadata), len(CLASSES_19), dtype=torch.float32)
+        n = len(CLASSES_19)
         for row, (pid, labels) in enumerate(zip(self.patch_ids, self.metadata["labels"])):
             for name in labels:
+                # class names (the reBEN release) or class ids 0..18 (CLASSES_19 order)
+                if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+                    if not 0 <= int(name) < n:
+                        raise DataError(f"{meta_path}: patch {pid} has label id {int(name)}, "
+                                        f"outside the {n} BigEarthNet v2 classes (0..{n - 1})")
+                    out[row, int(name)] = 1.0
+                    continue
                 if name not in index:
                     raise DataError(f"{meta_path}: patch {pid} has label {name!r}, which is not "
-                                    "one of the 19 BigEarthNet v2 classes")
+                                    f"one of the {n} BigEarthNet v2 classes")
                 out[row, index[name]] = 1.0
         return out
 
