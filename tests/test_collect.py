@@ -135,6 +135,99 @@ def server(catalog):
     s.stop()
 
 
+class FaultProxy:
+    """A reverse proxy in front of the real server, as a gateway in front of a public API:
+    it answers the next ``/search`` requests with the HTTP statuses queued in ``fail`` (then
+    forwards again) and forwards everything else unchanged, rewriting the server's absolute
+    links to its own address so that the client keeps coming through it."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream, self.fail, self.injected = upstream, [], []
+        self.httpd = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self) -> "FaultProxy":
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import requests
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _handle(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                if self.path.startswith("/search") and proxy.fail:
+                    code = proxy.fail.pop(0)
+                    proxy.injected.append(code)
+                    return self._send(code, json.dumps({"code": str(code), "description":
+                                                        "injected by the test proxy"}).encode(),
+                                      "application/json")
+                r = requests.request(self.command, proxy.upstream + self.path, data=body,
+                                     headers={k: v for k, v in self.headers.items()
+                                              if k.lower() in ("content-type", "accept")},
+                                     timeout=30)
+                content = r.content.replace(proxy.upstream.encode(), proxy.url.encode())
+                self._send(r.status_code, content,
+                           r.headers.get("Content-Type", "application/json"))
+
+            do_GET = do_POST = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+
+@pytest.fixture
+def proxy(server):
+    p = FaultProxy(server.url).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(server, catalog, tmp_path_factory):
+    """Five locations collected without faults: what every faulty run must end up with."""
+    out = tmp_path_factory.mktemp("reference") / "ref"
+    collect(config(server.url, catalog["cities"]), out, locations=5, progress=False)
+    return read_all(out)
+
+
+def assert_same_corpus(path, ref: dict) -> None:
+    got = read_all(path)
+    keys = [ShardCorpus(path)[i]["key"] for i in range(len(got))]
+    assert len(keys) == len(set(keys))  # no duplicates
+    assert got.keys() == ref.keys()     # no gaps
+    for k in ref:
+        assert np.array_equal(got[k]["image"], ref[k]["image"])
+        assert got[k]["info"]["scenes"] == ref[k]["info"]["scenes"]
+
+
+def assert_valid_partial(path, next_index: int) -> None:
+    meta = json.loads((path / "eossl.json").read_text())
+    assert meta["progress"]["next_index"] == next_index
+    assert len(read_all(path)) == meta["count"] == meta["progress"]["collected"]
+
+
 def config(url: str, cities: Path, **kw) -> CollectConfig:
     """The paper's procedure sized to the sample: 16 px (480 m) patches at 30 m in a 1.8 km
     scene, and five dates 16 days apart (one Landsat revisit) rather than 12 weeks, because the
@@ -287,3 +380,97 @@ def test_paper_schedule_resamples_then_gives_up(server, catalog, tmp_path):
     cfg = config(server.url, catalog["cities"], spacing_days=84, offset_days=365, max_tries=3)
     prog = collect(cfg, tmp_path / "p", locations=2, progress=False)
     assert prog["failed"] == [0, 1] and prog["collected"] == 0 and prog["next_index"] == 2
+
+
+def test_transient_http_errors_are_retried_with_backoff(proxy, catalog, reference, tmp_path):
+    """503 then 429 from the API in the middle of a collection: retried after 1x and 2x the
+    backoff, and the corpus is exactly the fault-free one."""
+    cfg = config(proxy.url, catalog["cities"])
+    sleeps = []
+
+    def inject(i, sample):
+        if i == 1:
+            proxy.fail += [503, 429]
+
+    prog = collect(cfg, tmp_path / "t", locations=5, progress=False, on_location=inject,
+                   sleep=sleeps.append)
+    assert proxy.injected == [503, 429] and sleeps == [0.01, 0.02]
+    assert prog["next_index"] == 5
+    assert_same_corpus(tmp_path / "t", reference)
+
+
+def test_persistent_http_error_is_named_and_the_corpus_resumes(proxy, catalog, reference,
+                                                                tmp_path):
+    cfg = config(proxy.url, catalog["cities"])
+    sleeps = []
+
+    def inject(i, sample):
+        if i == 1:
+            proxy.fail += [500] * 3  # as many as the retries: the API stays down
+
+    with pytest.raises(CollectError) as e:
+        collect(cfg, tmp_path / "p", locations=5, progress=False, on_location=inject,
+                sleep=sleeps.append)
+    msg = str(e.value)
+    assert "HTTP 500" in msg and "failed 3 times" in msg and proxy.url in msg
+    assert "next index 2" in msg and "resume" in msg
+    assert sleeps == [0.01, 0.02]
+    assert_valid_partial(tmp_path / "p", 2)
+    collect(cfg, tmp_path / "p", locations=5, progress=False)  # the API is back: resume
+    assert_same_corpus(tmp_path / "p", reference)
+
+
+def test_refused_request_is_not_retried(proxy, catalog, tmp_path):
+    """A 400 is the request's fault: no retry (retrying cannot help), a clear error at once,
+    and the locations finished before it stay in a valid corpus."""
+    cfg = config(proxy.url, catalog["cities"])
+    sleeps = []
+
+    def inject(i, sample):
+        if i == 0:
+            proxy.fail.append(400)
+
+    with pytest.raises(CollectError, match="HTTP 400.*not retried"):
+        collect(cfg, tmp_path / "r", locations=3, progress=False, on_location=inject,
+                sleep=sleeps.append)
+    assert sleeps == [] and proxy.injected == [400]
+    assert_valid_partial(tmp_path / "r", 1)
+
+
+def test_server_that_stops_answering_times_out_then_recovers(catalog, reference, tmp_path):
+    """The real server frozen (SIGSTOP: connections are accepted, nothing is answered), so
+    requests run into the client timeout. Frozen briefly: the retry after the first backoff
+    succeeds and nothing is lost. Frozen for good: a clear timeout error, a valid corpus, and a
+    rerun after the server thaws completes it without duplicates or gaps."""
+    srv = Server(catalog["items"]).start()
+    cfg = config(srv.url, catalog["cities"], timeout_s=0.5)
+    try:
+        sleeps = []
+
+        def freeze(i, sample):
+            if i == 1:
+                srv.proc.send_signal(signal.SIGSTOP)
+
+        def thaw_after_backoff(seconds):
+            sleeps.append(seconds)
+            srv.proc.send_signal(signal.SIGCONT)
+
+        collect(cfg, tmp_path / "brief", locations=5, progress=False, on_location=freeze,
+                sleep=thaw_after_backoff)
+        assert sleeps == [0.01]  # one timeout, one retry
+        assert_same_corpus(tmp_path / "brief", reference)
+
+        sleeps.clear()
+        with pytest.raises(CollectError) as e:
+            collect(cfg, tmp_path / "frozen", locations=5, progress=False,
+                    on_location=freeze, sleep=sleeps.append)
+        msg = str(e.value)
+        assert "timed out" in msg and "failed 3 times" in msg and "resume" in msg
+        assert sleeps == [0.01, 0.02]
+        assert_valid_partial(tmp_path / "frozen", 2)
+        srv.proc.send_signal(signal.SIGCONT)
+        collect(cfg, tmp_path / "frozen", locations=5, progress=False)
+        assert_same_corpus(tmp_path / "frozen", reference)
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+        srv.stop()

@@ -209,6 +209,13 @@ def _retryable(e: BaseException) -> bool:
     return False
 
 
+def _describe(e: BaseException, limit: int) -> str:
+    """'HTTP 503: body' for an API error with a status, else 'ReadTimeout: ...' and the like."""
+    code = getattr(e, "status_code", None)
+    text = " ".join(str(e).split())[:limit]
+    return f"HTTP {code}: {text}" if code is not None else f"{type(e).__name__}: {text}"
+
+
 class StacSearcher:
     """One STAC API with retries, conformance-aware cloud filtering and per-window search."""
 
@@ -239,13 +246,14 @@ class StacSearcher:
                 return fn()
             except Exception as e:  # noqa: BLE001 - filtered by _retryable below
                 if not _retryable(e):
-                    raise CollectError(f"STAC API {self.cfg.stac_url}: {what} failed: "
-                                       f"{type(e).__name__}: {str(e)[:300]}") from None
+                    raise CollectError(f"STAC API {self.cfg.stac_url}: {what} failed "
+                                       f"({_describe(e, 300)}); not retried: the request "
+                                       "itself is refused") from None
                 last = e
                 if k + 1 < self.cfg.retries:
                     self.sleep(self.cfg.backoff_s * 2 ** k)
         raise CollectError(f"STAC API {self.cfg.stac_url}: {what} failed {self.cfg.retries} "
-                           f"times (last: {type(last).__name__}: {str(last)[:200]})")
+                           f"times (last: {_describe(last, 200)})")
 
     def search_kwargs(self, bbox, start: dt.datetime, end: dt.datetime) -> dict:
         kw = {"collections": [self.cfg.collection], "bbox": bbox,
