@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from .config import parse_duration
 from .data.datasets import RandomCropDataset
 from .data.sources import SceneSource, open_source
-from .errors import ConfigError, DataError, OutputExistsError
+from .errors import ConfigError, DataError, OutputExistsError, load_failure
 from .methods import get_method
 from .report import atomic_path, atomic_write_text
 
@@ -267,9 +267,8 @@ def check_resume_checkpoint(out: Path, cfg: dict) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # any unreadable file is reported the same way
-        raise DataError(f"{path}: cannot read the checkpoint to resume "
-                        f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}); "
-                        "it is corrupt or not a PyTorch checkpoint") from None
+        raise DataError(f"{path}: cannot read the checkpoint to resume ({load_failure(e)}); "
+                        "it is corrupt or not an eossl checkpoint") from None
     meta = ckpt.get("eossl") if isinstance(ckpt, dict) else None
     if not meta:
         raise DataError(f"{path}: not an eossl pretraining checkpoint (no 'eossl' metadata); "
@@ -381,7 +380,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     start = time.perf_counter()
     try:
         trainer.fit(model, train_dataloaders=train_dl, val_dataloaders=val_dls,
-                    ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None)
+                    ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None,
+                    weights_only=True)  # resume loads tensors and plain data, never code
         secs = time.perf_counter() - start
         # The final state is saved whatever step the budget ended on.
         # weights_only=False keeps optimiser and loop state, so the run can be resumed from it.
