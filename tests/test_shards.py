@@ -128,3 +128,88 @@ def test_writer_refuses_existing_output_and_resume_drops_orphans(tmp_path, lands
     c = ShardCorpus(out)
     assert len(c) == 8 and c[0]["mask"].shape == (32, 32)
     assert len({c[i]["key"] for i in range(8)}) == 8
+
+
+def _truncated_copy(packed, tmp_path, which: int = 2):
+    import shutil
+
+    out, meta = packed
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    victim = meta["chunks"][which]["filename"]
+    f = bad / victim
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    return bad, victim, meta
+
+
+def test_pretrain_names_a_truncated_shard_and_skips_it_on_request(packed, tmp_path, capsys):
+    """``eossl pretrain --data CORPUS`` with a truncated chunk: one error line naming the chunk;
+    with ``--skip-corrupt-shards`` it trains on the rest and says what it left out."""
+    from eossl.cli import main
+
+    bad, victim, meta = _truncated_copy(packed, tmp_path)
+    args = ["pretrain", "--data", str(bad), "--method", "simclr", "--max-steps", "1",
+            "--batch-size", "4", "--crop-size", "32", "--no-progress"]
+    code = main([*args, "--out", str(tmp_path / "refused")])
+    err = capsys.readouterr().err
+    assert code == 2 and victim in err and "truncated" in err and "--skip-corrupt-shards" in err
+    assert not (tmp_path / "refused").exists()  # refused before a run folder was made
+    with pytest.warns(UserWarning, match=victim):
+        code = main([*args, "--skip-corrupt-shards", "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_shards"] == [victim] and summary["steps"] == 1
+    assert shards.SKIP_ENV not in __import__("os").environ  # the option does not leak
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["whole", "one-chunk-skipped"])
+def test_training_crops_split_across_two_ranks(packed, tmp_path, skip):
+    """What ``eossl pretrain --data CORPUS --devices 2 --strategy ddp`` reads: map-style crops
+    (ShardSource.crops) under the DistributedSampler that Lightning injects (its own function,
+    with the arguments Lightning passes: shuffle, seed = the run seed). For one epoch the two
+    ranks' samples are disjoint and cover the corpus; when the count is odd, the sampler pads
+    one rank with a repeat (at most world - 1 samples), never drops one."""
+    from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+    from lightning.pytorch.trainer.states import RunningStage
+    from torch.utils.data import DataLoader
+
+    from eossl.data.shards import ShardSource
+
+    path = _truncated_copy(packed, tmp_path, which=1)[0] if skip else packed[0]
+    src = ShardSource(path, skip_corrupt=skip)
+    ds = src.crops(32)
+    keys = [src.corpus[i]["key"] for i in range(len(ds))]
+    dl = DataLoader(ds, batch_size=8, shuffle=False, drop_last=True)
+    seen = []
+    for rank in range(2):
+        sampler = _get_distributed_sampler(dl, shuffle=True, overfit_batches=0,
+                                           mode=RunningStage.TRAINING, num_replicas=2,
+                                           rank=rank, seed=7)
+        sampler.set_epoch(0)
+        seen.append([keys[i] for i in sampler])
+    a, b = seen
+    assert len(a) == len(b)  # equal shares, or DDP's all-reduce would hang
+    assert set(a) | set(b) == set(keys)
+    assert len(set(a) & set(b)) == len(keys) % 2  # disjoint, up to the padding repeat
+    assert len(set(a)) == len(a) and len(set(b)) == len(b)
+    assert a != sorted(a)  # shuffled
+    if skip:
+        assert len(keys) == packed[1]["count"] - packed[1]["chunks"][1]["chunk_size"]
+
+
+def test_shard_damaged_after_opening_is_named(packed, tmp_path):
+    """A chunk truncated while training runs (the size check at open time passed): the read
+    error names the shard, not only the sample index."""
+    import shutil
+
+    out, meta = packed
+    copy = tmp_path / "c"
+    shutil.copytree(out, copy)
+    ds = shards.ShardSource(copy).crops(32)
+    victim = meta["chunks"][2]["filename"]
+    f = copy / victim
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    i = sum(int(c["chunk_size"]) for c in meta["chunks"][:2]) + 1  # a sample of that chunk
+    with pytest.raises(DataError, match=f"sample {i} from shard {victim}"):
+        ds[i]
+    assert ds.corpus.chunk_of(0) == meta["chunks"][0]["filename"]

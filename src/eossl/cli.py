@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE",
                    help="torch.compile the backbone; optional torch.compile mode, e.g. "
                    "max-autotune")
+    t.add_argument("--skip-corrupt-shards", action="store_const", const=True, default=None,
+                   help="shard corpora: train without missing or truncated shards (named in a "
+                   "warning and in summary.json) instead of stopping")
     t.add_argument("--out", help="run folder (default runs/METHOD-TIMESTAMP); never overwritten")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -148,7 +151,7 @@ def _cmd_pretrain(a) -> int:
         "trainer.devices": (int(a.devices) if a.devices and a.devices.isdigit() else a.devices),
         "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
         "trainer.precision": a.precision, "trainer.channels_last": a.channels_last,
-        "trainer.compile": a.compile,
+        "trainer.compile": a.compile, "data.skip_corrupt_shards": a.skip_corrupt_shards,
     })
     if a.max_time is not None or a.max_steps is not None:
         # an explicit budget on the command line replaces the recipe's whole budget

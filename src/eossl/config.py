@@ -27,6 +27,7 @@ DEFAULTS: dict = {
         "batch_size": 64,
         "num_workers": 0,
         "probe_patch_size": 16,
+        "skip_corrupt_shards": False,  # shard corpora: leave damaged shards out, don't stop
     },
     "trainer": {
         "max_time": "10m",

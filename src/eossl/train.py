@@ -260,6 +260,29 @@ def _tuple_tree(t):
     return tuple(_tuple_tree(v) for v in t) if isinstance(t, list) else t
 
 
+class _skip_corrupt_shards:
+    """``data.skip_corrupt_shards`` (``--skip-corrupt-shards``) for opening a shard corpus:
+    ShardCorpus reads it from the environment (EOSSL_SKIP_CORRUPT_SHARDS), restored after."""
+
+    def __init__(self, on: bool) -> None:
+        from .data.shards import SKIP_ENV
+
+        self.on, self.key, self.old = on, SKIP_ENV, None
+
+    def __enter__(self):
+        if self.on:
+            self.old = os.environ.get(self.key)
+            os.environ[self.key] = "1"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.on:
+            if self.old is None:
+                os.environ.pop(self.key, None)
+            else:
+                os.environ[self.key] = self.old
+
+
 def check_resume_checkpoint(out: Path, cfg: dict) -> None:
     """Refuse to resume from a last.ckpt that another method (or band list) wrote: Lightning
     would otherwise fail deep inside load_state_dict with a wall of missing keys."""
@@ -322,7 +345,12 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
 
     seed = int(cfg.get("seed", 0))
     L.seed_everything(seed, workers=True, verbose=False)
-    source = open_source(d["name"], cache, d.get("labels"), bands=d.get("bands"))
+    with _skip_corrupt_shards(bool(d.get("skip_corrupt_shards"))):
+        source = open_source(d["name"], cache, d.get("labels"), bands=d.get("bands"))
+    skipped = list(getattr(source, "skipped", None) or [])
+    if skipped and zero:
+        warnings.warn(f"{d['name']}: training without {len(skipped)} corrupt shard(s): "
+                      f"{', '.join(skipped)} (data.skip_corrupt_shards)", stacklevel=2)
     train_ds = method_cls.train_dataset(source, d)
     stats = source.stats()
     model = method_cls(bands=source.bands, stats=stats.to_dict(), crop_size=int(d["crop_size"]),
@@ -400,6 +428,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         "images_per_s": round((steps - start_step) * int(d["batch_size"]) * world
                               / max(secs, 1e-9), 1),
         "world_size": world, "precision": str(t.get("precision", "32-true")),
+        **({"skipped_shards": skipped} if skipped else {}),
         "bands": source.bands, "device": str(trainer.strategy.root_device),
         "torch": torch.__version__, "finished": datetime.now().isoformat(timespec="seconds"),
     }

@@ -425,8 +425,9 @@ class ShardCorpus:
             bad = self.corrupt_chunks(check_crc=verify == "crc")
             if bad and not skip_corrupt:
                 raise DataError(f"corrupt shard(s) in {self.path}: {'; '.join(bad)}. Re-pack or "
-                                f"re-download them, or set {SKIP_ENV}=1 (ShardCorpus("
-                                "skip_corrupt=True)) to train without them")
+                                "re-download them, or train without them: eossl pretrain "
+                                f"--skip-corrupt-shards ({SKIP_ENV}=1, ShardCorpus("
+                                "skip_corrupt=True))")
             self.skipped = [b.split(":")[0] for b in bad]
             chunks = [c for c in chunks if c["filename"] not in self.skipped]
             if not chunks:
@@ -447,6 +448,15 @@ class ShardCorpus:
             elif check_crc and _crc32(f) != c["crc32"]:
                 bad.append(f"{f.name}: CRC-32 mismatch (content damaged)")
         return bad
+
+    def chunk_of(self, i: int) -> str:
+        """File name of the (good) chunk that holds sample ``i``, for error messages."""
+        end = 0
+        for c in self.chunks:
+            end += int(c["chunk_size"])
+            if 0 <= i < end:
+                return c["filename"]
+        return "?"
 
     def _view(self) -> str:
         """A folder of links to the good chunks with an index that lists only them."""
@@ -561,8 +571,9 @@ class ShardDataset(IterableDataset):
                 return
             except Exception as e:  # noqa: BLE001 - decode/read errors of a damaged chunk
                 raise DataError(f"{self.corpus.path}: cannot read shard {self._where()} "
-                                f"({type(e).__name__}: {e}); set {SKIP_ENV}=1 to skip corrupt "
-                                "shards") from None
+                                f"({type(e).__name__}: {e}); --skip-corrupt-shards "
+                                f"({SKIP_ENV}=1) leaves out shards found damaged when the "
+                                "corpus is opened") from None
             img = item["image"]
             if img.ndim == 4:
                 img = img[rng.integers(img.shape[0])]
@@ -603,8 +614,10 @@ class ShardCrops(torch.utils.data.Dataset):
         except (IndexError, DataError):
             raise
         except Exception as e:  # noqa: BLE001 - decode/read errors of a damaged chunk
-            raise DataError(f"{self.corpus.path}: cannot read sample {i} ({type(e).__name__}: "
-                            f"{e}); set {SKIP_ENV}=1 to skip corrupt shards") from None
+            raise DataError(f"{self.corpus.path}: cannot read sample {i} from shard "
+                            f"{self.corpus.chunk_of(i)} ({type(e).__name__}: {e}); "
+                            f"--skip-corrupt-shards ({SKIP_ENV}=1) leaves out shards found "
+                            "damaged when the corpus is opened") from None
         if img.ndim == 4:
             img = img[rng.integers(img.shape[0])]
         if self.band_idx is not None:
