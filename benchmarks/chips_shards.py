@@ -4,6 +4,9 @@
 
   (s1) shards: eossl ShardDataset (LitData StreamingDataset, shuffled, -> float32 tensors)
   (s2) shards: LitData StreamingDataset alone (raw uint16 arrays), shuffled
+  (s4) shards: what ``eossl pretrain --data CORPUS`` reads: map-style random crops
+       (ShardSource.crops -> ShardCrops, random access by index) in a DataLoader with a
+       shuffling sampler (per rank under DDP), batch 64, no workers (the pretrain default)
   (c)  plain rasterio: one open handle on the stacked GeoTIFF, src.read(window=...)
   (d)  torchgeo Sentinel2 RasterDataset on the 13 JPEG 2000 files (res=10) + RandomGeoSampler
 
@@ -41,6 +44,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--chips", type=int, default=2000, help="chips for the rasterio anchor")
     p.add_argument("--torchgeo-chips", type=int, default=100)
+    p.add_argument("--train-chips", type=int, default=4096,
+                   help="chips for (s4), the training path's random-access crops")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -92,6 +97,20 @@ def main() -> None:
             "chips": n, "seconds": dt, "chips_per_s": n / dt, "ms_per_chip": 1000 * dt / n,
             "chip_shape": [13, size, size], "dtype": "torch.float32",
             "note": "includes worker start-up"}
+        # (s4) the training path: eossl.train builds DataLoader(source.crops(...)) and Lightning
+        # (or eossl's resumable sampler) picks indices; random indices read chunks out of order
+        crops = shards.ShardSource(tmp / "c").crops(size)
+        order = torch.randperm(len(crops), generator=torch.Generator().manual_seed(0))
+        order = order.repeat(max(1, -(-args.train_chips // len(crops))))[:args.train_chips]
+        tdl = torch.utils.data.DataLoader(crops, batch_size=64, sampler=order.tolist(),
+                                          num_workers=0)
+        t0 = time.perf_counter()
+        n = sum(b["image"].shape[0] for b in tdl)
+        dt = time.perf_counter() - t0
+        results["s4_train_path_shardcrops_random_access_batch64"] = {
+            "chips": n, "seconds": dt, "chips_per_s": n / dt, "ms_per_chip": 1000 * dt / n,
+            "chip_shape": [13, size, size], "dtype": "torch.float32",
+            "note": "the sample is cropped to the chip size: no crop work"}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -118,6 +137,8 @@ def main() -> None:
         "s2_litdata_streaming_raw": "(s2) LitData StreamingDataset alone, raw uint16",
         "s3_eossl_shards_dataloader_2workers_batch64":
             "(s3) (s1) in a DataLoader, 2 workers, batch 64",
+        "s4_train_path_shardcrops_random_access_batch64":
+            "(s4) eossl pretrain's path: ShardCrops, shuffled random access, batch 64, no workers",
         "c_rasterio_window_open_once": "(c) rasterio src.read(window), GeoTIFF stack, one handle",
         "d_torchgeo_sentinel2_jp2": "(d) torchgeo Sentinel2 + RandomGeoSampler, 13 JPEG 2000",
     }
@@ -136,6 +157,7 @@ def main() -> None:
         "benchmark": "chips_shards", "machine": info,
         "settings": {"size": size, "stride": args.stride, "epochs": args.epochs,
                      "torchgeo_chips": args.torchgeo_chips, "rasterio_chips": args.chips,
+                     "train_chips": args.train_chips,
                      "scene": str(scene.path)},
         "results": results, "one_off_s": one_off, "peak_rss_mb": peak_rss_mb(),
         "markdown": md}, indent=2))
