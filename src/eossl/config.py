@@ -39,6 +39,7 @@ DEFAULTS: dict = {
         "precision": "32-true",
         "channels_last": False,  # NHWC weights and batches (train.ChannelsLast)
         "compile": False,  # torch.compile the backbone(s): true or a torch.compile mode
+        "sync_batchnorm": False,  # DDP: BatchNorm statistics over all ranks (SimCLR's global BN)
         "val_every_n_steps": 100,
         "checkpoint_every_n_steps": 100,
         "deterministic": False,  # Lightning's flag: deterministic kernels (GPU), same results

@@ -399,6 +399,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         num_nodes=int(t.get("num_nodes", 1)), strategy=t.get("strategy", "auto"),
         precision=t.get("precision", "32-true"), callbacks=[ckpt, TrainingState(sampler), *speed],
         plugins=[AtomicCheckpointIO()], deterministic=t.get("deterministic", False),
+        sync_batchnorm=bool(t.get("sync_batchnorm", False)),  # global BN under DDP (GPUs)
         logger=CSVLogger(out, name="", version="logs"), log_every_n_steps=10,
         val_check_interval=val_every if val_dls else None,
         check_val_every_n_epoch=None if val_dls else 1,
