@@ -411,3 +411,29 @@ def test_pretrain_cli_runs_ddp_on_two_processes(sample_cache, tmp_path):
     x = torch.rand(2, len(enc.bands), 32, 32) * 3000
     assert torch.isfinite(enc(x)).all()
     assert not (Path(tmp_path) / "lightning_logs").exists()
+
+
+def test_pretrain_under_torchrun(sample_cache, tmp_path):
+    """The docs' torchrun launch (``torchrun ... -m eossl.cli pretrain``): torchrun starts both
+    ranks at once, Lightning joins them; only rank 0 prepares the folder. Without ``--out`` each
+    rank would pick its own timestamped folder, so that is refused with a clear error."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "EOSSL_RUN_DIR")}
+    env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+            "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "eossl.cli",
+            "--cache", str(sample_cache), "pretrain", "--accelerator", "cpu", "--devices", "2",
+            "--num-nodes", "1", "--strategy", "ddp", "--method", "simclr", "--max-steps", "2",
+            "--batch-size", "4", "--crop-size", "32", "--no-progress"]
+    run = tmp_path / "run"
+    proc = subprocess.run([*base, "--out", str(run)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    base[base.index("--master-port") + 1] = str(_free_port())
+    proc = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0 and "need --out RUN_FOLDER" in proc.stdout + proc.stderr
+    assert not (tmp_path / "runs").exists()
