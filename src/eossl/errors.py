@@ -43,4 +43,10 @@ def load_failure(e: BaseException) -> str:
         what = f" ({m.group(1)})" if m else ""
         return (f"it holds pickled Python objects{what} besides tensors and plain data, which "
                 "eossl refuses to unpickle: loading them could run code")
-    return text.splitlines()[0][:160] if text else type(e).__name__
+    m = re.search(r"PytorchStreamReader failed reading (?:zip archive|file [^:]*): ([^.]+)", text)
+    if m:  # a checkpoint cut short (interrupted copy or write) or not a zip archive at all
+        return f"not a complete PyTorch archive: {m.group(1).strip()}"
+    if not text:
+        return type(e).__name__
+    first = text.splitlines()[0]
+    return first if len(first) <= 160 else first[:157] + "..."

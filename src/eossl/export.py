@@ -297,9 +297,11 @@ def load_exported(path: str | os.PathLike, bands: Sequence[str] | None = None,
             runtime = timm_model_from_export(path, meta)
         else:
             raise DataError(f"{side}: unknown format {fmt!r}")
-    except (RuntimeError, OSError, ValueError) as e:
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: cannot load the {fmt} export ({msg})") from None
+    except DataError:
+        raise
+    except Exception as e:  # onnxruntime, safetensors and torch.jit each raise their own types
+        raise DataError(f"{path}: cannot load the {fmt} export ({load_failure(e)}); the file "
+                        "is truncated, corrupt or not what its sidecar says") from None
     return ExportedModel(path, meta, runtime, index)
 
 
