@@ -2,6 +2,7 @@
 like the source, streamed in windows, resumable, refusing to overwrite."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -224,13 +225,16 @@ def test_resume_refuses_another_job_and_a_finished_run(setup, tmp_path, monkeypa
         embed_scene(ckpt, tif, out, window=64, dense=False, progress=False)
     monkeypatch.setattr(embed_mod, "_embed_patches", real)
     # other options than the interrupted run: refused, naming what differs
-    with pytest.raises(ConfigError, match="other window"):
+    with pytest.raises(ConfigError, match="another --window;"):
         embed_scene(ckpt, tif, out, window=32, dense=False, resume=True, progress=False)
-    # the checkpoint was rewritten since (e.g. pretraining went on): refused too
-    other = tmp_path / "other.ckpt"
-    other.write_bytes(ckpt.read_bytes())
-    with pytest.raises(ConfigError, match="checkpoint"):
-        embed_scene(other, tif, out, window=64, dense=False, resume=True, progress=False)
+    # the checkpoint file was rewritten since (e.g. pretraining went on): refused too
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        with pytest.raises(ConfigError, match=r"another checkpoint \(file changed since\);"):
+            embed_scene(ckpt, tif, out, window=64, dense=False, resume=True, progress=False)
+    finally:
+        os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
     res = embed_scene(ckpt, tif, out, window=64, dense=False, resume=True, progress=False)
     assert res.resumed_windows == 1 and not (out / ".embed-parts").exists()
     with pytest.raises(OutputExistsError, match="finished embedding run"):

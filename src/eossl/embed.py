@@ -32,6 +32,11 @@ from .report import atomic_path, atomic_write_text
 
 PARTS = ".embed-parts"
 PROGRESS = "progress.json"
+# what a resumed run must share with the interrupted one, as the user knows it
+_JOB_NAMES = {"checkpoint": "checkpoint", "checkpoint_file": "checkpoint (file changed since)",
+              "scene": "scene", "scene_file": "scene (file changed since)", "bands": "band list",
+              "patch_size": "--patch-size", "window": "--window", "dense": "--no-dense",
+              "min_valid": "--min-valid"}
 
 
 @dataclass
@@ -171,8 +176,9 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
             raise DataError(f"{prog_file}: unreadable progress file; pass --overwrite to start "
                             "the embedding again") from None
         if prev_job != job:
-            diff = [k for k in job if prev_job.get(k) != job[k]]
-            raise ConfigError(f"{out}: holds an unfinished embedding run with other "
+            diff = list(dict.fromkeys(_JOB_NAMES.get(k, k) for k in job
+                                      if prev_job.get(k) != job[k]))
+            raise ConfigError(f"{out}: holds an unfinished embedding run with another "
                               f"{', '.join(diff)}; resume with the same checkpoint, scene and "
                               "options, --overwrite to start again, or another --out")
         done = set(prev_done)
