@@ -1,0 +1,147 @@
+"""The evaluate tasks and ``eossl data pack`` end to end through the CLI on the real samples,
+with small settings: each writes results that hold what its report claims."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from eossl.cli import main
+
+BANDS = ["B02", "B03", "B04", "B08"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, brandenburg):
+    from eossl.methods import get_method
+
+    torch.manual_seed(0)
+    m = get_method("moco")(bands=BANDS, stats=brandenburg.stats().subset(BANDS).to_dict(),
+                           crop_size=32)
+    path = tmp_path_factory.mktemp("covcmd") / "moco.ckpt"
+    torch.save({"state_dict": m.state_dict(), "eossl": m.eossl_metadata()}, path)
+    return path
+
+
+def _run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def _results(folder):
+    res = json.loads((folder / "results.json").read_text())
+    assert (folder / "report.md").read_text().startswith("# eossl evaluate")
+    return res
+
+
+def test_evaluate_multilabel_probe_on_real_bigearthnet(capsys, ckpt, tmp_path, ben_dir):
+    out = _run(capsys, "evaluate", "multilabel", "--checkpoint", f"moco={ckpt}", "--root",
+               ben_dir, "--no-finetune", "--seeds", "0", "--out", tmp_path / "ml")
+    assert "16 train (train+validation) / 8 test patches" in out
+    res = _results(tmp_path / "ml")
+    assert res["missing_bands"] == {"random init": [], "moco": []}
+    models = {r["model"] for r in res["records"]}
+    assert {"moco", "random init"} <= models
+    for r in res["records"]:
+        assert r["n_train"] == 16 and r["n_test"] == 8 and r["classes_scored"] > 0
+        assert 0.0 < r["micro_map"] <= 1.0 and 0.0 <= r["micro_f1"] <= 1.0, r
+    # a second run into the same folder is refused, the first results are kept
+    assert main(["evaluate", "multilabel", "--checkpoint", str(ckpt), "--root", str(ben_dir),
+                 "--no-finetune", "--seeds", "0", "--out", str(tmp_path / "ml")]) == 2
+    assert "already holds results.json" in capsys.readouterr().err
+
+
+def test_evaluate_regress_on_a_table_of_real_targets(capsys, ckpt, tmp_path, brandenburg):
+    """A user's table: the target is each patch's mean log B08 reflectance, which the spectral
+    baseline's features (per-band mean of log reflectance) determine, so its R^2 is near 1."""
+    import pandas as pd
+
+    scene = brandenburg.scenes[0]
+    rows = []
+    for r in range(0, 768 - 16, 48):
+        for c in range(0, 1536 - 16, 48):
+            px = scene.read((r, c, 16, 16), bands=["B08"])
+            rows.append({"row": r, "col": c, "nir": float(np.log1p(px).mean())})
+    table = tmp_path / "targets.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    out = _run(capsys, "evaluate", "regress", "--checkpoint", f"moco={ckpt}", "--table", table,
+               "--no-finetune", "--seeds", "0", "--out", tmp_path / "rg")
+    assert f"task: table {table}" in out
+    res = _results(tmp_path / "rg")
+    by_model = {r["model"]: r for r in res["records"]}
+    assert {"spectral baseline", "random init", "moco"} <= set(by_model)
+    assert by_model["spectral baseline"]["r2"]["nir"] > 0.9, by_model["spectral baseline"]
+    assert all(r["r2"]["nir"] <= 1.0 for r in res["records"])
+    assert all(r["n_train"] + r["n_test"] <= len(rows) for r in res["records"])
+
+
+def test_evaluate_pixel_probe_and_segment_probe(capsys, ckpt, tmp_path):
+    _run(capsys, "evaluate", "pixel-probe", "--checkpoint", f"moco={ckpt}", "--per-class", "20",
+         "--test-per-class", "40", "--seeds", "0", "--out", tmp_path / "pp")
+    recs = _results(tmp_path / "pp")["records"]
+    assert {r["model"] for r in recs} >= {"moco", "random init"}
+    for r in recs:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["kind"] == "pixel-linear"
+    out = _run(capsys, "evaluate", "segment", "--checkpoint", f"moco={ckpt}", "--probe-only",
+               "--probe-steps", "3", "--fractions", "1", "--seeds", "0", "--out",
+               tmp_path / "sg")
+    assert "Frozen encoder, 1x1-conv linear probe" in out
+    recs = _results(tmp_path / "sg")["records"]
+    assert {r["kind"] for r in recs} == {"linear"}
+    assert all(0.0 <= r["miou"] <= 1.0 for r in recs)
+
+
+def test_evaluate_change_on_a_pair_with_a_planted_change(capsys, ckpt, tmp_path, brandenburg):
+    """Two dates of real pixels where one block was replaced by another place: a known change."""
+    scene = brandenburg.scenes[0]
+    before = scene.read((100, 100, 64, 160), bands=BANDS)
+    after = before.copy()
+    after[:, 16:48, 20:52] = scene.read((600, 1200, 32, 32), bands=BANDS)
+    after[:, 16:48, 110:142] = scene.read((650, 1300, 32, 32), bands=BANDS)
+    mask = np.zeros((1, 64, 160), "uint8")
+    mask[0, 16:48, 20:52] = mask[0, 16:48, 110:142] = 1
+    paths = []
+    for name, arr in (("before", before), ("after", after), ("mask", mask)):
+        p = tmp_path / f"{name}.tif"
+        with rasterio.open(p, "w", driver="GTiff", width=160, height=64, count=arr.shape[0],
+                           dtype=arr.dtype, crs=scene.crs, transform=scene.transform) as dst:
+            dst.write(arr)
+        paths.append(p)
+    out = _run(capsys, "evaluate", "change", "--checkpoint", f"moco={ckpt}", "--pair", *paths,
+               "--steps", "2", "--crop", "32", "--batch-size", "2", "--seeds", "0", "--out",
+               tmp_path / "ch")
+    assert "F1" in out
+    recs = _results(tmp_path / "ch")["records"]
+    assert {r["model"] for r in recs} >= {"moco", "random init"}
+    assert all(0.0 <= r["f1"] <= 1.0 and 0.0 <= r["precision"] <= 1.0 for r in recs)
+
+
+def test_data_pack_a_folder_of_geotiffs(capsys, tmp_path, brandenburg):
+    scene = brandenburg.scenes[0]
+    folder = tmp_path / "tifs"
+    folder.mkdir()
+    for i, (r, c) in enumerate(((0, 0), (300, 700))):
+        arr = scene.read((r, c, 64, 64), bands=BANDS).astype("uint16")
+        with rasterio.open(folder / f"crop{i}.tif", "w", driver="GTiff", width=64, height=64,
+                           count=4, dtype="uint16", crs=scene.crs,
+                           transform=scene.transform) as dst:
+            dst.write(arr)
+    out = _run(capsys, "data", "pack", folder, "--out", tmp_path / "corpus", "--chip-size", "32",
+               "--bands", ",".join(BANDS))
+    assert out.startswith("packed 8 chips")  # 2 files x (64 / 32)^2
+    meta = json.loads((tmp_path / "corpus" / "eossl.json").read_text())
+    assert meta["count"] == 8 and meta["bands"] == BANDS
+    code = main(["data", "pack", str(folder), "--out", str(tmp_path / "x"), "--chip-size", "4"])
+    assert code == 2 and "--chip-size must be >= 8" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: the Landsat sample mixes int16 and uint16 "
+                   "acquisitions and shards.pack refuses the second dtype")
+def test_data_pack_landsat_series(capsys, tmp_path, sample_cache):
+    out = _run(capsys, "--cache", sample_cache, "data", "pack", "landsat", "--out",
+               tmp_path / "corpus", "--chip-size", "32")
+    assert out.startswith("packed ")
