@@ -286,15 +286,27 @@ def pack(samples: Iterable[dict], out: str | os.PathLike, bands: Sequence[str], 
 
 # ----------------------------------------------------------------------------- corpus inputs
 
+def _integer_dtype(arrays: Sequence[np.ndarray]) -> np.dtype:
+    """The smallest of uint16 / int16 / float32 that holds every value of ``arrays`` exactly.
+
+    Decided once for all the arrays of a corpus input, because a corpus has one dtype: the
+    Landsat series mixes acquisitions with and without negative reflectances, and choosing per
+    acquisition would give uint16 for some and int16 for others.
+    """
+    arrays = [a for a in arrays if a.size]
+    if arrays and all(np.array_equal(a, np.round(a)) for a in arrays):
+        lo = min(float(a.min()) for a in arrays)
+        hi = max(float(a.max()) for a in arrays)
+        if lo >= 0 and hi <= 65535:
+            return np.dtype(np.uint16)
+        if lo >= -32768 and hi <= 32767:
+            return np.dtype(np.int16)
+    return np.dtype(np.float32)
+
+
 def _as_integer_dtype(a: np.ndarray) -> np.ndarray:
     """Raw digital numbers read as float32 go back to uint16/int16: half the bytes per chip."""
-    if a.size and np.array_equal(a, np.round(a)):
-        lo, hi = float(a.min()), float(a.max())
-        if lo >= 0 and hi <= 65535:
-            return a.astype(np.uint16)
-        if lo >= -32768 and hi <= 32767:
-            return a.astype(np.int16)
-    return a.astype(np.float32)
+    return a.astype(_integer_dtype([a]))
 
 
 def tile(image: np.ndarray, size: int, stride: int | None = None, nodata=None,
@@ -332,10 +344,11 @@ def landsat_chips(root, size: int, stride: int | None = None,
     from .timeseries import LandsatTimeSeries
 
     ts = LandsatTimeSeries(root)
+    dtype = _integer_dtype([im.numpy() for im in ts.images])  # one dtype for every date
     for i in range(len(ts)):
         img = ts.images[i].numpy()
         m = ts.masks[i].numpy()
-        out = _as_integer_dtype(img)
+        out = img.astype(dtype)
         for r, c in tile(img, size, stride, None, max_nodata, mask=m):
             yield {"image": out[:, r:r + size, c:c + size], "mask": m[r:r + size, c:c + size],
                    "key": f"{ts.scene_ids[i]}/{r}_{c}",
