@@ -474,3 +474,28 @@ def test_server_that_stops_answering_times_out_then_recovers(catalog, reference,
     finally:
         srv.proc.send_signal(signal.SIGCONT)
         srv.stop()
+
+
+def test_cli_continues_a_collection_only_with_resume(tmp_path, capsys):
+    """Like pretrain's run folders: a folder holding a collection is continued only when asked,
+    and --resume on a folder without one is refused (neither needs the server)."""
+    from eossl.cli import main
+
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "eossl.json").write_text(json.dumps({"progress": {"collected": 3, "next_index": 4}}))
+    args = ["collect", "--stac-url", "http://127.0.0.1:9", "--collection", "c", "--assets",
+            "b3", "--locations", "5", "--no-progress", "--out"]
+    assert main(args + [str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(out) in err and "3 locations collected" in err
+    assert "pass --resume" in err
+    empty = tmp_path / "empty"
+    assert main(args + [str(empty), "--resume"]) == 2
+    assert "holds no collection to continue" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(args + [str(other)]) == 2
+    assert "is not a collection" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "mine"

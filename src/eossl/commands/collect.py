@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 COMMAND = "collect"
 
 
@@ -14,8 +16,11 @@ def add_parser(subparsers) -> None:
         "collect", help="SeCo collection from a STAC API into a shard corpus (resumable)",
         description="Sample locations around large cities, find five dates 12 weeks apart with "
         "clear patches in a STAC API, and read only the patch from each cloud-optimised "
-        "GeoTIFF. Rerun the same command to resume an interrupted collection.")
-    p.add_argument("--out", required=True, help="corpus folder (resumed if it holds a collection)")
+        "GeoTIFF. Rerun it with --resume to continue an interrupted collection.")
+    p.add_argument("--out", required=True, help="corpus folder (new, or with --resume one that "
+                   "holds an interrupted collection)")
+    p.add_argument("--resume", action="store_true", help="continue the collection in --out "
+                   "(same settings; no duplicates, no gaps)")
     p.add_argument("--locations", type=int, required=True, help="locations to draw in total")
     p.add_argument("--preset", default=None, help="earth-search-s2l2a (Sentinel-2 L2A on AWS)")
     p.add_argument("--stac-url", help="STAC API root URL")
@@ -61,8 +66,31 @@ def run(args) -> int:
             raise ConfigError(f"collect needs {', '.join(missing)} (or --preset "
                               "earth-search-s2l2a)")
         cfg = CollectConfig(**given)
+    _check_resume(Path(args.out), args.resume)
     prog = collect(cfg, args.out, args.locations, progress=not args.no_progress)
     print(f"collected {prog['collected']} of {prog['next_index']} locations "
           f"({len(prog['failed'])} gave up after {cfg.max_tries} draws) into {args.out}; "
           f"cloud filter: {prog['filter_mode']}")
     return 0
+
+
+def _check_resume(out: Path, resume: bool) -> None:
+    """A folder holding a collection is only continued when asked (--resume), like pretrain's
+    run folders; --resume on a folder with no collection is a mistake worth saying."""
+    import json
+
+    from ..errors import ConfigError, OutputExistsError
+
+    meta = out / "eossl.json"
+    if meta.is_file():
+        prog = (json.loads(meta.read_text()).get("progress") or {})
+        if not resume:
+            raise OutputExistsError(
+                f"{out} already holds a collection ({prog.get('collected', '?')} locations "
+                f"collected, next index {prog.get('next_index', '?')}); pass --resume to "
+                "continue it, or choose another --out")
+    elif resume:
+        raise ConfigError(f"--resume: {out} holds no collection to continue (no eossl.json)")
+    elif out.exists() and any(out.iterdir()):
+        raise OutputExistsError(f"{out} exists, is not empty and is not a collection; choose "
+                                "another --out")

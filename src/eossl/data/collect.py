@@ -15,7 +15,7 @@ Reproducible and resumable: attempt ``j`` of location ``i`` uses the random stre
 ``(seed, i, j)`` only, so a location's outcome does not depend on what ran before it; finished
 locations are committed to the corpus every ``commit_every`` locations together with the index
 of the next location (one atomic write of ``eossl.json``, see data/shards.py). A rerun of the
-same command continues from there: no duplicates, no gaps.
+same command with ``--resume`` continues from there: no duplicates, no gaps.
 
 Network faults (timeouts, connection errors, HTTP 5xx/429) are retried with exponential backoff;
 when the retries run out the locations finished so far are committed and a CollectError says
@@ -453,7 +453,7 @@ class Collector:
             if isinstance(e, CollectError):
                 raise CollectError(f"{e}. The corpus in {self.out} holds {writer.count} "
                                    f"locations (next index {prog['next_index']}) and is valid; "
-                                   "rerun the same command to resume") from None
+                                   "rerun the same command with --resume to continue") from None
             raise
         finally:
             if bar is not None:
