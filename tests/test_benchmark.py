@@ -1,9 +1,11 @@
-"""eossl benchmark: plan checks, resumability, failure isolation, and the report (Markdown and
-a self-contained HTML page opened in headless Chromium)."""
+"""eossl benchmark: plan checks, resumability, failure isolation, every evaluation on real data
+at a tiny budget, and the report (Markdown and a self-contained HTML page opened in headless
+Chromium)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -72,15 +74,50 @@ def failing_method():
     _METHODS.pop("broken-test", None)
 
 
+# The cheapest settings that still run each evaluation end to end on the real data (a test-only
+# override of the class attributes; a real benchmark uses the defaults or --quick).
+TINY = {
+    "probe": {"C": 1.0},
+    "finetune": {"epochs": 1, "batch_size": 64},
+    "pixel-probe": {"per_class": 10, "test_per_class": 10, "tile": 32},
+    "segmentation": {"steps": 2, "batch_size": 4, "probe_steps": 2},
+    "regression": {"epochs": 1, "min_labelled": 0.95},
+    "multilabel": {"epochs": 1, "size": 32},
+    "ensemble": {"epochs": 1, "saliency_patches": 2},
+    "per-band": {"bands": ("B04", "B11")},
+    "pictures": {"patches": 2, "map_side": 128},
+}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    from eossl.bench.evaluations import EVALUATIONS
+
+    for name, settings in TINY.items():
+        for key, value in settings.items():
+            monkeypatch.setattr(EVALUATIONS[name], key, value)
+
+
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory, sample_cache):
     return tmp_path_factory.mktemp("bench") / "b"
 
 
+@pytest.fixture(scope="module")
+def full_dir(tmp_path_factory, sample_cache):
+    return tmp_path_factory.mktemp("bench") / "full"
+
+
+@pytest.fixture(scope="module")
+def band_dir(tmp_path_factory, sample_cache):
+    return tmp_path_factory.mktemp("bench") / "bandwise"
+
+
 def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, failing_method,
-                                                      capsys):
+                                                      tiny, capsys):
     args = ["--cache", str(sample_cache), "benchmark", "--methods", f"moco,{failing_method}",
             "--budget", "3-steps", "--seeds", "0,1", "--fractions", "0.5,1",
+            "--evaluations", "probe,ensemble,per-band,pictures",
             "--out", str(bench_dir), "--no-progress"]
     assert main(args) == 0
     st = json.loads((bench_dir / "status.json").read_text())
@@ -92,6 +129,13 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
     for row in ("| spectral baseline |", "| random init |", "| moco |"):
         assert row in md
     assert "deliberate failure" in md  # the failure is reported, not hidden
+    # evaluations that do not apply to moco say so, with the reason, for each seed
+    for ev, why in (("ensemble", "colorization encoder"), ("per-band", "not a band-wise"),
+                    ("pictures", "no picture")):
+        for seed in (0, 1):
+            assert st["evals"][f"{ev}/moco/seed{seed}"]["state"] == "not applicable"
+            assert why in st["evals"][f"{ev}/moco/seed{seed}"]["reason"]
+        assert re.search(rf"- {ev}: not applicable to moco \(seeds 0, 1\) \(.*{why}", md)
     # per-seed numbers stand beside the claims
     assert re.search(r"best method \*\*moco\*\* .*seeds 0, 1: [0-9.]+ / [0-9.]+ vs", md)
 
@@ -122,24 +166,24 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_html_report_renders_in_chromium(bench_dir):
-    if not (bench_dir / "report.html").exists():
-        pytest.skip("needs the benchmark run of the previous tests")
+def _render_in_chromium(folder, min_images: int = 2) -> str:
+    """The DOM of the folder's report.html after headless Chromium loaded it; asserts the
+    page is self-contained and every image decoded."""
     exe = _chromium()
     if exe is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed; `make test` installs Debian's chromium")
         pytest.skip("chromium not installed (apt-get install chromium)")
-    html_path = bench_dir / "report.html"
+    html_path = folder / "report.html"
     text = html_path.read_text()
     assert "src=\"figures/" not in text and "data:image/png;base64," in text  # self-contained
     n_tables = text.count("<table>")
     n_images = text.count("<img ")
-    assert n_tables >= 4 and n_images >= 2
+    assert n_tables >= 4 and n_images >= min_images
     dom = subprocess.run(
         [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={bench_dir / 'chromium-profile'}", "--virtual-time-budget=5000",
+         f"--user-data-dir={folder / 'chromium-profile'}", "--virtual-time-budget=5000",
          "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120).stdout
     m = re.search(r'data-images="(\d+)" data-images-ok="(\d+)"', dom)
     assert m, "the page's load script did not run"
@@ -147,3 +191,177 @@ def test_html_report_renders_in_chromium(bench_dir):
     assert dom.count("<table>") == n_tables
     # a rendered table row carries the reference rows and numbers
     assert re.search(r"<td>spectral baseline</td><td>(<b>)?0\.\d{3}", dom)
+    return dom
+
+
+def test_html_report_renders_in_chromium(bench_dir):
+    if not (bench_dir / "report.html").exists():
+        pytest.skip("needs the benchmark run of the previous tests")
+    _render_in_chromium(bench_dir)
+
+
+# ------------------------------------------------------------------ every evaluation
+UNIT_RANGE = {"accuracy", "balanced_accuracy", "macro_f1", "miou", "pixel_accuracy",
+              "micro_map", "macro_map", "micro_f1"}
+
+
+def _cells(records, table, metric):
+    """{model: {column: value}} of one table and metric (one seed)."""
+    out = {}
+    for r in records:
+        if r["table"] == table and r["metric"] == metric:
+            out.setdefault(r["model"], {})[r["column"]] = r["value"]
+    return out
+
+
+def _check_records(records):
+    """Every score finite and in its metric's range."""
+    for r in records:
+        if r["value"] is None:
+            continue
+        assert math.isfinite(r["value"]), r
+        if r["metric"] in UNIT_RANGE:
+            assert 0.0 <= r["value"] <= 1.0, r
+        elif r["metric"] == "mean_r2":
+            assert r["value"] <= 1.0, r
+        elif r["metric"] == "mean_rmse":
+            assert r["value"] >= 0.0, r
+
+
+def _check_cells(records, expect):
+    """expect: {table: (metric, {model: columns that must hold a finite value})}."""
+    for table, (metric, models) in expect.items():
+        cells = _cells(records, table, metric)
+        for model, cols in models.items():
+            for col in cols:
+                v = cells.get(model, {}).get(col)
+                assert v is not None and math.isfinite(v), (table, model, col, cells)
+
+
+def _check_picture(folder, md, name):
+    """The PNG exists under figures/evaluations, is small, and the report shows it."""
+    from PIL import Image
+
+    path = folder / "figures" / "evaluations" / name
+    assert path.is_file()
+    assert f"](figures/evaluations/{name})" in md
+    with Image.open(path) as im:
+        assert im.info["dpi"][0] <= 100.5 and im.width < 1500
+
+
+def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny):
+    """Colorization through every evaluation on the real scene and the real BigEarthNet
+    sample: each applies where it should, gives finite scores in range next to its reference
+    rows, and its pictures land in the report."""
+    args = ["--cache", str(sample_cache), "benchmark", "--methods", "colorization",
+            "--budget", "2-steps", "--seeds", "0,", "--fractions", "0.5,1",
+            "--out", str(full_dir), "--no-progress"]
+    assert main(args) == 0
+    st = json.loads((full_dir / "status.json").read_text())
+    failed = {k: v["error"] for k, v in st["evals"].items() if v["state"] == "failed"}
+    assert not failed
+    done = {k for k, v in st["evals"].items() if v["state"] == "done"}
+    for ev in ("probe", "finetune", "pixel-probe", "segmentation", "regression", "multilabel",
+               "ensemble", "pictures"):
+        assert f"{ev}/colorization/seed0" in done
+    assert st["evals"]["per-band/colorization/seed0"]["state"] == "not applicable"
+    assert "not a band-wise" in st["evals"]["per-band/colorization/seed0"]["reason"]
+
+    records = json.loads((full_dir / "results.json").read_text())["records"]
+    _check_records(records)
+    both = ("random init", "colorization")
+    _check_cells(records, {
+        "Fine-tuned classifier": ("accuracy", {m: {"100% labels"} for m in both}),
+        "Pixel probe": ("balanced_accuracy", {m: {"labelled pixels"}
+                                              for m in ("spectral baseline", *both)}),
+        "Segmentation: fine-tuned U-Net": ("miou", {m: {"50% labels", "100% labels"}
+                                                    for m in both}),
+        "Segmentation: frozen encoder, linear probe": ("miou", {
+            m: {"50% labels", "100% labels"} for m in both}),
+        "Class-share regression": ("mean_r2", {"spectral baseline": {"ridge (frozen)"},
+                                               **{m: {"ridge (frozen)", "fine-tuned"}
+                                                  for m in both}}),
+        "Multi-label (BigEarthNet v2 sample)": ("micro_map", {
+            "spectral baseline": {"linear probe"},
+            **{m: {"linear probe", "fine-tuned"} for m in both}}),
+        "RGB + spectral ensemble": ("accuracy", {m: {"100% labels"} for m in (
+            "rgb", "spectral", "ensemble")}),
+    })
+    # a label budget buys whole tiles: half the labels is fewer tiles than all of them
+    seg = [r for r in records if r["table"] == "Segmentation: fine-tuned U-Net"
+           and r["model"] == "colorization" and r["metric"] == "miou"]
+    tiles = {r["column"]: r["tiles"] for r in seg}
+    assert 0 < tiles["50% labels"] < tiles["100% labels"]
+    # the ensemble's spectral member is the colorization encoder
+    ens = [r for r in records if r["table"] == "RGB + spectral ensemble"]
+    assert {r["encoder"] for r in ens} == {"colorization"}
+    # multi-label data are L2A: the cirrus band the L1C-trained encoder takes is filled
+    ml = [r for r in records if r["table"].startswith("Multi-label") and r["model"] ==
+          "colorization"]
+    assert all(r["filled_bands"] == ["B10"] for r in ml)
+
+    md = (full_dir / "report.md").read_text()
+    _check_picture(full_dir, md, "ensemble-saliency-colorization.png")
+    _check_picture(full_dir, md, "colorization-colorization.png")
+    # the held-out colour picture replaces the run's picture of training crops
+    assert "runs/colorization/seed0/colorization.png" not in md
+    # the protocol that ran (the tiny settings) is printed with each evaluation
+    assert "2 AdamW steps of batch 4" in md and "epochs = 1, batch 64" in md
+    assert ">= 95% labelled pixels" in md
+    # the ensemble claim is checked seed by seed against each member
+    assert re.search(r"\*\*ensemble\*\* (beats|does not beat) rgb .*seeds 0: ", md)
+    assert re.search(r"Class-share regression: ridge \(frozen\): best method "
+                     r"\*\*colorization\*\* .*mean r2, seeds 0", md)
+    assert re.search(r"- per-band: not applicable to colorization \(seed 0\) \(not a band", md)
+    assert "## Evaluation cost" in md
+    dom = _render_in_chromium(full_dir)
+    assert "RGB + spectral ensemble" in dom and "Class-share regression" in dom
+
+
+def test_benchmark_per_band_table_of_a_bandwise_encoder(band_dir, sample_cache, tiny):
+    """RS-BYOL (its recipe's S1/S2 pairs, not the plan's scene) gets the per-band table and
+    heat map; segmentation does not apply to a band-wise encoder and says why."""
+    args = ["--cache", str(sample_cache), "benchmark", "--methods", "rsbyol",
+            "--budget", "2-steps", "--seeds", "0,", "--evaluations",
+            "per-band,segmentation,ensemble", "--out", str(band_dir), "--no-progress"]
+    assert main(args) == 0
+    st = json.loads((band_dir / "status.json").read_text())
+    assert st["runs"]["rsbyol/seed0"]["data"] == "bigearthnet-pairs"
+    assert st["evals"]["per-band/rsbyol/seed0"]["state"] == "done"
+    for key, why in (("segmentation/rsbyol/seed0", "band-wise"),
+                     ("ensemble/rsbyol/seed0", "colorization encoder")):
+        assert st["evals"][key]["state"] == "not applicable" and why in st["evals"][key]["reason"]
+    # nothing applied, so no reference rows were computed for those two
+    assert "segmentation/references/seed0" not in st["evals"]
+    records = json.loads((band_dir / "results.json").read_text())["records"]
+    _check_records(records)
+    cols = {"B04", "B11", "all used bands"}
+    _check_cells(records, {"Per-band linear probe": ("accuracy", {
+        "spectral baseline": {"B04", "B11"}, "random init": cols, "rsbyol": cols})})
+    md = (band_dir / "report.md").read_text()
+    assert re.search(r"\| model \| B04 \| B11 \| all used bands \|", md)  # also a table
+    _check_picture(band_dir, md, "per-band-heatmap.png")
+    assert "Bands probed: B04, B11." in md
+    assert re.search(r"segmentation: not applicable to rsbyol \(seed 0\) \(band-wise", md)
+    dom = _render_in_chromium(band_dir, min_images=1)
+    assert "Per-band linear probe" in dom
+
+
+def test_report_marks_lowest_error_and_compares_named_pairs():
+    """An error metric (RMSE) marks its lowest mean best and says 'lower is better'; an
+    evaluation's own model pairs are compared seed by seed."""
+    from eossl.bench.report import findings, metric_tables
+
+    recs = [{"table": "t", "model": m, "seed": s, "column": "c", "order": 0,
+             "metric": "mean_rmse", "value": v}
+            for m, vals in (("random init", (0.30, 0.32)), ("a", (0.20, 0.21)),
+                            ("b", (0.25, 0.19)))
+            for s, v in zip((0, 1), vals)]
+    summary, _ = metric_tables(recs, "mean_rmse", ["random init", "a", "b"],
+                               lower_is_better=True)
+    assert summary[2][1].startswith("**0.205") and not summary[3][1].startswith("**")
+    lines = findings(recs, "mean_rmse", ["random init", "a", "b"], lower_is_better=True,
+                     comparisons=(("b", "a"),))
+    assert lines[0] == ("c: best method **a** beats random init on every seed (mean rmse, "
+                        "lower is better, seeds 0, 1: 0.200 / 0.210 vs 0.300 / 0.320)")
+    assert lines[1].startswith("c: **b** beats a on 1 of 2 seeds only")

@@ -50,8 +50,13 @@ def _fmt(vals: list[float]) -> str:
     return f"{mu:.3f}" + (f" ± {np.std(vals, ddof=1):.3f}" if len(vals) > 1 else "")
 
 
+def _hidden(record: dict) -> bool:
+    """Records that are not table cells (scatter points, picture locations)."""
+    return str(record.get("table", "")).startswith("_")
+
+
 def _models(records: list[dict], plan_methods: list[str]) -> list[str]:
-    present = list(dict.fromkeys(r["model"] for r in records))
+    present = list(dict.fromkeys(r["model"] for r in records if not _hidden(r)))
     refs = [m for m in REFERENCES if m in present]
     rest = [m for m in plan_methods if m in present]
     rest += [m for m in present if m not in refs and m not in rest]
@@ -66,14 +71,23 @@ def _grid(records: list[dict]) -> tuple[list[str], dict]:
     return [c for _, c in cols], cells
 
 
-def metric_tables(records: list[dict], metric: str, models: list[str]) -> tuple[list, list]:
-    """(summary rows, per-seed rows) for one table and metric; the best mean per column is
-    marked with ``**``."""
+def _means(cells: dict, cols: list[str], models: list[str]) -> dict:
+    """{column: {model: mean over seeds (NaN where nothing finished)}}."""
+    def mean(vals):
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else np.nan
+
+    return {c: {m: mean(cells[m].get(c, {}).values()) for m in models} for c in cols}
+
+
+def metric_tables(records: list[dict], metric: str, models: list[str],
+                  lower_is_better: bool = False) -> tuple[list, list]:
+    """(summary rows, per-seed rows) for one table and metric; the best mean per column (the
+    highest, or the lowest for an error such as RMSE) is marked with ``**``."""
     cols, cells = _grid([r for r in records if r["metric"] == metric])
-    means = {c: {m: np.nanmean([v for v in cells[m].get(c, {}).values() if v is not None])
-                 if cells[m].get(c) and any(v is not None for v in cells[m][c].values())
-                 else np.nan for m in models} for c in cols}
-    best = {c: np.nanmax(list(means[c].values())) if np.isfinite(list(means[c].values())).any()
+    means = _means(cells, cols, models)
+    pick = np.nanmin if lower_is_better else np.nanmax
+    best = {c: pick(list(means[c].values())) if np.isfinite(list(means[c].values())).any()
             else np.nan for c in cols}
     summary = [["model"] + cols]
     seeds = [["model"] + cols]
@@ -92,30 +106,50 @@ def metric_tables(records: list[dict], metric: str, models: list[str]) -> tuple[
     return summary, seeds
 
 
-def findings(records: list[dict], metric: str, models: list[str]) -> list[str]:
-    """'A beats B' statements, each with the paired per-seed numbers behind it."""
+def _paired(a: dict, b: dict, ref: str, metric: str, lower: bool) -> str | None:
+    """'beats REF on every seed (metric, seeds ...: a / a vs b / b)' or None without a
+    common finished seed."""
+    seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
+    if not seeds:
+        return None
+    wins = sum((a[s] < b[s]) if lower else (a[s] > b[s]) for s in seeds)
+    verdict = (f"beats {ref} on every seed" if wins == len(seeds) else
+               f"does not beat {ref} on any seed" if wins == 0 else
+               f"beats {ref} on {wins} of {len(seeds)} seeds only")
+    nums = (" / ".join(f"{a[s]:.3f}" for s in seeds) + " vs "
+            + " / ".join(f"{b[s]:.3f}" for s in seeds))
+    better = "lower is better, " if lower else ""
+    return (f"{verdict} ({metric.replace('_', ' ')}, {better}seeds "
+            f"{', '.join(map(str, seeds))}: {nums})")
+
+
+def findings(records: list[dict], metric: str, models: list[str], *,
+             lower_is_better: bool = False, columns: list[str] | None = None,
+             comparisons: tuple = ()) -> list[str]:
+    """'A beats B' statements, each with the paired per-seed numbers behind it: the best
+    method of each column against each reference row, then the evaluation's own model pairs
+    (e.g. ensemble vs its members)."""
     cols, cells = _grid([r for r in records if r["metric"] == metric])
+    cols = [c for c in cols if columns is None or c in columns]
     out = []
     methods = [m for m in models if m not in REFERENCES]
+    means = _means(cells, cols, methods)
     for c in cols:
-        scored = [(np.mean([v for v in cells[m].get(c, {}).values() if v is not None]), m)
-                  for m in methods if any(v is not None for v in cells[m].get(c, {}).values())]
+        scored = [(v, m) for m, v in means[c].items() if np.isfinite(v)]
         if not scored:
             continue
-        _, best = max(scored)
+        _, best = min(scored) if lower_is_better else max(scored)
         for ref in REFERENCES:
-            a, b = cells[best].get(c, {}), cells[ref].get(c, {})
-            seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
-            if not seeds:
-                continue
-            wins = sum(a[s] > b[s] for s in seeds)
-            verdict = (f"beats {ref} on every seed" if wins == len(seeds) else
-                       f"does not beat {ref} on any seed" if wins == 0 else
-                       f"beats {ref} on {wins} of {len(seeds)} seeds only")
-            nums = (" / ".join(f"{a[s]:.3f}" for s in seeds) + " vs "
-                    + " / ".join(f"{b[s]:.3f}" for s in seeds))
-            out.append(f"{c}: best method **{best}** {verdict} "
-                       f"({metric.replace('_', ' ')}, seeds {', '.join(map(str, seeds))}: {nums})")
+            line = _paired(cells[best].get(c, {}), cells[ref].get(c, {}), ref, metric,
+                           lower_is_better) if ref in cells else None
+            if line:
+                out.append(f"{c}: best method **{best}** {line}")
+        for a, b in comparisons:
+            if a in cells and b in cells:
+                line = _paired(cells[a].get(c, {}), cells[b].get(c, {}), b, metric,
+                               lower_is_better)
+                if line:
+                    out.append(f"{c}: **{a}** {line}")
     return out
 
 
@@ -142,7 +176,7 @@ def _color(model: str, models: list[str]):
 
 
 def plot_fraction_curves(records: list[dict], table: str, metric: str, models: list[str],
-                         path: Path) -> Path | None:
+                         path: Path, xlabel: str | None = None) -> Path | None:
     recs = [r for r in records if r["table"] == table and r["metric"] == metric
             and r["value"] is not None]
     if not recs:
@@ -161,7 +195,7 @@ def plot_fraction_curves(records: list[dict], table: str, metric: str, models: l
                     yerr=[np.std(by[x]) for x in xs], marker="o", capsize=3, label=m,
                     ls="--" if m in REFERENCES else "-", color=_color(m, models))
     ax.set_xscale("log")
-    ax.set_xlabel("labelled training patches used (%)")
+    ax.set_xlabel(xlabel or "labelled training patches used (%)")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"{table}: {metric.replace('_', ' ')} vs label fraction", fontsize=9)
     ax.grid(alpha=0.3)
@@ -264,8 +298,9 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
         f"**methods**: {', '.join(plan.methods)}; **seeds**: {', '.join(map(str, plan.seeds))}; "
         f"**backbone**: {plan.backbone}; **budget per run**: {plan.budget_obj}",
         f"**pretraining data**: {plan.data} (methods that need time series or sensor pairs use "
-        "their own, listed below); **evaluation data**: the Brandenburg S2 scene's OSM patches, "
-        "spatial split (west 60% train, east 40% test)",
+        "their own, listed below); **evaluation data**: the Brandenburg S2 scene's OSM labels, "
+        "spatial split (west 60% train, east 40% test), and the BigEarthNet v2 sample for "
+        "multi-label; each section below states its protocol",
         f"**machine**: {env.get('machine', '?')}; **versions**: eossl {env.get('eossl', '?')}, "
         f"torch {env.get('torch', '?')}, lightning {env.get('lightning', '?')}, "
         f"Python {env.get('python', '?')}",
@@ -289,36 +324,39 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
     if tc:
         blocks.append(("img", tc, "Training curves"))
 
-    # results
-    models_all = _models([r for r in records if r["table"] != "_embedding"], plan.methods)
-    tables = list(dict.fromkeys(r["table"] for r in records if r["table"] != "_embedding"))
+    # results, one section per evaluation
     from .evaluations import EVALUATIONS
 
-    shown = {}
-    for ev in EVALUATIONS.values():
-        shown.update({t: ev.shown_metrics for t in getattr(ev, "tables", ())})
-    all_findings = []
-    for t in tables:
-        recs = [r for r in records if r["table"] == t]
-        models = [m for m in models_all if any(r["model"] == m for r in recs)]
-        metrics = list(dict.fromkeys(r["metric"] for r in recs))
-        metrics = [m for m in metrics if m in shown.get(t, metrics)] or metrics
-        blocks.append(("h2", t))
-        for metric in metrics:
-            summary, seeds = metric_tables(recs, metric, models)
-            blocks += [("h3", f"{metric.replace('_', ' ')} (mean ± std over seeds; best in "
-                              "bold)"), ("table", summary),
-                       ("details", f"per-seed {metric.replace('_', ' ')} (seeds "
-                                   f"{', '.join(map(str, plan.seeds))})", seeds)]
-        all_findings += [f"{t}: {f}" for f in findings(recs, metrics[0], models)]
-        if len({r["order"] for r in recs}) > 1 and "probe" in t.lower():
-            p = plot_fraction_curves(records, t, metrics[0], models,
-                                     figs / f"{_slug(t)}-fractions.png")
-            if p:
-                blocks.append(("img", p, f"{t}: score vs label fraction"))
+    models_all = _models(records, plan.methods)
+    tables = list(dict.fromkeys(r["table"] for r in records if not _hidden(r)))
+    owner = {t: ev for ev in EVALUATIONS.values() for t in ev.tables}
+    protocols = st.get("protocols", {})
+    figures = [r for r in records if r["table"] == "_figure"]
+    all_findings, placed = [], set()
+    sections = [(ev, [t for t in ev.tables if t in tables]) for ev in EVALUATIONS.values()]
+    sections += [(None, [t]) for t in tables if t not in owner]  # results of a removed class
+    for ev, ev_tables in sections:
+        pics = [f for f in figures if ev is not None and f.get("evaluation") == ev.name]
+        if not ev_tables and not pics:
+            continue
+        if ev is not None:
+            blocks += [("h2", ev.title), ("p", _protocol(ev, protocols))]
+        for t in ev_tables:
+            blocks += _table_blocks(t, [r for r in records if r["table"] == t], ev, models_all,
+                                    plan, figs, all_findings, sub=ev is not None)
+        for f in pics:
+            p = folder.root / f["path"]
+            if p.exists():
+                blocks.append(("img", p, f["caption"]))
+                placed.add(p.resolve())
+        if ev is not None:
+            for p, caption in ev().figures(records, folder.root):
+                blocks.append(("img", p, caption))
+                placed.add(Path(p).resolve())
     blocks.insert(2, ("h2", "Findings"))
-    blocks.insert(3, ("p", "Each line compares the best method of a column with a reference row, "
-                           "seed by seed (same pretraining and probe seed)."))
+    blocks.insert(3, ("p", "Each line compares the best method of a column with a reference row "
+                           "(or one model with another, where an evaluation names the pair), "
+                           "seed by seed (same pretraining and evaluation seed)."))
     blocks.insert(4, ("list", all_findings or ["no evaluation finished yet"]))
 
     emb = plot_embeddings(records, models_all, figs / "embeddings.png")
@@ -327,23 +365,118 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
                    ("p", "First two principal components of the test patches' frozen features, "
                          "coloured by OSM class (first seed)."),
                    ("img", emb, "Embedding scatter")]
+    pics = _run_pictures(folder, plan, figures, placed)
+    if pics:
+        blocks.append(("h2", "Pictures from the methods"))
+        blocks += [("img", p, cap) for p, cap in pics]
+
+    problems = _problems(st)
+    if problems:
+        blocks += [("h2", "Failures and evaluations that do not apply"), ("list", problems)]
+    timing = _timing_table(st, plan)
+    if timing:
+        blocks += [("h2", "Evaluation cost"),
+                   ("p", "Wall-clock seconds per run (mean over seeds; 'references' = the "
+                         "reference rows of one seed)."), ("table", timing)]
+    return blocks
+
+
+def _protocol(ev, protocols: dict) -> str:
+    """The protocol text saved by the run (the settings actually used), else the class's."""
+    saved = protocols.get(ev.name, {})
+    return saved.get("text") or ev().protocol()
+
+
+def _table_blocks(t: str, recs: list[dict], ev, models_all: list[str], plan, figs: Path,
+                  all_findings: list[str], sub: bool) -> list[tuple]:
+    """One table of one evaluation: a summary and a per-seed table per shown metric, its
+    findings and, for label-fraction tables, the score-vs-fraction plot."""
+    h_table, h_metric = ("h3", "h4") if sub else ("h2", "h3")
+    shown = tuple(getattr(ev, "shown_metrics", ()) or ())
+    lower = set(getattr(ev, "lower_is_better", ()) or ())
+    models = [m for m in models_all if any(r["model"] == m for r in recs)]
+    metrics = list(dict.fromkeys(r["metric"] for r in recs))
+    metrics = [m for m in shown if m in metrics] or metrics
+    out: list[tuple] = [(h_table, t)]
+    for metric in metrics:
+        summary, seeds = metric_tables(recs, metric, models, lower_is_better=metric in lower)
+        best = "lowest" if metric in lower else "best"
+        out += [(h_metric, f"{metric.replace('_', ' ')} (mean ± std over seeds; {best} in "
+                           "bold)"), ("table", summary),
+                ("details", f"per-seed {metric.replace('_', ' ')} (seeds "
+                            f"{', '.join(map(str, plan.seeds))})", seeds)]
+    all_findings += [f"{t}: {f}" for f in findings(
+        recs, metrics[0], models, lower_is_better=metrics[0] in lower,
+        columns=getattr(ev, "finding_columns", None),
+        comparisons=getattr(ev, "comparisons", ()))]
+    if getattr(ev, "fraction_tables", False) and len({r["order"] for r in recs}) > 1:
+        p = plot_fraction_curves(recs, t, metrics[0], models, figs / f"{_slug(t)}-fractions.png",
+                                 xlabel=getattr(ev, "fraction_label", None))
+        if p:
+            out.append(("img", p, f"{t}: score vs label fraction"))
+    return out
+
+
+def _run_pictures(folder: BenchmarkFolder, plan, figures: list[dict], placed: set
+                  ) -> list[tuple[Path, str]]:
+    """Pictures the methods drew into their first-seed run folders, less those an evaluation
+    redrew on held-out data (its record names the run picture it replaces), plus any loose
+    PNG under figures/evaluations that no record placed."""
+    replaced = {(f["model"], f.get("replaces")) for f in figures if f.get("replaces")}
     pics = []
     for m in plan.methods:
         run = folder.run_dir(m, plan.seeds[0])
-        pics += [(p, f"{m}: {p.stem.replace('_', ' ')}") for p in sorted(run.glob("*.png"))]
-    pics += [(p, p.stem.replace("_", " ")) for p in sorted((folder.root / "figures" /
-                                                            "evaluations").glob("*.png"))]
-    if pics:
-        blocks.append(("h2", "Pictures from the methods and evaluations"))
-        blocks += [("img", p, cap) for p, cap in pics]
+        pics += [(p, f"{m}: {p.stem.replace('_', ' ')}") for p in sorted(run.glob("*.png"))
+                 if (m, p.name) not in replaced]
+    from .evaluations import FIGURES
 
-    problems = [f"{k}: {v['state']}" + (f" ({v.get('error') or v.get('reason')})"
-                                        if v.get("error") or v.get("reason") else "")
-                for sec in ("runs", "evals") for k, v in st.get(sec, {}).items()
-                if v.get("state") in ("failed", "not applicable")]
-    if problems:
-        blocks += [("h2", "Failures and evaluations that do not apply"), ("list", problems)]
-    return blocks
+    pics += [(p, p.stem.replace("_", " ").replace("-", " "))
+             for p in sorted((folder.root / FIGURES).glob("*.png")) if p.resolve() not in placed]
+    return pics
+
+
+def _problems(st: dict) -> list[str]:
+    """Failures one by one; evaluations that do not apply grouped by reason (a benchmark of
+    nine methods x three seeds would otherwise list dozens of identical lines)."""
+    out, skipped = [], defaultdict(list)
+    for sec in ("runs", "evals"):
+        for k, v in st.get(sec, {}).items():
+            if v.get("state") == "failed":
+                out.append(f"{k}: failed ({v.get('error', '')})")
+            elif v.get("state") == "not applicable":
+                parts = k.split("/")
+                run = "/".join(parts[1:]) if len(parts) > 1 else k
+                skipped[(parts[0], v.get("reason", ""))].append(run)
+    for (ev, reason), runs in skipped.items():
+        out.append(f"{ev}: not applicable to {_runs_text(runs)} ({reason})")
+    return out
+
+
+def _runs_text(runs: list[str]) -> str:
+    """'moco (seeds 0, 1), simclr (seed 0)' from ['moco/seed0', 'moco/seed1', ...]."""
+    by = defaultdict(list)
+    for r in runs:
+        method, _, seed = r.rpartition("/seed")
+        by[method or r].append(seed)
+    return ", ".join(f"{m} (seed{'s' if len(s) > 1 else ''} {', '.join(s)})"
+                     for m, s in by.items())
+
+
+def _timing_table(st: dict, plan) -> list[list[str]] | None:
+    """Seconds per evaluation and method, mean over the finished seeds."""
+    secs = defaultdict(lambda: defaultdict(list))
+    for k, v in st.get("evals", {}).items():
+        if v.get("state") == "done" and v.get("seconds") is not None:
+            name, model, _ = k.split("/", 2) if k.count("/") >= 2 else (k, "", "")
+            secs[name][model].append(float(v["seconds"]))
+    if not secs:
+        return None
+    models = ["references"] + [m for m in plan.methods
+                               if any(m in by for by in secs.values())]
+    rows = [["evaluation"] + models]
+    for name, by in secs.items():
+        rows.append([name] + [f"{np.mean(by[m]):.1f}" if by.get(m) else "–" for m in models])
+    return rows
 
 
 def _slug(text: str) -> str:
@@ -355,7 +488,7 @@ def to_markdown(blocks: list[tuple], root: Path) -> str:
     out = []
     for b in blocks:
         kind = b[0]
-        if kind in ("h1", "h2", "h3"):
+        if kind in ("h1", "h2", "h3", "h4"):
             out += ["#" * int(kind[1]) + " " + b[1], ""]
         elif kind == "p":
             out += [b[1], ""]
@@ -409,7 +542,7 @@ def to_html(blocks: list[tuple]) -> str:
     parts = []
     for b in blocks:
         kind = b[0]
-        if kind in ("h1", "h2", "h3"):
+        if kind in ("h1", "h2", "h3", "h4"):
             parts.append(f"<{kind}>{_inline(b[1])}</{kind}>")
         elif kind == "p":
             parts.append(f"<p>{_inline(b[1])}</p>")
@@ -436,6 +569,6 @@ def write_benchmark_report(folder: BenchmarkFolder | str | Path) -> Path:
     atomic_write_text(folder.root / "report.html", to_html(blocks))
     atomic_write_text(folder.root / "results.json", json.dumps(
         {"plan": folder.load_plan().to_dict(), "status": folder.status(),
-         "records": [r for r in folder.all_eval_records() if r["table"] != "_embedding"]},
+         "records": [r for r in folder.all_eval_records() if not _hidden(r)]},
         indent=1, default=float))
     return folder.root / "report.md"

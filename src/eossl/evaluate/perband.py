@@ -61,14 +61,15 @@ def per_band_probe(train, test, encoders: Mapping[str, object], *,
                    bands: Sequence[str] | None = None, fraction: float = 1.0,
                    seeds: Sequence[int] = (0,), random_init: bool = True,
                    spectral: bool = True, all_bands: bool = True, C: float | str = "cv",
-                   device: str = "cpu") -> list[dict]:
+                   device: str = "cpu", random_seed: int = 0) -> list[dict]:
     """Linear-probe records ``{"model", "band", "accuracy", ...}`` per (model, band).
 
     ``train``/``test``: labelled patch datasets of one spatial split (``.bands``, ``.labels``,
     ``.classes``, ``.images()``). ``encoders``: band-wise encoders (RS-BYOL). ``bands``:
     which bands to probe (default: every pool band of any encoder that the data has).
     ``C``: the probe's regularisation, "cv" (3-fold CV per fit, as ``eossl probe``) or a fixed
-    value (one fit per band: about 10x faster on a CPU).
+    value (one fit per band: about 10x faster on a CPU). ``random_seed`` seeds the random-init
+    copy's weights (the benchmark passes the pretraining seed).
     """
     if not encoders:
         raise ConfigError("per-band probe: give at least one band-wise encoder")
@@ -88,7 +89,7 @@ def per_band_probe(train, test, encoders: Mapping[str, object], *,
     bands = list(bands)
     models = dict(full)
     if random_init:
-        models = {RANDOM: next(iter(full.values())).random_like(seed=0), **full}
+        models = {RANDOM: next(iter(full.values())).random_like(seed=random_seed), **full}
 
     def probe(f_tr, f_te):
         return _score(linear_probe(f_tr, y_tr, f_te, y_te, fractions=[fraction], seeds=seeds,
