@@ -150,6 +150,27 @@ def test_pretrain_real_scene_writes_a_loadable_checkpoint(brandenburg, sample_ca
     assert ckpt["eossl"]["backbone_kwargs"] == {"pixel_dim": 64, "pixel_hidden": 128}
 
 
+def test_spectral_backbone_feeds_a_unet_through_its_pixel_stem():
+    """The segmentation U-Net reads forward_intermediates: for a spectral backbone the ResNet
+    stages must see the stem's pixel embeddings (a 13-band input went straight into the
+    pixel_dim-channel first conv before, and failed)."""
+    from eossl.models.backbones import build_backbone
+    from eossl.models.unet import UNet, backbone_pyramid
+
+    torch.manual_seed(0)
+    bb = build_backbone("spectral_resnet18", in_chans=13, stem_stride=2)
+    x = torch.randn(2, 13, 32, 32)
+    maps = backbone_pyramid(bb, x)
+    assert maps[0].shape[0] == 2 and maps[-1].shape[1] == 512
+    # the same feature as forward_features: the deepest map is what the pooled head sees
+    bb.eval()
+    with torch.no_grad():
+        deep = backbone_pyramid(bb, x)[-1]
+        assert torch.allclose(deep, bb.model.forward_features(x), atol=1e-5)
+    net = UNet(bb, 8, mode="logits")
+    assert net(x).shape == (2, 8, 32, 32)
+
+
 if __name__ == "__main__":  # the fresh process of test_200_band_training_step_and_embedding_pass
     import sys
 

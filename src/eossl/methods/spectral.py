@@ -76,6 +76,11 @@ class SpectralResNet(ResNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward_features(self.spectral(x))
 
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        # The per-scale maps a U-Net decoder reads (models/unet.py): the ResNet stages see the
+        # stem's pixel embeddings, exactly as in forward_features.
+        return super().forward_intermediates(self.spectral(x), *args, **kwargs)
+
 
 def _spectral_resnet(block, layers, pretrained: bool = False, **kwargs) -> SpectralResNet:
     if pretrained:
