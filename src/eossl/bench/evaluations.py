@@ -348,20 +348,22 @@ class FineTune(Evaluation):
     title = "Fine-tuning (patch classification)"
     tables = ("Fine-tuned classifier",)
     shown_metrics = ("accuracy", "balanced_accuracy")
-    settings = ("epochs", "lr", "batch_size")
-    epochs, lr, batch_size = 6, 1e-3, 32
+    settings = ("epochs", "lr", "backbone_lr_scale", "batch_size")
+    epochs, lr, backbone_lr_scale, batch_size = 6, 1e-3, 0.1, 32
     quick = {"epochs": 2}
-    description = ("The encoder and a new linear head trained end to end (AdamW lr {lr}, cosine "
+    description = ("The encoder and a new linear head trained end to end (AdamW lr {lr} for "
+                   "the head, {backbone_lr_scale} x that for a pretrained encoder, cosine "
                    "decay, epochs = {epochs}, batch {batch_size}, flips and 90-degree rotations, "
                    "cross-entropy) on all west-block 16 px patches; scored on the east block. "
-                   "Reference: the same backbone from random weights.")
+                   "Reference: the same backbone from random weights (whole network at lr).")
 
     def _fit(self, ctx: Context, name: str, encoder, seed: int) -> list[dict]:
         from ..evaluate.finetune import finetune, predict_logits
 
         tr, te = ctx.patches("train"), ctx.patches("test")
         model = finetune(encoder, tr, len(tr.classes), epochs=self.epochs, lr=self.lr,
-                         batch_size=self.batch_size, seed=seed)
+                         batch_size=self.batch_size, seed=seed,
+                         backbone_lr_scale=1.0 if name == RANDOM else self.backbone_lr_scale)
         logits, labels = predict_logits(model, te)
         scores = _classification(labels, logits, tr.classes)
         return _records(self.tables[0], name, seed, "100% labels", 1.0, scores, CLASS_METRICS,

@@ -167,7 +167,10 @@ def run_ensemble(train, test, spectral_encoder: torch.nn.Module, *,
         enc_rgb, rgb_init = rgb_encoder(stats, rgb, backbone_name, stem, rgb_weights, seed)
         kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                   balanced=balanced, seed=seed, accelerator=accelerator)
-        members = {"rgb": finetune(fit_to_bands(enc_rgb, data_bands), train, k, **kw),
+        # A randomly initialised RGB member has nothing to keep: its whole network trains at lr.
+        rgb_scale = 0.1 if rgb_weights else 1.0
+        members = {"rgb": finetune(fit_to_bands(enc_rgb, data_bands), train, k,
+                                   backbone_lr_scale=rgb_scale, **kw),
                    "spectral": finetune(spectral, train, k, **kw)}
         out = {}
         for name, model in members.items():

@@ -65,10 +65,12 @@ class FinetuneTask(L.LightningModule):
     """The Lightning side of :func:`finetune`: cross-entropy, AdamW, cosine decay per step."""
 
     def __init__(self, model: Classifier, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 augment: bool = True, class_weights: torch.Tensor | None = None) -> None:
+                 augment: bool = True, class_weights: torch.Tensor | None = None,
+                 backbone_lr_scale: float = 0.1) -> None:
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.augment = lr, weight_decay, augment
+        self.backbone_lr_scale = backbone_lr_scale
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -80,8 +82,13 @@ class FinetuneTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr,
-                                weight_decay=self.weight_decay)
+        # The pretrained encoder moves more slowly than the new head (methods.md: fine-tune
+        # the whole network with a smaller backbone learning rate), so a few labelled patches
+        # do not wash out what pretraining learnt.
+        groups = [{"params": self.model.encoder.parameters(),
+                   "lr": self.lr * self.backbone_lr_scale},
+                  {"params": self.model.head.parameters(), "lr": self.lr}]
+        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -90,16 +97,21 @@ class FinetuneTask(L.LightningModule):
 def finetune(encoder: nn.Module, train, num_classes: int, *, epochs: int = 10,
              lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
              dropout: float = 0.0, augment: bool = True, balanced: bool = False,
-             seed: int = 0, accelerator: str = "cpu", devices: int | str = 1) -> Classifier:
+             backbone_lr_scale: float = 0.1, seed: int = 0, accelerator: str = "cpu",
+             devices: int | str = 1) -> Classifier:
     """Fine-tune a copy of ``encoder`` with a new linear head on labelled patches.
+
+    The encoder trains at ``backbone_lr_scale`` x ``lr`` (0.1: a pretrained encoder); pass 1.0
+    for an encoder from random weights, which has nothing to keep.
 
     ``balanced=True`` weights the cross-entropy by inverse class frequency (for skewed label
     sets such as the scene's farm-dominated patches). The given encoder is not modified.
     Returns the trained Classifier in eval mode on the CPU.
     """
-    if epochs < 1 or lr <= 0 or batch_size < 1:
-        raise ConfigError(f"fine-tuning needs epochs >= 1, lr > 0 and batch_size >= 1; got "
-                          f"{epochs}, {lr}, {batch_size}")
+    if epochs < 1 or lr <= 0 or batch_size < 1 or backbone_lr_scale < 0:
+        raise ConfigError(f"fine-tuning needs epochs >= 1, lr > 0, batch_size >= 1 and "
+                          f"backbone_lr_scale >= 0; got {epochs}, {lr}, {batch_size}, "
+                          f"{backbone_lr_scale}")
     labels = np.asarray(getattr(train, "labels", [train[i]["label"] for i in range(len(train))]))
     if len(labels) == 0:
         raise ConfigError("fine-tuning needs at least one labelled training patch")
@@ -112,7 +124,7 @@ def finetune(encoder: nn.Module, train, num_classes: int, *, epochs: int = 10,
         w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0.0)
         weights = torch.tensor(w, dtype=torch.float32)
     task = FinetuneTask(model, lr=lr, weight_decay=weight_decay, augment=augment,
-                        class_weights=weights)
+                        class_weights=weights, backbone_lr_scale=backbone_lr_scale)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=min(batch_size, len(train)), shuffle=True,
                         drop_last=len(train) > batch_size, generator=gen)
