@@ -122,6 +122,14 @@ def matmul_peak_gflops(dtype_name: str, n: int = 2048, min_s: float = 1.0) -> fl
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (MiB). VmHWM rather than ru_maxrss: ru_maxrss
+    survives exec, so a worker started by a large driver would report the driver's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

@@ -139,15 +139,22 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
     # per-seed numbers stand beside the claims
     assert re.search(r"best method \*\*moco\*\* .*seeds 0, 1: [0-9.]+ / [0-9.]+ vs", md)
 
-    # Same command again: finished runs and evaluations are kept, not recomputed.
+    # The same command again is refused: the folder holds a benchmark and --resume was not asked.
     ckpt = bench_dir / "runs" / "moco" / "seed0" / "checkpoints" / "last.ckpt"
     evals = sorted((bench_dir / "evals").rglob("*.json"))
     before = {p: p.stat().st_mtime_ns for p in [ckpt, *evals]}
     capsys.readouterr()
-    assert main(args) == 0
+    assert main(args) == 2
+    assert "already holds a benchmark; pass --resume" in capsys.readouterr().err
+    # With --resume (and only --out: the stored plan is used), finished runs and evaluations
+    # are kept, not recomputed.
+    assert main(["--cache", str(sample_cache), "benchmark", "--out", str(bench_dir),
+                 "--resume", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "moco/seed0: finished earlier, kept" in out
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert main(["benchmark", "--out", str(bench_dir.parent / "nothing"), "--resume"]) == 2
+    assert "holds no benchmark to continue" in capsys.readouterr().err
 
 
 def test_report_rerenders_without_recomputing(bench_dir):

@@ -2,8 +2,8 @@
 
 A benchmark folder holds ``plan.json`` (the matrix), ``status.json`` (what finished or failed),
 ``runs/METHOD/seedN/`` (ordinary pretraining run folders), ``evals/`` (one JSON of records per
-evaluation, model and seed) and the report. Running the same command again continues where it
-stopped; a folder holding a different plan is refused rather than mixed.
+evaluation, model and seed) and the report. ``eossl benchmark --out DIR --resume`` continues
+where it stopped; a folder holding a different plan is refused rather than mixed.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class Plan:
     backbone: str = "resnet18"
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     evaluations: list[str] = field(default_factory=list)
+    quick: bool = False  # --quick: the evaluations' small settings (kept so a resume matches)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -117,7 +118,7 @@ class BenchmarkFolder:
                 raise OutputExistsError(
                     f"{self.root} holds another benchmark (its {', '.join(diff)} differ: "
                     + "; ".join(f"{k}: {old.get(k)} there vs {new[k]} now" for k in diff)
-                    + "); choose another --out, or repeat the original command to resume it")
+                    + "); choose another --out, or continue it with --out and --resume alone")
             return True
         if self.root.exists() and any(self.root.iterdir()):
             raise OutputExistsError(f"{self.root} exists, is not empty and is not a benchmark "

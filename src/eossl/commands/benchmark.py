@@ -41,9 +41,34 @@ def add_parser(sub) -> None:
                    "(default: all that apply)")
     p.add_argument("--quick", action="store_true", help="a small preset: 60 s per run, one "
                    "seed, fractions 10%% and 100%%")
-    p.add_argument("--out", help="benchmark folder (default runs/benchmark-TIMESTAMP); repeat "
-                   "the command with the same --out to resume")
+    p.add_argument("--out", help="benchmark folder (default runs/benchmark-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue the benchmark in --out with "
+                   "its stored plan: finished runs and evaluations are kept")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _stored_plan(a):
+    """The plan of the benchmark in --out when resuming; None for a new benchmark. A folder
+    holding a benchmark is only continued when asked, like pretrain's run folders."""
+    from pathlib import Path
+
+    from ..bench.plan import BenchmarkFolder
+    from ..errors import ConfigError, OutputExistsError
+
+    if a.resume and not a.out:
+        raise ConfigError("--resume needs --out BENCHMARK_FOLDER (the benchmark to continue)")
+    if not a.out:
+        return None
+    folder = BenchmarkFolder(Path(a.out))
+    if folder.plan_path.exists():
+        if not a.resume:
+            raise OutputExistsError(f"{a.out} already holds a benchmark; pass --resume to "
+                                    "continue it (finished runs are kept), or choose another "
+                                    "--out")
+        return folder.load_plan()
+    if a.resume:
+        raise ConfigError(f"--resume: {a.out} holds no benchmark to continue (no plan.json)")
+    return None
 
 
 def run(a) -> int:
@@ -51,6 +76,16 @@ def run(a) -> int:
     from ..bench.plan import QUICK, Plan, resolve_methods
     from ..bench.runner import run_benchmark
     from ..errors import ConfigError
+
+    stored = _stored_plan(a)
+    if stored is not None:
+        out = a.out
+        print(f"resuming {out}: methods {', '.join(stored.methods)}, seeds "
+              f"{', '.join(map(str, stored.seeds))}, budget {stored.budget_obj} (its stored plan)")
+        report = run_benchmark(stored, out, cache=a.cache, progress=not a.no_progress,
+                               quick=stored.quick, command="eossl " + " ".join(sys.argv[1:]))
+        print(f"report: {report} (and {report.with_suffix('.html')})")
+        return 0
 
     fractions = ([float(v) for v in a.fractions.split(",") if v.strip()] if a.fractions
                  else (QUICK["fractions"] if a.quick else [0.01, 0.1, 1.0]))
@@ -62,7 +97,7 @@ def run(a) -> int:
     plan = Plan(methods=resolve_methods(a.methods),
                 seeds=a.seeds or (QUICK["seeds"] if a.quick else [0, 1, 2]),
                 budget=a.budget or (QUICK["budget"] if a.quick else "3m"), data=a.data,
-                backbone=a.backbone, fractions=fractions, evaluations=evals)
+                backbone=a.backbone, fractions=fractions, evaluations=evals, quick=a.quick)
     out = a.out or f"runs/benchmark-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     report = run_benchmark(plan, out, cache=a.cache, progress=not a.no_progress,
                            quick=a.quick, command="eossl " + " ".join(sys.argv[1:]))

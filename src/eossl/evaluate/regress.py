@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import IGNORE_INDEX, OSM_CLASSES, SpatialSplit, patch_grid
 from ..errors import ConfigError, DataError
+from .probe import single_blas_thread
 
 ID_COLUMNS = ("row", "col")
 SPLIT_COLUMN = "split"
@@ -248,7 +249,8 @@ def ridge_head(train_X, train_Y, test_X, alphas: Sequence[float] = RIDGE_ALPHAS)
         raise DataError(f"train features {X.shape} and test features {Xt.shape} must be (N, D) "
                         "with the same D")
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(alphas), alpha_per_target=True))
-    model.fit(X, np.asarray(train_Y, np.float64))
+    with single_blas_thread():
+        model.fit(X, np.asarray(train_Y, np.float64))
     return model.predict(Xt).reshape(len(Xt), -1)
 
 
