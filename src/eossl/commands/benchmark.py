@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--methods", default="all", help="'all' or a comma-separated list "
                    "(see 'eossl methods')")
     p.add_argument("--budget", help="per run: wall clock (10m, 90s) or steps (500-steps); "
-                   "default 3m (--quick: 60s)")
+                   "default 2m (--quick: 60s)")
     p.add_argument("--seeds", type=_seeds, help="a count (3 -> 0,1,2) or a list (0,1,2); "
                    "default 3 (--quick: 1)")
     p.add_argument("--data", default="brandenburg", help="pretraining data for crop-based "
@@ -96,7 +96,7 @@ def run(a) -> int:
                               f"{', '.join(EVALUATIONS)}")
     plan = Plan(methods=resolve_methods(a.methods),
                 seeds=a.seeds or (QUICK["seeds"] if a.quick else [0, 1, 2]),
-                budget=a.budget or (QUICK["budget"] if a.quick else "3m"), data=a.data,
+                budget=a.budget or (QUICK["budget"] if a.quick else "2m"), data=a.data,
                 backbone=a.backbone, fractions=fractions, evaluations=evals, quick=a.quick)
     out = a.out or f"runs/benchmark-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     report = run_benchmark(plan, out, cache=a.cache, progress=not a.no_progress,
