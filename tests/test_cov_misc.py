@@ -47,6 +47,27 @@ def test_load_config_merges_file_and_overrides(tmp_path):
     assert load_config(cfg_file)["method"] == DEFAULTS["method"]
 
 
+def test_packaged_recipes_by_name_and_set_overrides(tmp_path, monkeypatch):
+    from eossl.config import RECIPES_DIR, packaged_recipes, parse_set, resolve_recipe
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: only the packaged copies
+    assert {"moco-cpu", "seco", "rsbyol-ms-only-cpu"} <= set(packaged_recipes())
+    assert resolve_recipe("seco-cpu") == RECIPES_DIR / "seco-cpu.yaml"
+    assert load_config("rsbyol-ms-only-cpu.yaml")["model"]["ms_only"] is True
+    with pytest.raises(ConfigError, match="not found; packaged recipes .*moco-cpu"):
+        resolve_recipe("moco-gpu")
+    over = parse_set(["model.ms_only=true", "data.crop_size=64", "data.bands=[B02, B03]",
+                      "seed=4", "model.lr=0.01"])
+    assert over == {"model.ms_only": True, "data.crop_size": 64, "data.bands": ["B02", "B03"],
+                    "seed": 4, "model.lr": 0.01}
+    cfg = load_config("rsbyol-cpu", parse_set(["model.ms_only=true"]))
+    assert cfg["model"]["ms_only"] is True and cfg["method"] == "rsbyol"
+    for bad, msg in (("model.lr", "expected KEY=VALUE"), ("optim.lr=1", "the key must be"),
+                     ("lr=1", "the key must be"), ("model.x=[1,", "cannot read the value")):
+        with pytest.raises(ConfigError, match=msg):
+            parse_set([bad])
+
+
 # ------------------------------------------------------------------ export loader
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, brandenburg):

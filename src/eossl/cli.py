@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="sample name (brandenburg) or a folder of S2 band files")
     t.add_argument("--labels", help="polygon file with an 'fclass' column for the online probe")
     t.add_argument("--bands", help="comma-separated band names to use, in order (default: all)")
-    t.add_argument("--config", help="YAML recipe (see configs/)")
+    t.add_argument("--config", help="YAML recipe: a file, or a packaged recipe by name "
+                   "(moco-cpu, seco, ...; see configs/)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one recipe "
+                   "value, e.g. --set model.ms_only=true --set data.crop_size=64 (repeatable; "
+                   "wins over --config, loses to the named options below)")
     t.add_argument("--max-time", help="wall-clock budget, e.g. 10m, 1h, 90s")
     t.add_argument("--max-steps", type=int, help="step budget")
     t.add_argument("--batch-size", type=int)
@@ -138,11 +142,12 @@ def _cmd_data(a) -> int:
 
 
 def _cmd_pretrain(a) -> int:
-    from .config import load_config
+    from .config import load_config, parse_set
     from .methods import get_method
     from .train import external_launch, launched_rank_zero, new_run_dir, pretrain
 
     cfg = load_config(a.config, {
+        **parse_set(a.set),
         "method": a.method, "seed": a.seed, "data.name": a.data, "data.labels": a.labels,
         "data.bands": a.bands,
         "data.batch_size": a.batch_size, "data.crop_size": a.crop_size,

@@ -48,6 +48,49 @@ DEFAULTS: dict = {
 
 SECTIONS = ("model", "data", "trainer")
 
+# The recipes ship inside the package (the repository's configs/ is a link to this folder), so
+# `--config moco-cpu` works after a plain `pip install eossl` too.
+RECIPES_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """A recipe file: the path itself, else a packaged recipe by name (``moco-cpu`` or
+    ``moco-cpu.yaml``); ConfigError naming the packaged ones when neither exists."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for cand in (RECIPES_DIR / p.name, RECIPES_DIR / f"{p.name}.yaml"):
+        if len(p.parts) == 1 and cand.is_file():
+            return cand
+    raise ConfigError(f"config file {p} not found; packaged recipes (usable by name): "
+                      f"{', '.join(packaged_recipes())}")
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``--set model.ms_only=true --set data.crop_size=64`` -> {"model.ms_only": True, ...}.
+
+    Values are read as YAML scalars/lists (true, 64, 0.1, [B02, B03]), like the recipe files.
+    """
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        section = key.rpartition(".")[0]
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.lr=0.01")
+        if section not in ("", *SECTIONS) or (not section and key not in ("method", "seed")):
+            raise ConfigError(f"--set {item!r}: the key must be method, seed or "
+                              "model.NAME / data.NAME / trainer.NAME")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: cannot read the value as YAML") from None
+    return out
+
 
 def parse_duration(text: str | int | float | None) -> float | None:
     """'90s', '10m', '1.5h', '01:30:00' or a number of seconds -> seconds (None stays None)."""
@@ -86,9 +129,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     """DEFAULTS <- YAML file <- overrides (None values in overrides are ignored)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
+        p = resolve_recipe(path)
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

@@ -10,12 +10,12 @@ import time
 import traceback
 from pathlib import Path
 
-from ..config import DEFAULTS, load_config
+from ..config import DEFAULTS, RECIPES_DIR, load_config
 from ..errors import EosslError
 from .evaluations import EVALUATIONS, Context, RunInfo
 from .plan import BenchmarkFolder, Plan
 
-CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
+CONFIG_DIRS = (Path.cwd() / "configs", RECIPES_DIR)
 
 
 def recipe_for(method: str) -> Path | None:
