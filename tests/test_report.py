@@ -44,3 +44,30 @@ def test_write_report_roundtrip(tmp_path):
     assert (tmp_path / "r" / "probe_scores.png").stat().st_size > 1000
     header, records = load_results(tmp_path / "r")
     assert header == {"seeds": "0, 1"} and records == json.loads(json.dumps(RECORDS))
+
+
+def test_atomic_writes_get_shared_permissions_and_figures_close(tmp_path):
+    """mkstemp's 0600 must not leak into results people share; a saved figure is closed."""
+    import os
+    import stat
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eossl.report import atomic_write_text, save_figure
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}")
+        fig, ax = plt.subplots(figsize=(2, 1))
+        ax.plot([0, 1])
+        png = save_figure(fig, tmp_path / "plot.png", dpi=50)
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "summary.json", png):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "summary.json"]

@@ -39,10 +39,36 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes 0600 files; results, reports and checkpoints are for sharing, so they
+        # get the permissions a plain open() would have given them.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix) and close it.
+
+    One place for every picture eossl draws, so they share the dpi (reports are committed,
+    so pictures stay small) and none is ever left half-written.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def summarise(records: Sequence[dict], metric: str) -> pd.DataFrame:
@@ -119,11 +145,7 @@ def plot_probe_scores(records: Sequence[dict], path: Path, metric: str = "accura
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_training(metrics_csv: Path, path: Path) -> Path | None:
@@ -153,10 +175,7 @@ def plot_training(metrics_csv: Path, path: Path) -> Path | None:
             ax2.set_ylabel("online kNN accuracy", color="tab:orange")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_report(out: Path, records: Sequence[dict], *, title: str, header: dict,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluate.compare import RANDOM, SPECTRAL
-from ..report import atomic_write_text
+from ..report import atomic_write_text, save_figure
 from .plan import BenchmarkFolder
 
 REFERENCES = (SPECTRAL, RANDOM)
@@ -201,9 +201,7 @@ def plot_fraction_curves(records: list[dict], table: str, metric: str, models: l
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_training_curves(folder: BenchmarkFolder, methods: list[str], seed: int,
@@ -242,9 +240,7 @@ def plot_training_curves(folder: BenchmarkFolder, methods: list[str], seed: int,
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_embeddings(records: list[dict], models: list[str], path: Path) -> Path | None:
@@ -278,9 +274,7 @@ def plot_embeddings(records: list[dict], models: list[str], path: Path) -> Path 
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------- blocks

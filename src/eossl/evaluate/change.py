@@ -323,7 +323,7 @@ def write_landsat_change_map(encoder: nn.Module, ts, path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..methods.dense import _save_png
+    from ..report import save_figure
 
     i, j = pair or pick_dates_a_year_apart(ts)
     a, b = ts[i]["image"], ts[j]["image"]
@@ -346,6 +346,6 @@ def write_landsat_change_map(encoder: nn.Module, ts, path: str | Path,
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    _save_png(fig, path)
+    save_figure(fig, path, dpi=110)
     return {"date_a": str(ts.dates[i]), "date_b": str(ts.dates[j]), "path": str(path),
             "mean_change": float(change.mean()), "p95_change": float(np.percentile(change, 95))}

@@ -10,7 +10,6 @@ tasks keep. Which bands are visible is decided by the band registry's roles, nev
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ..data.stats import BandStats, Normalizer
 from ..errors import BandError, ConfigError
 from ..models.backbones import build_backbone
 from ..models.decoders import ColorizationDecoder, backbone_reduction
+from ..report import save_figure
 from . import register_method
 from .base import PretextMethod
 
@@ -307,18 +307,4 @@ def colorization_figure(result: dict[str, torch.Tensor], path: str | os.PathLike
             ax.axis("off")
     fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.6, label="Lab a,b distance")
     fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a picture is for sharing
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..models.unet import UNet, backbone_pyramid
+from ..report import save_figure
 from ..views import BandJitter
 from . import register_method
 from .base import PretextMethod, float32_loss
@@ -401,7 +402,7 @@ def write_embedding_map(embed_fn, scene, label_map: np.ndarray | None, path: str
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout(rect=(0, 0.06 if label_map is not None else 0, 1, 1))
-    return _save_png(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 @dataclass
@@ -413,23 +414,3 @@ class _Window:
 
     def load(self) -> np.ndarray:
         return self.array
-
-
-def _save_png(fig, path: str | Path) -> Path:
-    import os
-    import tempfile
-
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
