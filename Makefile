@@ -32,6 +32,7 @@ test: $(STAMP) browser
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/chips.py
+	$(BIN)/python benchmarks/chips_shards.py
 
 clean-venv:
 	rm -rf $(VENV)
