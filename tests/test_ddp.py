@@ -396,7 +396,9 @@ def test_pretrain_cli_runs_ddp_on_two_processes(sample_cache, tmp_path):
                           timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
-    assert "GLOBAL_RANK: 1" in log and "gloo" in log  # a second process joined
+    # Lightning's own rank banner is silenced (pretrain quiets lightning's INFO loggers), so
+    # the proof that rank 1 joined is the summary: world_size 2 with both steps done (gloo's
+    # process group does not start training until every rank has joined).
     runs_made = list((tmp_path / "runs").iterdir())
     assert len(runs_made) == 1, runs_made  # one folder for both ranks
     run = runs_made[0]
