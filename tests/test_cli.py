@@ -70,16 +70,18 @@ def test_existing_output_is_never_overwritten(capsys, tmp_path):
     assert (out / "mine.txt").read_text() == "precious"
 
 
-def test_pretrain_then_probe_end_to_end(capsys, sample_cache, tmp_path):
+def test_pretrain_then_probe_end_to_end(capfd, sample_cache, tmp_path):
     run = tmp_path / "run"
-    code, out, err = _run(capsys, "--cache", str(sample_cache), "pretrain", "--max-steps", "3",
+    # capfd, not capsys: Lightning's log handlers hold the process's real stderr
+    code, out, err = _run(capfd, "--cache", str(sample_cache), "pretrain", "--max-steps", "3",
                           "--batch-size", "16", "--out", str(run), "--no-progress")
     assert code == 0, err
+    assert "GPU available" not in out + err and "litlogger" not in out + err  # banners muted
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.exists() and (run / "config.yaml").exists()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and len(summary["bands"]) == 13
-    code, out, err = _run(capsys, "--cache", str(sample_cache), "probe", "--checkpoint",
+    code, out, err = _run(capfd, "--cache", str(sample_cache), "probe", "--checkpoint",
                           f"tiny={ckpt}", "--fractions", "1", "--seeds", "0", "--out",
                           str(tmp_path / "probe"))
     assert code == 0, err

@@ -308,13 +308,15 @@ def _quiet_lightning() -> None:
     # Lightning's INFO lines (accelerator banner, a cloud-logger advert) say nothing our own
     # summary does not; warnings still come through. Both packages' loggers: lightning's
     # rank_zero_info logs through whichever of lightning.pytorch / lightning.fabric imported
-    # its rank-zero module last.
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    # its rank-zero module last, and the standalone pytorch_lightning / lightning_fabric
+    # packages (torchgeo's dependency chain installs them) take that module over when imported.
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # These warnings are about choices we make on purpose (no workers on a 2-core machine,
     # few batches in the kNN loaders); they would bury the progress bar for our users.
     for msg in (".*does not have many workers.*", ".*exists and is not empty.*",
-                ".*LeafSpec.*", ".*number of training batches.*", ".*treespec.*"):
+                ".*LeafSpec.*", ".*number of training batches.*", ".*treespec.*",
+                ".*but have no `val_dataloader`.*"):
         warnings.filterwarnings("ignore", message=msg)
 
 

@@ -160,9 +160,10 @@ def plot_per_band(records: Sequence[dict], path: str | Path, metric: str = "accu
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..report import save_figure
+
     bands, models, grid = _grid(records, metric)
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(models), 0.9 + 0.36 * len(bands)), dpi=110)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(models), 0.9 + 0.36 * len(bands)))
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
     ax.set_yticks(range(len(bands)), bands, fontsize=8)
@@ -177,12 +178,7 @@ def plot_per_band(records: Sequence[dict], path: str | Path, metric: str = "accu
     fig.colorbar(im, ax=ax, label=metric.replace("_", " "))
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def describe_band_use(checkpoints: Mapping[str, str], data_bands: Sequence[str]) -> list[str]:

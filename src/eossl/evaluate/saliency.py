@@ -9,13 +9,14 @@ models that see different bands), summed over bands, for the predicted class c.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..report import save_figure
 
 __all__ = ["input_gradient_saliency", "saliency_figure"]
 
@@ -68,18 +69,4 @@ def saliency_figure(rgb: np.ndarray, maps: Mapping[str, np.ndarray],
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a picture is for sharing
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path, dpi=110)
