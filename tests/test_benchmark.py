@@ -129,6 +129,9 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
     for row in ("| spectral baseline |", "| random init |", "| moco |"):
         assert row in md
     assert "deliberate failure" in md  # the failure is reported, not hidden
+    (session,) = st["sessions"]  # the command and its wall clock are on record
+    assert "benchmark" in session["command"] and session["seconds"] > 0
+    assert "over 1 session(s)" in md
     # evaluations that do not apply to moco say so, with the reason, for each seed
     for ev, why in (("ensemble", "colorization encoder"), ("per-band", "not a band-wise"),
                     ("pictures", "no picture")):
@@ -153,6 +156,8 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
     out = capsys.readouterr().out
     assert "moco/seed0: finished earlier, kept" in out
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert len(json.loads((bench_dir / "status.json").read_text())["sessions"]) == 2
+    assert "over 2 session(s)" in (bench_dir / "report.md").read_text()
     assert main(["benchmark", "--out", str(bench_dir.parent / "nothing"), "--resume"]) == 2
     assert "holds no benchmark to continue" in capsys.readouterr().err
 

@@ -250,6 +250,8 @@ COMMANDS = {"data": _cmd_data, "pretrain": _cmd_pretrain, "probe": _cmd_probe,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the command line as typed, for reports (sys.argv is the host's when main() is called)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     commands = dict(COMMANDS)
     commands.update({m.COMMAND: m.run for m in _plugin_modules() if hasattr(m, "COMMAND")})
     try:

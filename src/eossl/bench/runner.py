@@ -187,16 +187,36 @@ def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = T
     from .report import environment
 
     folder.set_status("environment", "now", environment())
-    started = time.time()
+    echo = _session_clock(folder, command, echo)
     runs = pretrain_all(plan, folder, cache=cache, progress=progress, echo=echo)
     echo("evaluating")
     evaluate_all(plan, folder, runs, Context(plan, cache=cache, quick=quick,
                                              root=folder.root), echo=echo)
-    st = folder.status()
-    st.setdefault("sessions", []).append({"command": command, "started": started,
-                                          "seconds": round(time.time() - started, 1)})
-    from ..report import atomic_write_text
+    echo("writing the report")
+    return write_benchmark_report(folder)
+
+
+def _session_clock(folder: BenchmarkFolder, command: str, echo):
+    """``echo`` that also keeps this session's wall clock in status.json's ``sessions``.
+
+    Updated at every progress line rather than once at the end, so a session that is killed
+    (and later resumed) still counts the time it ran up to its last line in the report's total.
+    """
     import json
 
-    atomic_write_text(folder.root / "status.json", json.dumps(st, indent=1))
-    return write_benchmark_report(folder)
+    from ..report import atomic_write_text
+
+    started = time.time()
+
+    def tick(msg: str | None = None) -> None:
+        st = folder.status()
+        sessions = st.setdefault("sessions", [])
+        if not sessions or sessions[-1].get("started") != started:
+            sessions.append({"command": command, "started": started, "seconds": 0.0})
+        sessions[-1]["seconds"] = round(time.time() - started, 1)
+        atomic_write_text(folder.root / "status.json", json.dumps(st, indent=1))
+        if msg is not None:
+            echo(msg)
+
+    tick()  # the session is on record from its first second
+    return tick

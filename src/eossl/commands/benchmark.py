@@ -71,6 +71,12 @@ def _stored_plan(a):
     return None
 
 
+def _command_line(a) -> str:
+    import shlex
+
+    return "eossl " + shlex.join(getattr(a, "argv", sys.argv[1:]))
+
+
 def run(a) -> int:
     from ..bench.evaluations import EVALUATIONS
     from ..bench.plan import QUICK, Plan, resolve_methods
@@ -83,7 +89,7 @@ def run(a) -> int:
         print(f"resuming {out}: methods {', '.join(stored.methods)}, seeds "
               f"{', '.join(map(str, stored.seeds))}, budget {stored.budget_obj} (its stored plan)")
         report = run_benchmark(stored, out, cache=a.cache, progress=not a.no_progress,
-                               quick=stored.quick, command="eossl " + " ".join(sys.argv[1:]))
+                               quick=stored.quick, command=_command_line(a))
         print(f"report: {report} (and {report.with_suffix('.html')})")
         return 0
 
@@ -100,6 +106,6 @@ def run(a) -> int:
                 backbone=a.backbone, fractions=fractions, evaluations=evals, quick=a.quick)
     out = a.out or f"runs/benchmark-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     report = run_benchmark(plan, out, cache=a.cache, progress=not a.no_progress,
-                           quick=a.quick, command="eossl " + " ".join(sys.argv[1:]))
+                           quick=a.quick, command=_command_line(a))
     print(f"report: {report} (and {report.with_suffix('.html')})")
     return 0
