@@ -8,6 +8,7 @@ import logging
 import shutil
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 from ..config import DEFAULTS, RECIPES_DIR, load_config
@@ -123,21 +124,31 @@ def _references(ev, name: str, plan: Plan, folder: BenchmarkFolder, ctx: Context
         if folder.load_eval(name, "_references", seed) is not None:
             continue
         key = f"{name}/references/seed{seed}"
-        t0 = time.perf_counter()
-        try:
-            with evaluation_threads():
-                refs = ev.references(ctx, seed)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:
-            folder.set_status("evals", key, {"state": "failed", "error": _short(e),
-                                             "traceback": traceback.format_exc(limit=6)})
-            echo(f"      {name}: reference rows FAILED: {_short(e)}")
+        ok, refs, seconds = _recorded(folder, key, partial(ev.references, ctx, seed),
+                                      f"{name}: reference rows", echo)
+        if not ok:
             continue
         folder.save_eval(name, "_references", seed, [r for recs in refs.values() for r in recs])
         if refs:
-            folder.set_status("evals", key, {"state": "done",
-                                             "seconds": round(time.perf_counter() - t0, 1)})
+            folder.set_status("evals", key, {"state": "done", "seconds": seconds})
+
+
+def _recorded(folder: BenchmarkFolder, key: str, fn, label: str, echo):
+    """Run one evaluation step under evaluation_threads(): ``(True, result, seconds)``, or
+    ``(False, None, None)`` after recording the failure under ``key`` in status.json, so one
+    failing evaluation never stops the others."""
+    t0 = time.perf_counter()
+    try:
+        with evaluation_threads():
+            result = fn()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        folder.set_status("evals", key, {"state": "failed", "error": _short(e),
+                                         "traceback": traceback.format_exc(limit=6)})
+        echo(f"      {label} FAILED: {_short(e)}")
+        return False, None, None
+    return True, result, round(time.perf_counter() - t0, 1)
 
 
 def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], ctx: Context,
@@ -160,20 +171,12 @@ def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], ctx: 
             if folder.load_eval(name, run.method, run.seed) is not None:
                 continue
             echo(f"      {name}: {run.method} seed {run.seed}")
-            t0 = time.perf_counter()
-            try:
-                with evaluation_threads():
-                    recs = ev.evaluate(ctx, run)
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:
-                folder.set_status("evals", key, {"state": "failed", "error": _short(e),
-                                                 "traceback": traceback.format_exc(limit=6)})
-                echo(f"      {name}: {run.method} seed {run.seed} FAILED: {_short(e)}")
+            ok, recs, seconds = _recorded(folder, key, partial(ev.evaluate, ctx, run),
+                                          f"{name}: {run.method} seed {run.seed}", echo)
+            if not ok:
                 continue
             folder.save_eval(name, run.method, run.seed, recs)
-            folder.set_status("evals", key, {"state": "done",
-                                             "seconds": round(time.perf_counter() - t0, 1)})
+            folder.set_status("evals", key, {"state": "done", "seconds": seconds})
 
 
 def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = True,
