@@ -17,7 +17,7 @@ from ..config import parse_duration
 from ..errors import ConfigError, OutputExistsError
 from ..report import atomic_write_text
 
-QUICK = {"budget": "60s", "seeds": [0], "fractions": [0.1, 1.0]}
+QUICK = {"budget": "45s", "seeds": [0], "fractions": [0.1, 1.0]}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--methods", default="all", help="'all' or a comma-separated list "
                    "(see 'eossl methods')")
     p.add_argument("--budget", help="per run: wall clock (10m, 90s) or steps (500-steps); "
-                   "default 2m (--quick: 60s)")
+                   "default 2m (--quick: 45s)")
     p.add_argument("--seeds", type=_seeds, help="a count (3 -> 0,1,2) or a list (0,1,2); "
                    "default 3 (--quick: 1)")
     p.add_argument("--data", default="brandenburg", help="pretraining data for crop-based "
