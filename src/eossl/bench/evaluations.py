@@ -376,8 +376,28 @@ class FineTune(Evaluation):
         return self._fit(ctx, run.method, _load(run, ctx.patches("train").bands), run.seed)
 
 
+class _OneCallEvaluation(Evaluation):
+    """An evaluation whose reference rows and method rows come from the same ``_run`` call:
+    the random-init encoder with ``baseline=True`` (the spectral baseline rides along), the
+    run's encoder without it."""
+
+    def _run(self, ctx: Context, encoders: dict, seed: int,
+             baseline: bool) -> dict[str, list[dict]]:
+        raise NotImplementedError
+
+    def _encoder(self, ctx: Context, run: RunInfo):
+        return _load(run, ctx.source.bands)
+
+    def references(self, ctx: Context, seed: int) -> dict[str, list[dict]]:
+        return self._run(ctx, {RANDOM: _random(ctx, seed)}, seed, baseline=True)
+
+    def evaluate(self, ctx: Context, run: RunInfo) -> list[dict]:
+        return self._run(ctx, {run.method: self._encoder(ctx, run)}, run.seed,
+                         baseline=False)[run.method]
+
+
 @register_evaluation
-class PixelProbe(Evaluation):
+class PixelProbe(_OneCallEvaluation):
     """Per-pixel logistic regression on frozen per-pixel embeddings (evaluate/pixel_probe)."""
 
     name = "pixel-probe"
@@ -395,12 +415,13 @@ class PixelProbe(Evaluation):
                    "balanced accuracy and macro F1. Spectral baseline: each pixel's standardised "
                    "log spectrum, no network.")
 
-    def _run(self, ctx: Context, encoders: dict, seed: int, raw: bool) -> dict[str, list[dict]]:
+    def _run(self, ctx: Context, encoders: dict, seed: int,
+             baseline: bool) -> dict[str, list[dict]]:
         from ..evaluate.pixel_probe import RAW, pixel_probe
 
         recs = pixel_probe(ctx.source, encoders, per_class=self.per_class,
-                           test_per_class=self.test_per_class, seeds=[seed], raw_baseline=raw,
-                           C=self.C, tile=self.tile)
+                           test_per_class=self.test_per_class, seeds=[seed],
+                           raw_baseline=baseline, C=self.C, tile=self.tile)
         out: dict[str, list[dict]] = {}
         for r in recs:
             model = SPECTRAL if r["model"] == RAW else r["model"]
@@ -409,12 +430,6 @@ class PixelProbe(Evaluation):
                 n_train=r["n_train"]))
         return out
 
-    def references(self, ctx: Context, seed: int) -> dict[str, list[dict]]:
-        return self._run(ctx, {RANDOM: _random(ctx, seed)}, seed, raw=True)
-
-    def evaluate(self, ctx: Context, run: RunInfo) -> list[dict]:
-        enc = _load(run, ctx.source.bands)
-        return self._run(ctx, {run.method: enc}, run.seed, raw=False)[run.method]
 
 
 @register_evaluation
@@ -475,7 +490,7 @@ class Segmentation(Evaluation):
 
 
 @register_evaluation
-class Regression(Evaluation):
+class Regression(_OneCallEvaluation):
     """Class-share regression on the scene (evaluate/regress): ridge and fine-tuned heads."""
 
     name = "regression"
@@ -501,11 +516,11 @@ class Regression(Evaluation):
             class_share_patches(ctx.source, s, self.patch_size, self.min_labelled)
             for s in ("train", "test")))
 
-    def _run(self, ctx: Context, encoders: dict, seed: int, spectral: bool) -> dict:
+    def _run(self, ctx: Context, encoders: dict, seed: int, baseline: bool) -> dict:
         from ..evaluate.regress import compare_regression
 
         train, test = self._data(ctx)
-        recs = compare_regression(train, test, encoders, seeds=[seed], spectral=spectral,
+        recs = compare_regression(train, test, encoders, seeds=[seed], spectral=baseline,
                                   finetune=True, epochs=self.epochs, lr=self.lr)
         out: dict[str, list[dict]] = {}
         for r in recs:
@@ -515,16 +530,10 @@ class Regression(Evaluation):
                 n_train=r["n_train"], n_test=r["n_test"], r2=r["r2"]))
         return out
 
-    def references(self, ctx: Context, seed: int) -> dict[str, list[dict]]:
-        return self._run(ctx, {RANDOM: _random(ctx, seed)}, seed, spectral=True)
-
-    def evaluate(self, ctx: Context, run: RunInfo) -> list[dict]:
-        enc = _load(run, ctx.source.bands)
-        return self._run(ctx, {run.method: enc}, run.seed, spectral=False)[run.method]
 
 
 @register_evaluation
-class MultiLabel(Evaluation):
+class MultiLabel(_OneCallEvaluation):
     """BigEarthNet v2 multi-label probe and fine-tuning (evaluate/multilabel)."""
 
     name = "multilabel"
@@ -570,7 +579,7 @@ class MultiLabel(Evaluation):
             filler = MissingBandFiller(encoder, bands)
             return filler, filler.missing
 
-    def _run(self, ctx: Context, encoders: dict, seed: int, spectral: bool) -> dict:
+    def _run(self, ctx: Context, encoders: dict, seed: int, baseline: bool) -> dict:
         from ..evaluate.multilabel import compare_multilabel
 
         train, test = self._data(ctx)
@@ -578,7 +587,7 @@ class MultiLabel(Evaluation):
         for name, enc in encoders.items():
             fitted[name], filled[name] = self._fit(enc, test.band_names)
         recs = compare_multilabel(train, test, fitted, class_names=test.classes, seeds=[seed],
-                                  spectral=spectral, finetune=True, epochs=self.epochs,
+                                  spectral=baseline, finetune=True, epochs=self.epochs,
                                   lr=self.lr, batch_size=self.batch_size)
         out: dict[str, list[dict]] = {}
         for r in recs:
@@ -589,14 +598,10 @@ class MultiLabel(Evaluation):
                 filled_bands=filled.get(r["model"], [])))
         return out
 
-    def references(self, ctx: Context, seed: int) -> dict[str, list[dict]]:
-        return self._run(ctx, {RANDOM: _random(ctx, seed)}, seed, spectral=True)
-
-    def evaluate(self, ctx: Context, run: RunInfo) -> list[dict]:
+    def _encoder(self, ctx: Context, run: RunInfo):
         from ..methods.base import load_encoder
 
-        return self._run(ctx, {run.method: load_encoder(run.checkpoint)}, run.seed,
-                         spectral=False)[run.method]
+        return load_encoder(run.checkpoint)  # _run fits it to the L2A bands itself
 
 
 @register_evaluation
