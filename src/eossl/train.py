@@ -302,6 +302,11 @@ def check_resume_checkpoint(out: Path, cfg: dict) -> None:
                           "that wrote it, or start a new run")
 
 
+# Every logger Lightning's INFO banners can come through (see _quiet_lightning).
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+                     "lightning_fabric")
+
+
 def _quiet_lightning() -> None:
     import logging
 
@@ -310,7 +315,7 @@ def _quiet_lightning() -> None:
     # rank_zero_info logs through whichever of lightning.pytorch / lightning.fabric imported
     # its rank-zero module last, and the standalone pytorch_lightning / lightning_fabric
     # packages (torchgeo's dependency chain installs them) take that module over when imported.
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
+    for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     # These warnings are about choices we make on purpose (no workers on a 2-core machine,
     # few batches in the kNN loaders); they would bury the progress bar for our users.

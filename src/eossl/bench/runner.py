@@ -61,8 +61,9 @@ def evaluation_threads():
     Trainer per fit, whose GPU/TPU/tip lines would bury the benchmark's progress lines."""
     from threadpoolctl import threadpool_limits
 
-    quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric",
-                                            "pytorch_lightning", "lightning_fabric")]
+    from ..train import LIGHTNING_LOGGERS
+
+    quiet = [logging.getLogger(n) for n in LIGHTNING_LOGGERS]
     levels = [q.level for q in quiet]
     for q in quiet:
         q.setLevel(logging.WARNING)
