@@ -20,7 +20,7 @@ def test_unknown_method_is_one_clear_line(capsys, tmp_path):
     code, out, err = _run(capsys, "pretrain", "--method", "mocoo", "--out", str(tmp_path / "r"))
     assert code == 2
     assert err.strip().count("\n") == 0
-    assert "unknown method 'mocoo'" in err and "moco" in err
+    assert "method='mocoo' (from --method): unknown method" in err and "did you mean moco" in err
     assert not (tmp_path / "r").exists()
 
 
@@ -98,7 +98,7 @@ def test_console_script_exit_code(tmp_path):
     assert exe, "the eossl console script is not installed"
     proc = subprocess.run([exe, "pretrain", "--method", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("eossl: error: unknown method 'nope'")
+    assert proc.stderr.strip().startswith("eossl: error: method='nope' (from --method): unknown")
     assert "Traceback" not in proc.stderr
 
 

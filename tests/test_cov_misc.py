@@ -155,7 +155,8 @@ def test_load_failure_reasons():
     assert load_failure(cut) == ("not a complete PyTorch archive: failed finding central "
                                  "directory")
     assert load_failure(ValueError("x" * 300)).endswith("...")
-    assert load_failure(EOFError()) == "EOFError"
+    assert load_failure(EOFError()) == "the file is empty or cut short"
+    assert "neither a zip archive nor a pickle" in load_failure(KeyError(101))
 
 
 # ------------------------------------------------------------------ small commands

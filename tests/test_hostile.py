@@ -98,8 +98,8 @@ def test_nan_and_all_nodata(capsys, ckpt, tmp_path):
     names = ["B02", "B03", "B04", "B08"]
     empty = _tif(tmp_path / "nodata.tif", np.zeros((4, 48, 48), "float32"), names=names, nodata=0)
     code, err = cli(capsys, "embed", ckpt, empty, "--out", tmp_path / "o", "--no-progress")
-    assert code == 2 and one_line(err, empty, "no 16 px patch", "valid pixels")
-    assert not (tmp_path / "o" / "patches.parquet").exists()
+    assert code == 2 and one_line(err, empty, "no 16 px patch", "no valid pixel")
+    assert not (tmp_path / "o").exists()  # nothing left, no .embed-parts/ to trip --resume
     nan = np.full((4, 48, 48), np.nan, "float32")
     nan[:, :16, :16] = 900.0  # one valid patch among NaN
     path = _tif(tmp_path / "nan.tif", nan, names=names)
@@ -142,7 +142,8 @@ def test_empty_folder_to_embed_and_patch_sizes(capsys, ckpt, tmp_path, brandenbu
         assert code == 2 and one_line(err, f"patch size {size} px")
     code, err = cli(capsys, "pretrain", "--crop-size", "0", "--max-steps", "1", "--out",
                     tmp_path / "r")
-    assert code == 2 and one_line(err, "crop_size must be >= 1")
+    assert code == 2 and one_line(err, "data.crop_size=0 (from --crop-size)", "greater than or "
+                                  "equal to 1")
 
 
 def test_config_that_is_not_a_recipe(capsys, tmp_path):
@@ -171,7 +172,7 @@ def test_unwritable_output(capsys, ckpt, tmp_path, monkeypatch):
     code, err = cli(capsys, "export", ckpt, "--out", afile / "m.onnx")
     assert code == 2 and one_line(err, afile, "not a folder")
     code, err = cli(capsys, "pretrain", "--max-steps", "1", "--out", afile / "run")
-    assert code == 2 and one_line(err, afile / "run", "cannot write there")
+    assert code == 2 and one_line(err, afile, "is a file, not a folder")
     ro = tmp_path / "ro"
     ro.mkdir()
     real_access = os.access
@@ -205,7 +206,10 @@ def test_disk_full_during_writes(capsys, ckpt, tmp_path, monkeypatch, brandenbur
     target = tmp_path / "summary.json"
     target.write_text("old")
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OSError):
+    from eossl.errors import WriteError
+
+    with pytest.raises(WriteError, match="summary.json: write failed .No space left on device.; "
+                       "the previous file is unchanged"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and len(list(tmp_path.glob(".summary.json*"))) == 0
 
@@ -350,16 +354,36 @@ def test_export_refuses_a_band_wise_method(capsys, tmp_path, brandenburg):
 
 
 def test_disk_full_during_pretraining(capsys, tmp_path, sample_cache, monkeypatch):
-    """The checkpoint write fails with ENOSPC: one line, and no half-written last.ckpt."""
+    """Item 6: a checkpoint write that fails with ENOSPC is one line, never a half-written
+    last.ckpt; before any checkpoint exists it does not claim one is kept, and the folder it
+    made is gone so the same command can simply be rerun. Once a checkpoint exists, it is
+    kept and the message says how to continue."""
     from eossl import train
 
+    real = train.AtomicCheckpointIO.save_checkpoint
+    writes = {"ok": 0}
+
     def full(self, checkpoint, path, storage_options=None):
+        if writes["ok"] > 0:
+            writes["ok"] -= 1
+            return real(self, checkpoint, path, storage_options)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(train.AtomicCheckpointIO, "save_checkpoint", full)
     run = tmp_path / "run"
-    code, err = cli(capsys, "--cache", sample_cache, "pretrain", "--max-steps", "2",
-                    "--batch-size", "4", "--crop-size", "16", "--out", run, "--no-progress")
-    assert code == 2 and one_line(err, run, "No space left on device", "--resume")
-    assert not (run / "checkpoints" / "last.ckpt").exists()
-    assert not (run / "summary.json").exists()
+    args = ["--cache", sample_cache, "pretrain", "--max-steps", "2", "--batch-size", "4",
+            "--crop-size", "16", "--set", "trainer.checkpoint_every_n_steps=1", "--out", run,
+            "--no-progress"]
+    code, err = cli(capsys, *args)
+    assert code == 2 and one_line(err, run, "No space left on device", "no checkpoint",
+                                  "rerun the command")
+    assert "is kept" not in err and not run.exists()
+    writes["ok"] = 1  # the step-1 checkpoint is written, the next write finds the disk full
+    code, err = cli(capsys, *args)
+    assert code == 2 and one_line(err, "No space left on device", "checkpoint (step 1) is kept",
+                                  f"--resume --out {run}")
+    assert not (run / "summary.json").exists() and not list(run.rglob("*.part"))
+    monkeypatch.setattr(train.AtomicCheckpointIO, "save_checkpoint", real)
+    code, err = cli(capsys, *args[:-3], "--out", run, "--resume", "--no-progress")
+    assert code == 0, err
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2

@@ -112,6 +112,7 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_and_never_runs(tmp_path,
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(evil.read_bytes())
+    (run / "config.yaml").write_text("method: moco\ntrainer: {max_steps: 5}\n")
     attempts = [
         ["export", evil, "--out", tmp_path / "m.safetensors"],
         ["embed", evil, tmp_path / "nowhere.tif", "--out", tmp_path / "e"],
@@ -123,4 +124,5 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_and_never_runs(tmp_path,
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("eossl: error: ") and "Traceback" not in err, err
         assert "evil.ckpt" in err or "last.ckpt" in err, err
+        assert "weights_only=False" not in err and "pickled Python objects" in err, err
         assert not marker.exists(), f"eossl {args[0]} unpickled the payload"

@@ -12,24 +12,37 @@ from . import __version__
 from .errors import EosslError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other eossl error (argparse's own
+    print the whole usage first); exit status 2 as argparse's."""
+
+    def error(self, message: str):
+        self.exit(2, f"eossl: error: {self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _floats(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
     return vals
 
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return vals
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eossl", description="Self-supervised pretraining and "
-                                "evaluation for Earth-observation imagery.")
+    p = _Parser(prog="eossl", description="Self-supervised pretraining and "
+                "evaluation for Earth-observation imagery.")
     p.add_argument("--version", action="version", version=f"eossl {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--cache", help="sample-data cache folder (default: $EOSSL_CACHE or "
@@ -54,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bands", help="comma-separated band names to use, in order (default: all)")
     t.add_argument("--config", help="YAML recipe: a file, or a packaged recipe by name "
                    "(moco-cpu, seco, ...; see configs/)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one recipe "
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="set one configuration "
                    "value, e.g. --set model.ms_only=true --set data.crop_size=64 (repeatable; "
-                   "wins over --config, loses to the named options below)")
+                   "wins over --config; a key that also has a named option below must be given "
+                   "by one of the two)")
+    t.add_argument("--print-config", action="store_true", help="print the merged, checked "
+                   "configuration (what config.yaml would hold) and exit")
     t.add_argument("--max-time", help="wall-clock budget, e.g. 10m, 1h, 90s")
     t.add_argument("--max-steps", type=int, help="step budget")
     t.add_argument("--batch-size", type=int)
@@ -79,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shard corpora: train without missing or truncated shards (named in a "
                    "warning and in summary.json) instead of stopping")
     t.add_argument("--out", help="run folder (default runs/METHOD-TIMESTAMP); never overwritten")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out with its "
+                   "own configuration; only --max-time / --max-steps (the run's total budget) "
+                   "may change")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     pr = sub.add_parser("probe", help="linear and kNN probes of pretrained encoders")
@@ -141,29 +159,65 @@ def _cmd_data(a) -> int:
     return 0
 
 
+# The named pretrain options and the configuration key each one sets (config.py explains the
+# order in which recipe, --set and these are merged).
+PRETRAIN_OPTIONS = {
+    "method": "method", "seed": "seed", "data": "data.name", "labels": "data.labels",
+    "bands": "data.bands", "batch_size": "data.batch_size", "crop_size": "data.crop_size",
+    "max_time": "trainer.max_time", "max_steps": "trainer.max_steps",
+    "backbone": "model.backbone", "lr": "model.lr", "accelerator": "trainer.accelerator",
+    "devices": "trainer.devices", "num_nodes": "trainer.num_nodes",
+    "strategy": "trainer.strategy", "precision": "trainer.precision",
+    "channels_last": "trainer.channels_last", "compile": "trainer.compile",
+    "skip_corrupt_shards": "data.skip_corrupt_shards",
+}
+
+
+def pretrain_config(a) -> tuple[dict, dict[str, str]]:
+    """The run configuration the pretrain command line asks for, validated, and where each
+    given value came from. With --resume, the run's own config.yaml is the base (so only what
+    the user typed can differ from it; train.resume_config refuses all but a new budget)."""
+    from .config import compose, flatten, parse_set, read_recipe, validate_config
+    from .train import read_run_config
+
+    layers: list = []
+    if a.config:
+        path, recipe = read_recipe(a.config)
+        layers.append((f"--config {path}", flatten(recipe)))
+    sets = parse_set(a.set)
+    if sets:
+        layers.append(({k: f"--set {k}" for k in sets}, sets))
+    named = {key: getattr(a, dest) for dest, key in PRETRAIN_OPTIONS.items()
+             if getattr(a, dest, None) is not None}
+    flags = {key: "--" + dest.replace("_", "-") for dest, key in PRETRAIN_OPTIONS.items()}
+    both = [k for k in named if k in sets]
+    if both:
+        k = both[0]
+        raise EosslError(f"{k} is given twice, by --set {k}={sets[k]} and by {flags[k]} "
+                         f"{named[k]}; give it once")
+    if named:
+        layers.append(({k: flags[k] for k in named}, named))
+    base = read_run_config(Path(a.out)) if a.resume and a.out and (
+        Path(a.out) / "config.yaml").is_file() else None
+    cfg, origins = compose(layers, base)
+    return validate_config(cfg, origins), origins
+
+
 def _cmd_pretrain(a) -> int:
-    from .config import load_config, parse_set
-    from .methods import get_method
+    import yaml
+
     from .train import external_launch, launched_rank_zero, new_run_dir, pretrain
 
-    cfg = load_config(a.config, {
-        **parse_set(a.set),
-        "method": a.method, "seed": a.seed, "data.name": a.data, "data.labels": a.labels,
-        "data.bands": a.bands,
-        "data.batch_size": a.batch_size, "data.crop_size": a.crop_size,
-        "trainer.max_time": a.max_time, "trainer.max_steps": a.max_steps,
-        "model.backbone": a.backbone, "model.lr": a.lr, "trainer.accelerator": a.accelerator,
-        "trainer.devices": (int(a.devices) if a.devices and a.devices.isdigit() else a.devices),
-        "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
-        "trainer.precision": a.precision, "trainer.channels_last": a.channels_last,
-        "trainer.compile": a.compile, "data.skip_corrupt_shards": a.skip_corrupt_shards,
-    })
-    if a.max_time is not None or a.max_steps is not None:
-        # an explicit budget on the command line replaces the recipe's whole budget
-        cfg["trainer"]["max_time"], cfg["trainer"]["max_steps"] = a.max_time, a.max_steps
-    get_method(cfg["method"])
     if a.resume and not a.out:
         raise EosslError("--resume needs --out RUN_FOLDER (the run to continue)")
+    cfg, origins = pretrain_config(a)
+    if a.print_config:
+        if a.resume:
+            from .train import resume_config
+
+            cfg = resume_config(Path(a.out), cfg, origins)
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        return 0
     # Lightning's DDP launcher re-runs this command for ranks > 0: they must use rank 0's
     # folder, not a new timestamp (EOSSL_RUN_DIR is inherited by those processes only).
     out = a.out or os.environ.get(RUN_DIR_ENV)
@@ -176,13 +230,22 @@ def _cmd_pretrain(a) -> int:
         os.environ[RUN_DIR_ENV] = str(out)
     try:
         res = pretrain(cfg, Path(out), resume=a.resume, cache=a.cache,
-                       progress=not a.no_progress)
+                       progress=not a.no_progress, origins=origins)
     finally:
         if chosen:
             os.environ.pop(RUN_DIR_ENV, None)
     if launched_rank_zero():
-        print(f"pretrained {cfg['method']}: {res.steps} steps in {res.seconds:.0f} s "
-              f"({res.images_per_s:.0f} images/s)\ncheckpoint: {res.checkpoint}")
+        speed = f"({res.images_per_s:.0f} images/s)"
+        if res.resumed_from_step is None:
+            print(f"pretrained {res.method}: {res.steps} steps in {res.seconds:.0f} s {speed}")
+        elif res.steps == res.resumed_from_step:
+            print(f"resumed {res.method} at step {res.steps}: nothing to do, the budget is "
+                  "used up; give a larger --max-steps or --max-time to train on")
+        else:
+            print(f"resumed {res.method} at step {res.resumed_from_step}: "
+                  f"{res.steps - res.resumed_from_step} more steps in {res.seconds:.0f} s, now "
+                  f"at step {res.steps} {speed}")
+        print(f"checkpoint: {res.checkpoint}")
     return 0
 
 
@@ -200,6 +263,7 @@ def _cmd_probe(a) -> int:
         if not sep:
             name, path = Path(item).parent.parent.name or Path(item).stem, item
         ckpts[name] = path
+    _check_probe_args(a, ckpts)  # every argument before any work
     source = open_source(a.data, a.cache, a.labels)
     from .evaluate.perband import describe_band_use, per_band_report
     if a.per_band:  # one probe per band (RS-BYOL's main figure), evaluate/perband.py
@@ -215,13 +279,31 @@ def _cmd_probe(a) -> int:
     print(markdown_table(records, kind="knn", metrics=("accuracy", "balanced_accuracy")))
     if a.out:
         out = Path(a.out)
-        if (out / "results.json").exists():
-            raise EosslError(f"{out} already holds results.json; choose another --out")
         header = {"command": "eossl " + " ".join(sys.argv[1:]), "data": a.data,
                   "seeds": ", ".join(map(str, a.seeds))}
         path = write_report(out, records, title="eossl probe", header=header)
         print(f"report: {path}")
     return 0
+
+
+def _check_probe_args(a, ckpts: dict) -> None:
+    from .errors import ConfigError, DataError, OutputExistsError
+    from .io import check_writable_folder
+
+    for name, path in ckpts.items():
+        if not Path(path).is_file():
+            raise DataError(f"checkpoint {path} ({name}) does not exist")
+    if a.patch_size < 1:
+        raise ConfigError(f"--patch-size {a.patch_size}: expected a size of at least 1 px")
+    bad = [f for f in a.fractions if not 0 < f <= 1]
+    if bad:
+        raise ConfigError(f"--fractions {bad[0]:g}: expected label shares in (0, 1], e.g. "
+                          "0.01,0.1,1")
+    if a.out:
+        out = check_writable_folder(a.out)
+        for name in ("results.json", "perband.json") if a.per_band else ("results.json",):
+            if (out / name).exists():
+                raise OutputExistsError(f"{out} already holds {name}; choose another --out")
 
 
 def _cmd_demo(a) -> int:
@@ -261,16 +343,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"eossl: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("eossl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C; a resumable command says how to continue
+        if args.debug:
+            raise
+        print(f"eossl: {e}" if str(e) else "eossl: interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except Exception as e:  # anything else is our bug: one line unless --debug
         if args.debug or os.environ.get("EOSSL_DEBUG"):
             raise
-        print(f"eossl: internal error: {type(e).__name__}: {e} (run with --debug for the "
-              "traceback)", file=sys.stderr)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"eossl: internal error (a bug in eossl, not in your input): "
+              f"{type(e).__name__}: {first}; please report it with the output of the same "
+              "command run as 'eossl --debug ...'", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,20 +16,29 @@ import torch
 from . import __version__
 from .config import load_config
 from .data import samples
+from .errors import ConfigError, OutputExistsError
 from .evaluate.compare import probe_checkpoints
 from .report import markdown_table, write_report
-from .train import prepare_run_dir, pretrain
+from .train import check_run_dir, pretrain, run_state
 
 
 def run_demo(out: str | Path, *, max_time: str = "10m", max_steps: int | None = None,
              cache=None, seeds=(0, 1, 2), fractions=(0.01, 0.1, 1.0), config=None,
              progress: bool = True, echo=print) -> Path:
     out = Path(out)
-    prepare_run_dir(out, resume=False)
-    echo(f"[1/4] sample data -> {samples.cache_dir(cache)}")
-    samples.fetch_all(cache)
+    # every argument is checked before the download and the pretraining
+    seeds, fractions = list(seeds), list(fractions)
+    if not seeds:
+        raise ConfigError("--seeds: expected at least one seed, e.g. 0,1,2")
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ConfigError(f"label fractions {fractions}: expected shares in (0, 1]")
     cfg = load_config(config, {"trainer.max_time": max_time, "trainer.max_steps": max_steps,
                                "method": "moco"})
+    check_run_dir(out, resume=False)  # refuses a file, a used folder, an unwritable place
+    if run_state(out) not in ("absent", "empty"):
+        raise OutputExistsError(f"{out} already exists and is not empty; choose another --out")
+    echo(f"[1/4] sample data -> {samples.cache_dir(cache)}")
+    samples.fetch_all(cache)
     echo(f"[2/4] pretraining {cfg['method']} on the Brandenburg scene "
          f"(budget: {cfg['trainer']['max_time'] or '-'} / {cfg['trainer']['max_steps'] or '-'} "
          "steps)")

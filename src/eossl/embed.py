@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BandError, ConfigError, DataError, OutputExistsError
-from .report import atomic_path, atomic_write_text
+from .errors import BandError, ConfigError, DataError, OutputExistsError, WriteError
+from .io import atomic_path, atomic_write_text, check_writable_folder, write_failure
 
 PARTS = ".embed-parts"
 PROGRESS = "progress.json"
@@ -127,7 +127,8 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
 
     if not 0.0 <= float(min_valid) <= 1.0:
         raise ConfigError(f"--min-valid {min_valid} must be a share between 0 and 1")
-    out = Path(out)
+    out = check_writable_folder(out)
+    existed = out.exists()
     patches_path, dense_path, parts = out / "patches.parquet", out / "dense.tif", out / PARTS
     if not resume and not overwrite:
         for p in (patches_path, dense_path, parts):
@@ -195,6 +196,7 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
             valid &= (raw != stack.nodata).all(axis=0)
         raw = np.where(valid[None], raw, 0).astype(np.float32)
         rec = _embed_patches(encoder, raw, valid, r, c, p, grid_h, grid_w, min_valid, batch_size)
+        rec["valid_pixels"], rec["pixels"] = np.int64(valid.sum()), np.int64(valid.size)
         if dense:
             rec["dense"] = _embed_dense(encoder, raw, stride)
         try:
@@ -203,17 +205,24 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
                     np.savez(f, **rec)
             done.add(i)
             atomic_write_text(prog_file, json.dumps({"job": job, "done": sorted(done)}))
-        except OSError as e:
-            raise DataError(f"{out}: write failed ({e.strerror or e}); the {len(done)} finished "
-                            "windows are kept: free space and rerun with --resume") from None
+        except (OSError, WriteError) as e:
+            raise WriteError(getattr(e, "path", out), write_failure(e) or str(e),
+                             f"the {len(done)} finished windows are kept: free space and rerun "
+                             "with --resume") from None
         bar.update(1)
     bar.close()
     try:
         n = _assemble(stack, parts, wins, p, stride, dense, patches_path, dense_path,
                       encoder.out_dim, min_valid)
-    except OSError as e:
-        raise DataError(f"{out}: write failed ({e.strerror or e}); the finished windows are "
-                        "kept: free space and rerun with --resume") from None
+    except (OSError, WriteError) as e:
+        raise WriteError(getattr(e, "path", out), write_failure(e) or str(e),
+                         "the finished windows are kept: free space and rerun with "
+                         "--resume") from None
+    except DataError:  # nothing worth embedding: no half-run is left to resume
+        shutil.rmtree(parts, ignore_errors=True)
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     shutil.rmtree(parts, ignore_errors=True)
     atomic_write_text(out / "embed.json", json.dumps({
         **job, "bands": list(bands), "crs": str(stack.crs), "feature_stride": stride,
@@ -276,7 +285,7 @@ def _assemble(stack, parts, wins, p, stride, dense, patches_path, dense_path, di
     schema = pa.schema([("row", pa.int64()), ("col", pa.int64()), ("valid_fraction", pa.float32()),
                         ("embedding", pa.list_(pa.float32(), dim)), ("geometry", pa.binary())],
                        metadata={b"geo": json.dumps(geo).encode()})
-    n = 0
+    n = valid_px = pixels = 0
     dense_profile = None
     if dense:
         dh, dw = math.ceil(stack.height / stride), math.ceil(stack.width / stride)
@@ -293,6 +302,9 @@ def _assemble(stack, parts, wins, p, stride, dense, patches_path, dense_path, di
             for i, (r, c, h, w) in enumerate(wins):
                 with np.load(parts / f"w{i:06d}.npz", allow_pickle=False) as z:
                     rows, cols, emb = z["row"], z["col"], z["embedding"]
+                    if "pixels" in z.files:
+                        valid_px += int(z["valid_pixels"])
+                        pixels += int(z["pixels"])
                     if len(rows):
                         x0, y0 = t @ (cols * p, rows * p)
                         x1, y1 = t @ ((cols + 1) * p, (rows + 1) * p)
@@ -312,8 +324,12 @@ def _assemble(stack, parts, wins, p, stride, dense, patches_path, dense_path, di
                         fw = min(f.shape[2], dst.width - fc)
                         dst.write(f[:, :fh, :fw], window=Window(fc, fr, fw, fh))
             if n == 0:
-                raise DataError(f"{stack.path}: no {p} px patch has {min_valid:.0%} valid pixels "
-                                "(all nodata or NaN); nothing to embed")
+                share = valid_px / pixels if pixels else 0.0
+                what = ("no valid pixel (all nodata or NaN)" if valid_px == 0 else
+                        f"{share:.0%} valid pixels overall; lower --min-valid to embed "
+                        "patches with fewer")
+                raise DataError(f"{stack.path}: no {p} px patch has {min_valid:.0%} valid "
+                                f"pixels (the scene has {what}); nothing to embed")
         finally:
             writer.close()
             if dst is not None:

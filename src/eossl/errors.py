@@ -29,6 +29,25 @@ class OutputExistsError(EosslError):
     """An output folder already holds results that would be overwritten."""
 
 
+class WriteError(EosslError):
+    """A file could not be written because of the disk or permissions (full disk, quota,
+    file-size limit, read-only or forbidden folder). Raised by eossl.io, which leaves nothing
+    half-written; ``path`` is the file, ``reason`` the cause in words."""
+
+    def __init__(self, path, reason: str, note: str = "nothing was written") -> None:
+        self.path, self.reason, self.note = path, reason, note
+        super().__init__(f"{path}: write failed ({reason}){'; ' + note if note else ''}")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a command that can be continued; the message says how. The
+    CLI prints it and exits with ``exit_code`` (130 after Ctrl-C, 143 after SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def load_failure(e: BaseException) -> str:
     """A short reason why ``torch.load(..., weights_only=True)`` refused or failed on a file.
 
@@ -46,6 +65,11 @@ def load_failure(e: BaseException) -> str:
     m = re.search(r"PytorchStreamReader failed reading (?:zip archive|file [^:]*): ([^.]+)", text)
     if m:  # a checkpoint cut short (interrupted copy or write) or not a zip archive at all
         return f"not a complete PyTorch archive: {m.group(1).strip()}"
+    if isinstance(e, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(e, (KeyError, IndexError)) or "invalid load key" in text:
+        # torch's legacy (non-zip) reader on bytes that are no pickle: KeyError(101) for "e"
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
     if not text:
         return type(e).__name__
     first = text.splitlines()[0]

@@ -9,49 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file + rename, so a killed process leaves no half-written file."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block ends
-    without error. A killed process or a failed write (disk full) leaves the old file, or no
-    file, never a half-written one. ``suffix`` keeps an extension for writers that dispatch on
-    it (matplotlib, GDAL)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".part")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # mkstemp makes 0600 files; results, reports and checkpoints are for sharing, so they
-        # get the permissions a plain open() would have given them.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# Every write goes through eossl.io (temporary file + rename, one-line disk errors); these names
+# stay importable from here for the modules that write reports.
+from .io import atomic_path, atomic_write_text  # noqa: F401
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:

@@ -8,9 +8,16 @@ monitor) and ``summary.json``. An existing run folder is never overwritten: it i
 
 from __future__ import annotations
 
-import errno
+import copy
+import csv
+import io
 import json
 import os
+import re
+import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,15 +28,20 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Sampler
 
-from .config import parse_duration
+from .config import flatten, parse_duration, validate_config
 from .data.datasets import RandomCropDataset
 from .data.sources import SceneSource, open_source
-from .errors import ConfigError, DataError, OutputExistsError, load_failure
+from .errors import (ConfigError, DataError, OutputExistsError, RunInterrupted, WriteError,
+                     load_failure)
+from .io import (PART, atomic_path, atomic_write_text, check_writable_folder,
+                 remove_stale_parts, write_failure)
 from .methods import get_method
-from .report import atomic_path, atomic_write_text
 
 
 @dataclass
@@ -40,6 +52,8 @@ class PretrainResult:
     seconds: float
     images_per_s: float
     source: SceneSource  # the opened data, so a caller can probe without reopening it
+    method: str = ""  # the method that ran (a resumed run's own, whatever was asked)
+    resumed_from_step: int | None = None  # None: a new run; else the step it continued from
 
 
 def new_run_dir(root: str | os.PathLike, method: str) -> Path:
@@ -51,22 +65,117 @@ def new_run_dir(root: str | os.PathLike, method: str) -> Path:
     return out
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Refuse to write into a folder that holds something, unless resuming a run there."""
+# ------------------------------------------------------------------------- run folder states
+# What a run folder may hold before its first checkpoint: a start that died there (SIGKILL,
+# power loss) left only these, and a plain rerun may replace them.
+_UNSTARTED_ENTRIES = {"config.yaml", "logs", "checkpoints"}
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    d = out / "checkpoints"
+    return sorted(d.glob("*.ckpt")) if d.is_dir() else []
+
+
+def resume_checkpoint(out: str | os.PathLike) -> Path | None:
+    """The checkpoint a resumed run continues from: ``last.ckpt``, else (a write of last.ckpt
+    that failed, e.g. on a full disk, after the periodic one succeeded) the latest periodic
+    ``stepNNNNNN.ckpt``; None when the run has none."""
+    last = Path(out) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    steps = [p for p in _checkpoints(Path(out)) if re.fullmatch(r"step\d+\.ckpt", p.name)]
+    return max(steps, key=lambda p: int(p.stem[4:])) if steps else None
+
+
+def run_state(out: str | os.PathLike) -> str:
+    """``absent``, ``file``, ``empty``, ``started`` (has a checkpoint), ``unstarted`` (an eossl
+    run that stopped before its first checkpoint: nothing in it is worth keeping) or
+    ``foreign`` (anything else: never written into)."""
+    out = Path(out)
+    if not out.exists():
+        return "absent"
+    if not out.is_dir():
+        return "file"
+    entries = [e for e in out.iterdir() if not e.name.endswith(PART)]
+    if not entries:
+        return "empty"
+    if (out / "config.yaml").is_file() and _checkpoints(out):
+        return "started"
+    if (out / "config.yaml").is_file() and {e.name for e in entries} <= _UNSTARTED_ENTRIES:
+        return "unstarted"
+    return "foreign"
+
+
+def check_run_dir(out: str | os.PathLike, resume: bool) -> str:
+    """Refuse (one line) a run folder this run may not use, before any work; returns its
+    state. A new run takes an absent or empty folder, or one a dead start left behind before
+    its first checkpoint; ``--resume`` takes a run folder (with or without a checkpoint)."""
+    out = Path(out)
+    state = run_state(out)
+    if state == "file":
+        raise OutputExistsError(f"{out} is a file, not a run folder; choose another --out")
+    if state in ("absent", "empty") or (state == "unstarted" and not resume):
+        check_writable_folder(out)
     if resume:
-        if not (out / "checkpoints" / "last.ckpt").exists():
-            raise OutputExistsError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise OutputExistsError(f"{out} already exists and is not empty; pass --resume to "
-                                "continue the run there, or choose another --out")
+        if state in ("absent", "empty"):
+            raise OutputExistsError(f"{out}: nothing to resume (no run there); drop --resume "
+                                    "to start a new run")
+        if state == "foreign" and resume_checkpoint(out) is not None:
+            raise OutputExistsError(f"{out}: cannot resume: its config.yaml is missing "
+                                    "(checkpoints/last.ckpt alone does not say how the run "
+                                    "was set up)")
+        if state == "foreign":
+            raise OutputExistsError(f"{out}: nothing to resume (no config.yaml and "
+                                    "checkpoints/ of an eossl run)")
+    elif state == "started":
+        step = _checkpoint_step(resume_checkpoint(out))
+        at = f" at step {step}" if step is not None else ""
+        raise OutputExistsError(f"{out} already holds a run{at}; pass --resume to continue it, "
+                                "or choose another --out")
+    elif state == "foreign":
+        raise OutputExistsError(f"{out} already exists and is not empty; choose another --out "
+                                "(or pass --resume to continue an eossl run there)")
+    return state
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Refuse a folder this run may not use (see check_run_dir); for a new run, create it
+    (clearing what a start that died before its first checkpoint left)."""
+    state = check_run_dir(out, resume)
+    if not resume:
+        _start_run_dir(Path(out), state)
+
+
+def _start_run_dir(out: Path, state: str) -> bool:
+    """Create the folder of a new run; True if it did not exist before (then a failed start
+    removes it whole, else only what it put inside)."""
+    if state == "unstarted":
+        _clear(out)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
     except OSError as e:
         raise OutputExistsError(f"{out}: cannot write there ({e.strerror})") from None
+    return created
+
+
+def _clear(out: Path) -> None:
+    for e in out.iterdir():
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e)
+        else:
+            e.unlink()
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The global step a checkpoint holds (None when it cannot be read)."""
+    if not path.is_file():
+        return None
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ck.get("global_step")) if isinstance(ck, dict) else None
+    except Exception:  # unreadable: the caller only decorates a message with it
+        return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -283,10 +392,12 @@ class _skip_corrupt_shards:
                 os.environ[self.key] = self.old
 
 
-def check_resume_checkpoint(out: Path, cfg: dict) -> None:
-    """Refuse to resume from a last.ckpt that another method (or band list) wrote: Lightning
-    would otherwise fail deep inside load_state_dict with a wall of missing keys."""
-    path = out / "checkpoints" / "last.ckpt"
+def check_resume_checkpoint(out: Path, cfg: dict, path: Path | None = None) -> dict:
+    """The ``eossl`` metadata of the checkpoint a resumed run continues from (plus its
+    ``global_step``); refuses a checkpoint that another method wrote, or that cannot be read,
+    in one line: Lightning would otherwise fail deep inside load_state_dict with a wall of
+    missing keys."""
+    path = path or resume_checkpoint(out) or out / "checkpoints" / "last.ckpt"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # any unreadable file is reported the same way
@@ -300,6 +411,161 @@ def check_resume_checkpoint(out: Path, cfg: dict) -> None:
         raise ConfigError(f"{path}: written by method {meta.get('method')!r}, but the run in "
                           f"{out} is {cfg['method']!r} (config.yaml); resume with the method "
                           "that wrote it, or start a new run")
+    return {**meta, "global_step": int(ckpt.get("global_step") or 0)}
+
+
+# What --resume may change: the budget. Everything else would make the checkpoint and the run
+# disagree (another method, bands or model), or silently mix two settings in one run.
+RESUMABLE = ("trainer.max_time", "trainer.max_steps")
+
+
+def read_run_config(out: Path) -> dict:
+    """A run folder's config.yaml, checked against the schema."""
+    path = Path(out) / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OutputExistsError(f"{out}: nothing to resume (no config.yaml)") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: cannot read the run's configuration ({e}); it is not the "
+                        "config.yaml eossl wrote") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: not a run configuration (expected a mapping)")
+    return validate_config(saved, {k: str(path) for k in flatten(saved)})
+
+
+def resume_config(out: Path, requested: dict | None = None,
+                  origins: dict[str, str] | None = None) -> dict:
+    """The configuration a resumed run continues with: the run's own config.yaml, with the
+    budget of ``requested`` (when it gives one). Any other difference between ``requested``
+    and the run's configuration is refused in one line naming the key."""
+    saved = read_run_config(out)
+    if requested is None:
+        return saved
+    old, new = flatten(saved), flatten(requested)
+    for key in sorted(set(old) | set(new), key=lambda k: (k not in ("method", "data.bands"), k)):
+        if key in RESUMABLE or old.get(key) == new.get(key):
+            continue
+        where = f" (from {origins[key]})" if origins and key in origins else ""
+        raise ConfigError(f"{out} is a run with {key}={_shown(old.get(key))}, asked for "
+                          f"{_shown(new.get(key))}{where}; --resume continues a run as it was "
+                          "configured (only --max-time and --max-steps can change): start a "
+                          "new run with another --out to change it")
+    cfg = copy.deepcopy(saved)
+    cfg["trainer"]["max_time"] = requested["trainer"]["max_time"]
+    cfg["trainer"]["max_steps"] = requested["trainer"]["max_steps"]
+    return cfg
+
+
+def _shown(value) -> str:
+    return "null" if value is None else ",".join(map(str, value)) if isinstance(
+        value, list) else repr(value)
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV metrics writer, except that it keeps an existing metrics.csv.
+
+    Lightning's writer deletes metrics.csv when it starts in a folder that has one; a resumed
+    run must keep the rows of its earlier sessions, so this one appends to it (its header is
+    read back; a new column rewrites the file with every row, atomically)."""
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = [k for k in header if k]
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.metrics_file_path, buf.getvalue())
+
+
+class RunLogger(CSVLogger):
+    """``logs/metrics.csv`` of a run folder, appended to across resumed sessions."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(out, name="", version="logs")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class StopOnInterrupt(Callback):
+    """Ctrl-C during training: the first one finishes the current step, then training stops
+    and the run saves its last.ckpt as at the end of its budget, so ``--resume`` continues
+    exactly there; a second one stops at once (Lightning's own handling; the run then
+    continues from its last periodic checkpoint). Lightning alone exits with status 1 and
+    no word on what was kept; pretrain turns either case into RunInterrupted."""
+
+    def __init__(self) -> None:
+        self.requested = False  # first Ctrl-C seen
+        self.hard = False  # Lightning caught a KeyboardInterrupt
+        self._old = None
+
+    def install(self, graceful: bool = True) -> None:
+        """Catch the first Ctrl-C (``graceful``: one process only, since ranks would not stop
+        at the same step); the handler in place before is restored by ``uninstall`` either way
+        (Lightning leaves SIGINT ignored after it caught one)."""
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            if graceful:
+                signal.signal(signal.SIGINT, self._on_sigint)
+
+    def uninstall(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.requested:
+            trainer.should_stop = True
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.hard = True
+
+
+def check_trainer_options(t: dict) -> None:
+    """Lightning's own check of the device options (an accelerator this machine lacks, a
+    strategy that does not fit the devices, ...), as one ConfigError, before any data is read
+    or any folder is made: a throwaway Trainer that writes nothing."""
+    import lightning as L
+
+    _trainer_or_config_error(t, lambda: L.Trainer(
+        accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"],
+        strategy=t["strategy"], precision=t["precision"], sync_batchnorm=t["sync_batchnorm"],
+        deterministic=t["deterministic"], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False))
+
+
+def _trainer_or_config_error(t: dict, build):
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return build()
+    except (MisconfigurationException, ValueError, ImportError, RuntimeError) as e:
+        # ImportError: an accelerator whose package is missing (tpu without torch_xla)
+        opts = ", ".join(f"{k}={t[k]!r}" for k in ("accelerator", "devices", "num_nodes",
+                                                    "strategy", "precision"))
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"trainer options ({opts}) do not work here: {first}") from None
 
 
 # Every logger Lightning's INFO banners can come through (see _quiet_lightning).
@@ -321,39 +587,52 @@ def _quiet_lightning() -> None:
     # few batches in the kNN loaders); they would bury the progress bar for our users.
     for msg in (".*does not have many workers.*", ".*exists and is not empty.*",
                 ".*LeafSpec.*", ".*number of training batches.*", ".*treespec.*",
-                ".*but have no `val_dataloader`.*"):
+                ".*but have no `val_dataloader`.*",
+                # a resumed run restarts mid-epoch through ResumableSampler, which Lightning
+                # cannot see
+                ".*dataloader is not resumable.*"):
         warnings.filterwarnings("ignore", message=msg)
 
 
 def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
-             cache: str | os.PathLike | None = None, progress: bool = True) -> PretrainResult:
-    """Pretrain ``cfg['method']`` on ``cfg['data']['name']`` into run folder ``out``."""
+             cache: str | os.PathLike | None = None, progress: bool = True,
+             origins: dict[str, str] | None = None) -> PretrainResult:
+    """Pretrain ``cfg['method']`` on ``cfg['data']['name']`` into run folder ``out``.
+
+    Everything that can be refused is checked before the folder is made or written to: the
+    configuration (config.py's schema), the folder, the device options, the data and the
+    method's own arguments. A new run that fails or is interrupted before its first
+    checkpoint removes what it made; ``resume=True`` continues the run in ``out`` with its own
+    config.yaml (only a new budget is taken from ``cfg``) and never deletes anything.
+    ``origins`` (dotted key -> where the value came from) makes messages name the option.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     out = Path(out)
     zero = launched_rank_zero()  # ranks > 0 of a DDP launch leave the run folder to rank 0
-    if resume and (out / "config.yaml").exists():
-        cfg = yaml.safe_load((out / "config.yaml").read_text())
-    if (resume or (zero and out.exists() and any(out.iterdir()))):  # refuse early
-        prepare_run_dir(out, resume)
+    cfg = validate_config(cfg, origins)
+    state = check_run_dir(out, resume) if zero else None
     if resume:
-        check_resume_checkpoint(out, cfg)
+        cfg = resume_config(out, cfg, origins)
+    if zero:  # temporary files of a write that a SIGKILL cut short
+        for folder in (out, out / "checkpoints", out / "logs"):
+            remove_stale_parts(folder)
+    last = out / "checkpoints" / "last.ckpt"
+    # a resumed run that died before its first checkpoint starts again from step 0
+    start_from = resume_checkpoint(out) if resume else None
+    restart = start_from is not None
+    meta = check_resume_checkpoint(out, cfg, start_from) if restart else None
     _quiet_lightning()
-    method_cls = get_method(cfg["method"])  # fail on a bad name before any data work
+    method_cls = get_method(cfg["method"])
     d, t = cfg["data"], cfg["trainer"]
-    max_time = parse_duration(t.get("max_time"))
-    max_steps = t.get("max_steps")
-    if max_steps is not None and int(max_steps) < 1:
-        raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+    max_time = parse_duration(t["max_time"])
+    max_steps = t["max_steps"]
     if max_time is None and max_steps is None:
         raise ConfigError("give a budget: --max-time (e.g. 10m) and/or --max-steps")
-    for key in ("crop_size", "batch_size", "crops_per_epoch"):
-        if int(d[key]) < 1:
-            raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
+    check_trainer_options(t)
 
-    seed = int(cfg.get("seed", 0))
+    seed = int(cfg["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
     with _skip_corrupt_shards(bool(d.get("skip_corrupt_shards"))):
         source = open_source(d["name"], cache, d.get("labels"), bands=d.get("bands"))
@@ -361,6 +640,10 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     if skipped and zero:
         warnings.warn(f"{d['name']}: training without {len(skipped)} corrupt shard(s): "
                       f"{', '.join(skipped)} (data.skip_corrupt_shards)", stacklevel=2)
+    if meta is not None and meta.get("bands") and list(meta["bands"]) != list(source.bands):
+        raise ConfigError(f"{start_from}: trained on bands {', '.join(meta['bands'])}, but "
+                          f"{d['name']} now gives {', '.join(source.bands)}; resume with the "
+                          "run's own bands and data, or start a new run")
     train_ds = method_cls.train_dataset(source, d)
     stats = source.stats()
     model = method_cls(bands=source.bands, stats=stats.to_dict(), crop_size=int(d["crop_size"]),
@@ -390,46 +673,57 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         val_dls = [DataLoader(source.patches("train", size), batch_size=256),
                    DataLoader(source.patches("test", size), batch_size=256)]
 
-    # Everything that can fail on bad input has run by now, so a refused run leaves no folder.
-    if not resume and zero:
-        prepare_run_dir(out, resume)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:06d}",
-                           auto_insert_metric_name=False, every_n_train_steps=int(
-                               t.get("checkpoint_every_n_steps", 100)),
+                           auto_insert_metric_name=False,
+                           every_n_train_steps=int(t["checkpoint_every_n_steps"]),
                            save_last=True, save_top_k=-1)
-    val_every = int(t.get("val_every_n_steps", 100))
+    val_every = int(t["val_every_n_steps"])
     speed = ([ChannelsLast()] if t.get("channels_last") else []) + (
         [CompileBackbone(None if t["compile"] is True else str(t["compile"]))]
         if t.get("compile") else [])
-    trainer = L.Trainer(
+    stop = StopOnInterrupt()
+    trainer = _trainer_or_config_error(t, lambda: L.Trainer(
         default_root_dir=out, max_time={"seconds": max_time} if max_time else None,
         max_steps=int(max_steps) if max_steps else -1, max_epochs=-1,
-        accelerator=t.get("accelerator", "auto"), devices=t.get("devices", 1),
-        num_nodes=int(t.get("num_nodes", 1)), strategy=t.get("strategy", "auto"),
-        precision=t.get("precision", "32-true"), callbacks=[ckpt, TrainingState(sampler), *speed],
-        plugins=[AtomicCheckpointIO()], deterministic=t.get("deterministic", False),
-        sync_batchnorm=bool(t.get("sync_batchnorm", False)),  # global BN under DDP (GPUs)
-        logger=CSVLogger(out, name="", version="logs"), log_every_n_steps=10,
+        accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t["num_nodes"]),
+        strategy=t["strategy"], precision=t["precision"],
+        callbacks=[ckpt, TrainingState(sampler), stop, *speed],
+        plugins=[AtomicCheckpointIO()], deterministic=t["deterministic"],
+        sync_batchnorm=bool(t["sync_batchnorm"]),  # global BN under DDP (GPUs)
+        logger=RunLogger(out), log_every_n_steps=10,
         val_check_interval=val_every if val_dls else None,
         check_val_every_n_epoch=None if val_dls else 1,
         limit_val_batches=None if val_dls else 0, num_sanity_val_steps=0,
         enable_progress_bar=progress, enable_model_summary=False,
-    )
-    start = time.perf_counter()
+    ))
+    stop.install(graceful=single)
+    created = False
     try:
-        trainer.fit(model, train_dataloaders=train_dl, val_dataloaders=val_dls,
-                    ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None,
-                    weights_only=True)  # resume loads tensors and plain data, never code
+        # Everything that can fail on bad input has run by now: only now is the folder made.
+        if zero:
+            if not resume:
+                created = _start_run_dir(out, state)
+            if not resume or read_run_config(out) != cfg:  # a resumed run's new budget
+                atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        start = time.perf_counter()
+        try:
+            trainer.fit(model, train_dataloaders=train_dl, val_dataloaders=val_dls,
+                        ckpt_path=str(start_from) if restart else None,
+                        weights_only=True)  # resume loads tensors and plain data, never code
+        except SystemExit:
+            if not stop.hard:
+                raise
+            raise KeyboardInterrupt from None  # Lightning exits(1) after a Ctrl-C
         secs = time.perf_counter() - start
-        # The final state is saved whatever step the budget ended on.
-        # weights_only=False keeps optimiser and loop state, so the run can be resumed from it.
-        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO):
-            raise
-        raise DataError(f"{out}: write failed ({e.strerror}); the last complete checkpoint is "
-                        "kept: free space and continue with --resume") from None
+        idle = restart and trainer.global_step == model.resumed_from_step
+        if not idle:  # a resumed run whose budget was used up keeps its files as they are
+            # The final state is saved whatever step the budget ended on. weights_only=False
+            # keeps optimiser and loop state, so the run can be resumed from it.
+            trainer.save_checkpoint(last, weights_only=False)
+    except BaseException as e:
+        raise _failed_run(e, out, resume, created, zero) from None
+    finally:
+        stop.uninstall()
     steps = int(trainer.global_step)
     start_step = model.resumed_from_step  # images/s counts this session's steps only
     world = int(trainer.world_size)  # batch_size is per rank: all ranks' images count
@@ -443,7 +737,58 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         "bands": source.bands, "device": str(trainer.strategy.root_device),
         "torch": torch.__version__, "finished": datetime.now().isoformat(timespec="seconds"),
     }
-    if trainer.is_global_zero:
+    if stop.requested:
+        summary["interrupted"] = True
+    if trainer.is_global_zero and not idle:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return PretrainResult(out, out / "checkpoints" / "last.ckpt", steps, secs,
-                          summary["images_per_s"], source)
+    if stop.requested:
+        raise RunInterrupted(f"interrupted at step {steps}; the run in {out} is saved: continue "
+                             f"with --resume --out {out}")
+    return PretrainResult(out, last, steps, secs, summary["images_per_s"], source,
+                          method=cfg["method"], resumed_from_step=start_step if resume else None)
+
+
+def _failed_run(e: BaseException, out: Path, resume: bool, created: bool,
+                zero: bool) -> BaseException:
+    """What a failed or interrupted fit leaves and says. A new run with no checkpoint yet
+    removes what it made (a plain rerun then starts clean); a run with a checkpoint keeps
+    everything, and the message says how to continue."""
+    last = resume_checkpoint(out)
+    kept = last is not None
+    removed = False
+    if zero and not resume and not kept:
+        _remove_new_run(out, created)
+        removed = True
+    step = _checkpoint_step(last) if kept else None
+    why = write_failure(e) if isinstance(e, Exception) else None
+    fix = "free space and " if why and ("space" in why or "quota" in why) else ""
+    if kept:
+        then = (f"the last complete checkpoint (step {step}) is kept: {fix}continue with "
+                f"--resume --out {out}")
+    elif removed:
+        then = (f"no checkpoint had been written, so the run folder was removed: {fix}rerun "
+                "the command")
+    else:
+        then = f"no checkpoint had been written yet: {fix}--resume --out {out} starts it again"
+    if isinstance(e, KeyboardInterrupt):
+        return RunInterrupted(f"interrupted; {then}")
+    if type(e).__name__ == "SIGTERMException":  # Lightning's SystemExit after a SIGTERM
+        return RunInterrupted(f"terminated (SIGTERM); {then}", exit_code=143)
+    if why is not None:
+        return WriteError(getattr(e, "path", None) or out, why, note=then)
+    if resume and isinstance(e, RuntimeError) and "state_dict" in str(e):
+        first = str(e).strip().splitlines()[0]
+        return DataError(f"{last or out}: does not fit the run's model ({first}); resume with the run's "
+                         "own settings, or start a new run")
+    return e
+
+
+def _remove_new_run(out: Path, created: bool) -> None:
+    """Undo a new run's folder: the whole folder if this run made it, else what it put in."""
+    try:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            _clear(out)
+    except OSError:
+        pass  # best effort: the failure itself is what the user needs to hear about

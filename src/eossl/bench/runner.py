@@ -42,12 +42,12 @@ def run_config(plan: Plan, method: str, seed: int) -> dict:
     recipe_data = load_config(recipe)["data"]["name"]
     data = getattr(cls, "default_data", None) or (
         plan.data if recipe_data == DEFAULTS["data"]["name"] else recipe_data)
-    cfg = load_config(recipe, {"method": method, "seed": seed,
-                               "model.backbone": plan.backbone, "data.name": data})
     b = plan.budget_obj
-    cfg["trainer"]["max_time"] = f"{b.seconds:g}s" if b.seconds else None
-    cfg["trainer"]["max_steps"] = b.steps
-    return cfg
+    # the plan's budget replaces the recipe's whole budget (config.py's merge rule)
+    return load_config(recipe, {"method": method, "seed": seed, "model.backbone": plan.backbone,
+                                "data.name": data,
+                                "trainer.max_time": f"{b.seconds:g}s" if b.seconds else None,
+                                "trainer.max_steps": b.steps})
 
 
 @contextlib.contextmanager

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import time
-import zipfile
 from typing import Any
 
 import lightning as L
@@ -21,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from .. import __version__
 from ..data.stats import BandStats, Normalizer
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, load_failure
 from ..models.backbones import build_backbone
 from ..models.encoder import Encoder
 
@@ -289,9 +287,9 @@ def load_encoder(checkpoint_path: str | os.PathLike, map_location: str | torch.d
         raise DataError(f"checkpoint {path!r} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except Exception as e:  # junk fails in many ways (KeyError, IndexError, EOFError, ...)
         raise DataError(f"checkpoint {path!r} is corrupt or not a plain PyTorch checkpoint: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                        f"{load_failure(e)}") from None
     if not isinstance(ckpt, dict) or "eossl" not in ckpt or "state_dict" not in ckpt:
         raise DataError(f"checkpoint {path!r} is not an eossl pretraining checkpoint (no "
                         f"'eossl' metadata)")
