@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from .config import parse_duration
 from .data.datasets import RandomCropDataset
 from .data.sources import SceneSource, open_source
-from .errors import ConfigError, DataError, OutputExistsError, load_failure
+from .errors import ConfigError, DataError, OutputExistsError
 from .methods import get_method
 from .report import atomic_path, atomic_write_text
 
@@ -286,16 +286,13 @@ class _skip_corrupt_shards:
 def check_resume_checkpoint(out: Path, cfg: dict) -> None:
     """Refuse to resume from a last.ckpt that another method (or band list) wrote: Lightning
     would otherwise fail deep inside load_state_dict with a wall of missing keys."""
+    from .checkpoint import checkpoint_metadata
+
     path = out / "checkpoints" / "last.ckpt"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # any unreadable file is reported the same way
-        raise DataError(f"{path}: cannot read the checkpoint to resume ({load_failure(e)}); "
-                        "it is corrupt or not an eossl checkpoint") from None
-    meta = ckpt.get("eossl") if isinstance(ckpt, dict) else None
-    if not meta:
-        raise DataError(f"{path}: not an eossl pretraining checkpoint (no 'eossl' metadata); "
-                        "cannot resume from it")
+        meta = checkpoint_metadata(path)
+    except DataError as e:
+        raise DataError(f"cannot resume: {e}") from None
     if meta.get("method") != cfg["method"]:
         raise ConfigError(f"{path}: written by method {meta.get('method')!r}, but the run in "
                           f"{out} is {cfg['method']!r} (config.yaml); resume with the method "
@@ -441,6 +438,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         "world_size": world, "precision": str(t.get("precision", "32-true")),
         **({"skipped_shards": skipped} if skipped else {}),
         "bands": source.bands, "device": str(trainer.strategy.root_device),
+        "collapse": model.collapse_status(),  # the monitor's verdict (warned on the console)
         "torch": torch.__version__, "finished": datetime.now().isoformat(timespec="seconds"),
     }
     if trainer.is_global_zero:
