@@ -149,7 +149,7 @@ def _loader(args, n_batches: int):
 
     from eossl.data import samples, sources
 
-    from eossl.data.stats import BandStats
+    from eossl.normalization import BandStats
 
     src = sources.brandenburg(samples.cache_dir())
     # statistics come from the driver, so a worker's peak RSS is data + model + training only
@@ -250,7 +250,7 @@ def run_bare(args, stem_stride: int) -> dict:
     import timm
     import torch
 
-    from eossl.data.stats import Normalizer
+    from eossl.normalization import Normalizer
     from eossl.models.backbones import set_stem_stride
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -482,7 +482,7 @@ def run_torchgeo_simclr(args) -> dict:
     import torch
     from torchgeo.trainers import SimCLRTask
 
-    from eossl.data.stats import Normalizer
+    from eossl.normalization import Normalizer
 
     src, stats, loader = _loader(args, args.warmup + args.steps + 2)
     # SimCLR v1 sized like eossl's: 512-512-128 projector, in-batch negatives, T 0.5; torchgeo
@@ -505,7 +505,7 @@ def run_torchgeo_byol(args, image_size: int | None) -> dict:
     from torchgeo.trainers import BYOLTask
     from torchgeo.trainers.byol import BYOL as TorchgeoBYOL
 
-    from eossl.data.stats import Normalizer
+    from eossl.normalization import Normalizer
 
     src, stats, loader = _loader(args, args.warmup + args.steps + 2)
     base = _normalised(BYOLTask)
@@ -535,7 +535,7 @@ def run_torchgeo(args) -> dict:
     import torch
     from torchgeo.trainers import MoCoTask
 
-    from eossl.data.stats import Normalizer
+    from eossl.normalization import Normalizer
 
     src, stats, loader = _loader(args, args.warmup + args.steps + 2)
 

@@ -55,12 +55,12 @@ def write_oscd(root: Path, regions: dict[str, str], size=(48, 40), seed=0) -> Pa
 
 
 def _encoder(bands=ch.OSCD_BANDS):
-    from eossl.data.stats import BandStats
-    from eossl.evaluate.compare import random_encoder
+    from eossl.models.encoder import Encoder
+    from eossl.normalization import BandStats
 
     n = len(bands)
     stats = BandStats(list(bands), [7.0] * n, [0.5] * n, [500.0] * n, [3000.0] * n)
-    return random_encoder(bands, stats).eval()
+    return Encoder.random(stats).eval()
 
 
 def test_oscd_layout_trains_and_scores(tmp_path):
@@ -136,12 +136,11 @@ def test_cli_pair_runs_end_to_end(tmp_path):
 
 def test_landsat_change_picture_on_the_real_series(landsat_dir, tmp_path):
     from eossl.data.timeseries import LandsatTimeSeries
-    from eossl.evaluate.compare import fit_to_bands
 
     ts = LandsatTimeSeries(landsat_dir)
     i, j = ch.pick_dates_a_year_apart(ts)
     assert 320 <= (ts.dates[j] - ts.dates[i]).days <= 410
-    enc = fit_to_bands(_encoder(("B04", "B08", "B11")), ts.band_names)
+    enc = _encoder(("B04", "B08", "B11")).for_bands(ts.band_names)
     info = ch.write_landsat_change_map(enc, ts, tmp_path / "change.png", pair=(i, j))
     assert (tmp_path / "change.png").stat().st_size > 5000
     assert 0 <= info["mean_change"] <= 2

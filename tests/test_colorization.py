@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eossl.bands import SENTINEL2_L1C, SENTINEL2_L2A, LANDSAT_ETM
-from eossl.data.stats import BandStats
+from eossl.normalization import BandStats
 from eossl.errors import ConfigError
 from eossl.methods import get_method
 from eossl.methods.colorization import (AlignedAugmentation, Colorization, ab_target,
@@ -125,7 +125,7 @@ def test_augmentation_keeps_input_and_target_aligned():
 def test_pretrain_on_real_scene_picture_checkpoint_probe(brandenburg, sample_cache, tmp_path):
     from eossl.cli import main
     from eossl.evaluate.compare import probe_checkpoints
-    from eossl.methods.base import load_encoder
+    from eossl.checkpoint import load_encoder
     from eossl.train import pretrain
 
     cfg = {"method": "colorization", "seed": 0,

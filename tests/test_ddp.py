@@ -255,7 +255,7 @@ def _record_callback():
 
 
 def _stats():
-    from eossl.data.stats import BandStats
+    from eossl.normalization import BandStats
 
     return BandStats(BANDS, [6.5] * 4, [1.0] * 4, [100.0] * 4, [3000.0] * 4).to_dict()
 
@@ -383,7 +383,7 @@ def test_pretrain_cli_runs_ddp_on_two_processes(sample_cache, tmp_path):
     launcher re-runs the command as rank 1; both ranks must agree on the run folder (no
     ``--out`` given: rank 0 picks it), rank 1 must not refuse the folder rank 0 just filled,
     and the summary counts both ranks' images. bf16-mixed and channels-last pass through."""
-    from eossl.methods.base import load_encoder
+    from eossl.checkpoint import load_encoder
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "EOSSL_RUN_DIR"):

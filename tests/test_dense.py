@@ -12,7 +12,7 @@ from eossl.errors import ConfigError, DataError
 from eossl.methods.dense import (ViewParams, dense_info_nce, make_view, sample_correspondences,
                                  source_to_view, view_to_source)
 from eossl.models.backbones import build_backbone
-from eossl.models.unet import UNet, backbone_pyramid, load_unet
+from eossl.models.unet import UNet
 
 
 def _coord_image(s: int) -> torch.Tensor:
@@ -74,9 +74,9 @@ def test_unet_embeds_every_pixel_and_keeps_backbone_keys():
         z = unet(torch.randn(2, 5, 32, 32))
     assert z.shape == (2, 16, 32, 32)
     assert torch.allclose(z.norm(dim=1), torch.ones(2, 32, 32), atol=1e-5)
-    assert [f.shape[-1] for f in backbone_pyramid(bb, torch.zeros(1, 5, 32, 32))] == [16, 8, 4, 2]
+    assert [f.shape[-1] for f in bb.pyramid(torch.zeros(1, 5, 32, 32))] == [16, 8, 4, 2]
     # the encoder's state dict is the plain backbone's: any eossl checkpoint drops in
-    assert set(unet.backbone.state_dict()) == set(build_backbone(
+    assert set(unet.encoder.state_dict()) == set(build_backbone(
         "resnet18", in_chans=5).state_dict())
     seg = UNet(bb, 4, mode="logits")
     assert seg(torch.randn(1, 5, 32, 32)).shape == (1, 4, 32, 32)
@@ -86,9 +86,9 @@ def test_unet_embeds_every_pixel_and_keeps_backbone_keys():
 
 def test_dense_pretrain_on_the_real_scene(brandenburg, tmp_path, monkeypatch):
     """Three steps through the real pretraining entry point; the checkpoint gives both the
-    encoder (load_encoder) and the whole U-Net (load_unet), and the run draws its picture."""
+    encoder and, through it, the whole pretrained U-Net, and the run draws its picture."""
     from eossl.config import load_config
-    from eossl.methods.base import load_encoder
+    from eossl.checkpoint import load_encoder
     from eossl.train import pretrain
 
     cfg = load_config(None, {"method": "dense", "data.crop_size": 32, "data.batch_size": 4,
@@ -102,16 +102,23 @@ def test_dense_pretrain_on_the_real_scene(brandenburg, tmp_path, monkeypatch):
     assert res.steps == 3
     assert (tmp_path / "run" / "embedding_pca.png").stat().st_size > 10_000
     enc = load_encoder(res.checkpoint)
-    assert enc.bands == brandenburg.bands
-    unet, meta = load_unet(res.checkpoint, num_classes=8)
-    assert meta["method"] == "dense" and unet.mode == "logits"
+    assert enc.bands == brandenburg.bands and enc.metadata["method"] == "dense"
+    unet = enc.unet(num_classes=8)
+    assert unet.mode == "logits" and unet.encoder is enc
     ck = torch.load(res.checkpoint, weights_only=True)["state_dict"]
-    # the checkpoint's backbone IS the U-Net's encoder
-    for k, v in unet.backbone.state_dict().items():
-        assert torch.equal(v, ck["backbone." + k])
+    # the checkpoint's backbone IS the U-Net's encoder, and its decoder is the pretrained one
     for k, v in enc.backbone.state_dict().items():
         assert torch.equal(v, ck["backbone." + k])
-    assert any(k.startswith("decoder.") for k in ck)
+    for k, v in unet.decoder.state_dict().items():
+        assert torch.equal(v, ck["decoder." + k])
+    embed = enc.unet()  # the pretrained embedding U-Net, head included
+    for k, v in embed.head.state_dict().items():
+        assert torch.equal(v, ck["head." + k])
+    # its random twin has the same U-Net architecture with a fresh decoder
+    twin = enc.random_twin(0).unet(num_classes=8)
+    assert [p.shape for p in twin.parameters()] == [p.shape for p in unet.parameters()]
+    assert not torch.equal(next(iter(twin.decoder.parameters())),
+                           next(iter(unet.decoder.parameters())))
     # the CLI task draws the same picture from the checkpoint alone, never overwriting
     from eossl.cli import main
     png = tmp_path / "map.png"
@@ -120,16 +127,16 @@ def test_dense_pretrain_on_the_real_scene(brandenburg, tmp_path, monkeypatch):
     assert png.stat().st_size > 10_000
     assert main(["evaluate", "dense-map", "--checkpoint", str(res.checkpoint),
                  "--out", str(png)]) == 2
-    with pytest.raises(DataError, match="no U-Net decoder"):
+    with pytest.raises(ConfigError, match="no pretrained U-Net decoder"):
         bad = tmp_path / "bad.ckpt"
         c = torch.load(res.checkpoint, weights_only=True)
         del c["eossl"]["unet"]
         torch.save(c, bad)
-        load_unet(bad)
+        load_encoder(bad).unet()
 
 
 def test_dense_rejects_views_that_cannot_overlap():
-    from eossl.data.stats import BandStats
+    from eossl.normalization import BandStats
     from eossl.methods.dense import DenseContrast
 
     stats = BandStats(["B02", "B03"], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0])

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from eossl.errors import ConfigError
-from eossl.evaluate.ensemble import load_timm_weights, run_ensemble, summarize
+from eossl.checkpoint import load_timm_weights
+from eossl.evaluate.ensemble import run_ensemble, summarize
 from eossl.evaluate.metrics import classification_metrics
 from eossl.methods import get_method
-from eossl.methods.base import load_encoder
+from eossl.checkpoint import load_encoder
 from eossl.models.backbones import build_backbone
 
 
@@ -52,10 +53,10 @@ def test_ensemble_on_real_patches(brandenburg, colorization_ckpt, tmp_path):
 
 
 def test_spectral_member_must_not_see_rgb(brandenburg):
-    from eossl.evaluate.compare import random_encoder
+    from eossl.models.encoder import Encoder
 
     stats = brandenburg.stats()
-    enc = random_encoder(brandenburg.bands, stats)  # all 13 bands, visible ones included
+    enc = Encoder.random(stats)  # all 13 bands, visible ones included
     with pytest.raises(ConfigError, match="must not see the visible bands"):
         run_ensemble(brandenburg.patches("train"), brandenburg.patches("test"), enc,
                      stats=stats, epochs=1)

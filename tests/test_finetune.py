@@ -3,7 +3,7 @@
 import torch
 from torch.utils.data import Dataset
 
-from eossl.data.stats import BandStats, Normalizer
+from eossl.normalization import BandStats, Normalizer
 from eossl.evaluate.finetune import finetune
 from eossl.models.backbones import build_backbone
 from eossl.models.encoder import Encoder

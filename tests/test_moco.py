@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from eossl.data.stats import BandStats
+from eossl.normalization import BandStats
 from eossl.errors import ConfigError, DataError
 from eossl.methods import available_methods, get_method
-from eossl.methods.base import load_encoder
+from eossl.checkpoint import load_encoder
 from eossl.methods.moco import MoCoV2
 from eossl.models.encoder import Encoder
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from eossl.errors import BandError, DataError
-from eossl.evaluate.multilabel import (MissingBandFiller, compare_multilabel,
+from eossl.errors import DataError
+from eossl.evaluate.multilabel import (compare_multilabel,
                                        linear_multilabel_probe, multilabel_metrics,
                                        multilabel_table)
 
@@ -50,34 +50,16 @@ def test_linear_probe_learns_a_separable_problem():
     assert p.shape == (20, 2) and ((p >= 0.5) == Yb[40:]).mean() > 0.85
 
 
-def test_missing_bands_filled_with_training_mean(brandenburg):
-    from eossl.evaluate.compare import random_encoder
-
-    enc = random_encoder(brandenburg.bands, brandenburg.stats()).eval()
-    l2a = [b for b in brandenburg.bands if b != "B10"]
-    f = MissingBandFiller(enc, l2a)
-    assert f.missing == ["B10"]
-    x = torch.rand(2, 12, 16, 16) * 3000
-    full = f.adapt(x)
-    assert full.shape == (2, 13, 16, 16)
-    i10 = brandenburg.bands.index("B10")
-    assert torch.allclose(enc.normalizer(full)[:, i10], torch.zeros(2, 16, 16), atol=1e-4)
-    assert torch.equal(full[:, brandenburg.bands.index("B04")], x[:, l2a.index("B04")])
-    with pytest.raises(BandError):
-        MissingBandFiller(enc, ["VV", "VH"])
-
-
 def test_real_bigearthnet_probe_and_finetune(ben_dir, brandenburg):
     from torch.utils.data import ConcatDataset
 
     from eossl.data.bigearthnet import BigEarthNetV2
-    from eossl.evaluate.compare import random_encoder
+    from eossl.models.encoder import Encoder
 
     train = ConcatDataset([BigEarthNetV2(ben_dir, split=s, size=32) for s in
                            ("train", "validation")])
     test = BigEarthNetV2(ben_dir, split="test", size=32)
-    enc = MissingBandFiller(random_encoder(brandenburg.bands, brandenburg.stats()).eval(),
-                            test.band_names)
+    enc = Encoder.random(brandenburg.stats()).eval().for_bands(test.band_names)
     recs = compare_multilabel(train, test, {"random init": enc}, class_names=test.classes,
                               seeds=(0,), epochs=1)
     assert {(r["model"], r["head"]) for r in recs} == {

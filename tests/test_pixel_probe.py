@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from eossl.data.datasets import IGNORE_INDEX, SpatialSplit
-from eossl.data.stats import Normalizer
+from eossl.normalization import Normalizer
 from eossl.evaluate.pixel_probe import (RAW, embed_pixels, pixel_probe, raw_spectrum_fn,
                                         sample_pixels)
 
@@ -37,12 +37,11 @@ def test_tiles_gather_the_right_pixels(brandenburg):
 
 
 def test_pixel_probe_real_scene(brandenburg):
-    from eossl.evaluate.compare import random_encoder
+    from eossl.models.encoder import Encoder
 
     stats = brandenburg.stats()
-    torch.manual_seed(0)
-    spectral = random_encoder(brandenburg.bands, stats, "spectral_resnet18").eval()
-    plain = random_encoder(brandenburg.bands, stats, "resnet18").eval()  # upsampled map
+    spectral = Encoder.random(stats, "spectral_resnet18").eval()
+    plain = Encoder.random(stats, "resnet18").eval()  # upsampled map
     recs = pixel_probe(brandenburg, {"spectral random": spectral, "resnet random": plain},
                        per_class=60, test_per_class=150, seeds=(0,), C=1.0)
     by = {r["model"]: r for r in recs}

@@ -55,7 +55,7 @@ def one_thread():
 
 
 def _stats():
-    from eossl.data.stats import BandStats
+    from eossl.normalization import BandStats
 
     n = len(BANDS)
     return BandStats(BANDS, [6.5] * n, [1.0] * n, [100.0] * n, [3000.0] * n).to_dict()
@@ -244,7 +244,7 @@ def test_compile_trains_and_checkpoint_loads_into_plain_encoder(tmp_path):
     computes what the trained module computes."""
     import lightning as L
 
-    from eossl.methods.base import load_encoder
+    from eossl.checkpoint import load_encoder
     from eossl.train import CompileBackbone
 
     model = _model("simclr", backbone="test_resnet", stem_stride=4)

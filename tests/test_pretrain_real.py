@@ -7,7 +7,7 @@ from lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
 from eossl.methods import get_method
-from eossl.methods.base import load_encoder
+from eossl.checkpoint import load_encoder
 
 
 class LossRecorder(Callback):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eossl.data.stats import BandStats, Normalizer
+from eossl.normalization import BandStats, Normalizer
 from eossl.errors import ConfigError, DataError
 from eossl.evaluate.probe import (
     ProbeResult, extract_features, knn_predict, knn_probe, linear_probe,

@@ -36,7 +36,7 @@ def test_class_shares_on_real_scene(brandenburg):
     np.testing.assert_allclose(train.targets[len(train) // 2], counts, atol=1e-6)
     # the real signal: per-band mean/std predicts class shares out of block better than the
     # training mean would (R^2 <= 0)
-    from eossl.data.stats import default_log_flags
+    from eossl.normalization import default_log_flags
     from eossl.evaluate.probe import spectral_features
 
     fl = default_log_flags(brandenburg.bands)
@@ -98,13 +98,13 @@ def test_ids_that_do_not_match_the_imagery(brandenburg, tmp_path):
 
 
 def test_compare_with_finetune_runs(brandenburg):
-    from eossl.evaluate.compare import random_encoder
+    from eossl.models.encoder import Encoder
 
     train = class_share_patches(brandenburg, "train")
     test = class_share_patches(brandenburg, "test")
     train.corners, train.targets = train.corners[:48], train.targets[:48]
     test.corners, test.targets = test.corners[:32], test.targets[:32]
-    enc = random_encoder(brandenburg.bands, brandenburg.stats()).eval()
+    enc = Encoder.random(brandenburg.stats()).eval()
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     recs = compare_regression(train, test, {"random init": enc}, seeds=(0,), epochs=1)
     assert [(r["model"], r["head"]) for r in recs] == [

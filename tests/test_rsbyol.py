@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eossl.data.stats import BandStats
+from eossl.normalization import BandStats
 from eossl.errors import BandError, ConfigError
 from eossl.methods import get_method
-from eossl.methods.rsbyol import DEFAULT_POOL, RSBYOL, BandViews, BandwiseEncoder, resolve_pool
+from eossl.methods.rsbyol import DEFAULT_POOL, RSBYOL, BandViews, resolve_pool
+from eossl.models.bandwise import BandwiseEncoder
 
 BEN = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
        "VV", "VH"]
@@ -135,7 +136,7 @@ def pretrained(tmp_path_factory, sample_cache):
 
 
 def test_pretrain_on_real_pairs_and_load_encoder(pretrained):
-    from eossl.methods.base import load_encoder
+    from eossl.checkpoint import load_encoder
 
     assert pretrained.steps == 3
     ckpt = torch.load(pretrained.checkpoint, map_location="cpu", weights_only=True)
@@ -167,7 +168,7 @@ def test_per_band_probe_on_real_patches(pretrained, brandenburg, tmp_path):
         per_band_table,
         plot_per_band,
     )
-    from eossl.methods.base import load_encoder
+    from eossl.checkpoint import load_encoder
 
     train, test = brandenburg.patches("train", 16), brandenburg.patches("test", 16)
     enc = load_encoder(pretrained.checkpoint)
@@ -189,7 +190,7 @@ def test_per_band_probe_on_real_patches(pretrained, brandenburg, tmp_path):
 
 
 def test_per_band_rejects_plain_encoder(tmp_path):
-    from eossl.data.stats import Normalizer
+    from eossl.normalization import Normalizer
     from eossl.evaluate.perband import load_bandwise
     from eossl.models.backbones import build_backbone
 

@@ -175,7 +175,7 @@ def test_moco_tp_uses_two_dates():
 @pytest.mark.parametrize("method", ["seco", "moco-tp"])
 def test_pretrain_on_real_landsat_and_load_encoder(method, tmp_path, sample_cache):
     from eossl.config import load_config
-    from eossl.methods.base import load_encoder
+    from eossl.checkpoint import load_encoder
     from eossl.train import pretrain
 
     cfg = load_config(None, {"method": method, "data.name": "landsat", "data.crop_size": 16,

@@ -64,7 +64,10 @@ def test_iou_ignores_classes_absent_from_the_test_truth():
 def test_segmentation_on_real_tiles(brandenburg):
     """A few steps on real tiles: records carry mIoU and per-class IoU for both kinds, the 1%
     row uses few whole tiles, and scores are proper probabilities."""
-    recs = evaluate_segmentation(brandenburg, [ModelSpec("random")], fractions=[0.01],
+    from eossl.models.encoder import Encoder
+
+    random = Encoder.random(brandenburg.stats()).random_twin(0)
+    recs = evaluate_segmentation(brandenburg, [ModelSpec("random", random)], fractions=[0.01],
                                  seeds=[0], tile_size=32, steps=3, batch_size=4,
                                  linear_probe=True, probe_steps=5)
     assert {r["kind"] for r in recs} == {"finetune", "linear"}
@@ -73,20 +76,21 @@ def test_segmentation_on_real_tiles(brandenburg):
         assert set(r["per_class_iou"]) == set(OSM_CLASSES)
         assert 1 <= r["tiles"] <= 20 and r["labelled_share"] >= 0.01
     with pytest.raises(ConfigError, match="unique"):
-        evaluate_segmentation(brandenburg, [ModelSpec("a"), ModelSpec("a")], fractions=[1.0],
+        evaluate_segmentation(brandenburg, [ModelSpec("a", random), ModelSpec("a", random)],
+                              fractions=[1.0],
                               seeds=[0])
 
 
 def test_encoder_checkpoint_gets_a_fresh_decoder(tmp_path, brandenburg):
     """Any eossl checkpoint (here a hand-made 'moco'-like one) -> kind 'encoder'; its encoder
     weights are those of the checkpoint, and IGNORE pixels never count."""
-    from eossl.evaluate.segment import build_segmentation_net
+    from eossl.evaluate.segment import build_segmentation_net, specs_from_checkpoints
     from eossl.models.backbones import build_backbone
 
     bands = brandenburg.bands
     bb = build_backbone("resnet18", in_chans=len(bands), stem_stride=2)
     stats = brandenburg.stats()
-    from eossl.data.stats import Normalizer
+    from eossl.normalization import Normalizer
     norm = Normalizer(stats)
     state = {**{"backbone." + k: v for k, v in bb.state_dict().items()},
              **{"normalizer." + k: v for k, v in norm.state_dict().items()}}
@@ -94,11 +98,10 @@ def test_encoder_checkpoint_gets_a_fresh_decoder(tmp_path, brandenburg):
             "stem_stride": 2, "backbone_kwargs": {}}
     path = tmp_path / "moco.ckpt"
     torch.save({"state_dict": state, "eossl": meta}, path)
-    spec = ModelSpec.from_checkpoint("moco", str(path))
-    assert spec.kind == "encoder"
-    net = build_segmentation_net(spec, len(OSM_CLASSES), bands, stats)
+    (spec,) = specs_from_checkpoints({"moco": str(path)}, random=False)
+    net = build_segmentation_net(spec, len(OSM_CLASSES), bands)
     for k, v in bb.state_dict().items():
-        assert torch.equal(net.unet.backbone.state_dict()[k], v)
+        assert torch.equal(net.encoder.backbone.state_dict()[k], v)
     x = torch.from_numpy(brandenburg.scenes[0].read((0, 0, 32, 32)))[None]
     assert net.eval()(x).shape == (1, len(OSM_CLASSES), 32, 32)
     assert IGNORE_INDEX == 255

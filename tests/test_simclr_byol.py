@@ -10,10 +10,10 @@ import torch
 from lightly.loss import NTXentLoss
 
 from eossl.config import load_config
-from eossl.data.stats import BandStats
+from eossl.normalization import BandStats
 from eossl.errors import ConfigError
 from eossl.methods import get_method
-from eossl.methods.base import load_encoder
+from eossl.checkpoint import load_encoder
 from eossl.methods.byol import BYOL
 from eossl.methods.simclr import SimCLR
 from eossl.models.encoder import Encoder

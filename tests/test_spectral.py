@@ -11,8 +11,8 @@ from rasterio.transform import from_origin
 from eossl.data.hyperspectral import geotiff_source
 from eossl.errors import BandError, ConfigError
 from eossl.methods import get_method
-from eossl.methods.base import load_encoder
-from eossl.methods.spectral import (BandDropout, masked_mse, pixel_embeddings, spectral_mask)
+from eossl.checkpoint import load_encoder
+from eossl.methods.spectral import BandDropout, masked_mse, spectral_mask
 
 
 def test_mask_hides_the_asked_share_per_pixel():
@@ -91,7 +91,7 @@ def _200_band_step(folder) -> float:
     enc = model.encoder().eval()
     with torch.no_grad():
         pooled = enc(batch["image"])
-        pix = pixel_embeddings(enc, batch["image"])
+        pix = enc.pixel_features(batch["image"])
     assert pooled.shape == (16, 512) and pix.shape == (16, 64, 32, 32)
     # VmHWM, not ru_maxrss: the latter survives exec, so a process started from a big pytest
     # would report pytest's own peak.
@@ -148,7 +148,7 @@ def test_pretrain_real_scene_writes_a_loadable_checkpoint(brandenburg, sample_ca
     x = torch.from_numpy(brandenburg.patches("test").images()[:4])
     with torch.no_grad():
         assert enc(x).shape == (4, 512)
-        assert pixel_embeddings(enc, x).shape == (4, 64, 16, 16)
+        assert enc.pixel_features(x).shape == (4, 64, 16, 16)
     ckpt = torch.load(res.checkpoint, weights_only=True)
     assert ckpt["eossl"]["method"] == "spectral"
     assert ckpt["eossl"]["backbone_kwargs"] == {"pixel_dim": 64, "pixel_hidden": 128}
@@ -159,17 +159,17 @@ def test_spectral_backbone_feeds_a_unet_through_its_pixel_stem():
     stages must see the stem's pixel embeddings (a 13-band input went straight into the
     pixel_dim-channel first conv before, and failed)."""
     from eossl.models.backbones import build_backbone
-    from eossl.models.unet import UNet, backbone_pyramid
+    from eossl.models.unet import UNet
 
     torch.manual_seed(0)
     bb = build_backbone("spectral_resnet18", in_chans=13, stem_stride=2)
     x = torch.randn(2, 13, 32, 32)
-    maps = backbone_pyramid(bb, x)
+    maps = bb.pyramid(x)
     assert maps[0].shape[0] == 2 and maps[-1].shape[1] == 512
     # the same feature as forward_features: the deepest map is what the pooled head sees
     bb.eval()
     with torch.no_grad():
-        deep = backbone_pyramid(bb, x)[-1]
+        deep = bb.pyramid(x)[-1]
         assert torch.allclose(deep, bb.model.forward_features(x), atol=1e-5)
     net = UNet(bb, 8, mode="logits")
     assert net(x).shape == (2, 8, 32, 32)

@@ -93,7 +93,7 @@ def _file_stamp(path: Path) -> list[int]:
 
 def _feature_stride(encoder, n_bands: int, probe: int = 64) -> int:
     with torch.no_grad():
-        f = encoder.backbone.forward_features(torch.zeros(1, n_bands, probe, probe))
+        f = encoder.forward_features(torch.zeros(1, n_bands, probe, probe))
     if f.ndim != 4:
         raise ConfigError("dense embeddings need a convolutional backbone with a spatial "
                           "feature map; pass --no-dense")
@@ -121,9 +121,9 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
     """
     from tqdm.auto import tqdm
 
+    from .checkpoint import load_encoder
     from .data.readers import SceneStack
-    from .export import match_bands, read_checkpoint
-    from .methods.base import load_encoder
+    from .export import match_bands
 
     if not 0.0 <= float(min_valid) <= 1.0:
         raise ConfigError(f"--min-valid {min_valid} must be a share between 0 and 1")
@@ -140,8 +140,8 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
                                 "nothing to resume: pass --overwrite to redo it, or another --out")
     if overwrite and not resume and parts.exists():
         shutil.rmtree(parts)
-    meta = read_checkpoint(checkpoint)["eossl"]
     encoder = load_encoder(checkpoint)
+    meta = encoder.metadata
     stack = scene if isinstance(scene, SceneStack) else open_scene(scene, cache, bands,
                                                                    need=list(encoder.bands))
     # the scene may hold more bands, in any order: the encoder's are picked by name

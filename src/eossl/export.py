@@ -47,35 +47,18 @@ def stem_recipe(stem_stride: int) -> list[str]:
     return lines
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """An eossl pretraining checkpoint as a dict, loaded with weights_only=True (no pickled
-    code runs); DataError naming the file when it is missing, corrupt or not eossl's."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # junk fails in many ways (KeyError, IndexError, EOFError, ...)
-        raise DataError(f"checkpoint {path} is corrupt or not a plain PyTorch checkpoint: "
-                        f"{load_failure(e)}") from None
-    if not isinstance(ckpt, dict) or "eossl" not in ckpt or "state_dict" not in ckpt:
-        raise DataError(f"checkpoint {path} is not an eossl pretraining checkpoint (no 'eossl' "
-                        "metadata); expected a file from 'eossl pretrain' (checkpoints/*.ckpt)")
-    return ckpt
+def _plain_encoder(path: Path):
+    """The checkpoint's encoder, refused unless its backbone takes all bands at once."""
+    from .checkpoint import load_encoder
 
-
-def _backbone_from_checkpoint(path: Path, ckpt: dict):
-    from .methods.base import load_encoder
-
-    meta = ckpt["eossl"]
-    if meta.get("encoder"):
+    encoder = load_encoder(path)
+    if encoder.architecture()["type"] != "plain":
         # Band-wise methods (rsbyol) run the backbone on views of single bands and combine the
         # outputs; that wrapper is eossl code, so a bare-backbone export would be misleading.
-        raise ConfigError(f"checkpoint {path}: method {meta.get('method')!r} encodes bands one "
-                          "view at a time; export supports encoders whose backbone takes all "
-                          "bands at once")
-    encoder = load_encoder(path)
-    return encoder, meta
+        raise ConfigError(f"checkpoint {path}: method {encoder.metadata.get('method')!r} "
+                          "encodes bands one view at a time; export supports encoders whose "
+                          "backbone takes all bands at once")
+    return encoder
 
 
 def build_sidecar(meta: dict, fmt: str, file: Path, checkpoint: Path, out_dim: int) -> dict:
@@ -151,8 +134,8 @@ def export(checkpoint: str | os.PathLike, fmt: str = "safetensors",
         raise OutputExistsError(f"{out.parent} is a file, not a folder; choose another --out")
     if out.parent.exists() and not os.access(out.parent, os.W_OK):
         raise OutputExistsError(f"{out.parent}: cannot write there (permission denied)")
-    ckpt = read_checkpoint(checkpoint)
-    encoder, meta = _backbone_from_checkpoint(checkpoint, ckpt)
+    encoder = _plain_encoder(checkpoint)
+    meta = encoder.metadata
     model = encoder.backbone.model.eval()
     sidecar = build_sidecar(meta, fmt, out, checkpoint, encoder.out_dim)
     size = int(sidecar["patch_size"] or 32)

@@ -37,8 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 from .config import flatten, parse_duration, validate_config
 from .data.datasets import RandomCropDataset
 from .data.sources import SceneSource, open_source
-from .errors import (ConfigError, DataError, OutputExistsError, RunInterrupted, WriteError,
-                     load_failure)
+from .errors import (ConfigError, DataError, OutputExistsError, RunInterrupted, WriteError)
 from .io import (PART, atomic_path, atomic_write_text, check_writable_folder,
                  remove_stale_parts, write_failure)
 from .methods import get_method
@@ -171,9 +170,10 @@ def _checkpoint_step(path: Path) -> int | None:
     """The global step a checkpoint holds (None when it cannot be read)."""
     if not path.is_file():
         return None
+    from .checkpoint import read_checkpoint
+
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ck.get("global_step")) if isinstance(ck, dict) else None
+        return int(read_checkpoint(path, mmap=True).get("global_step") or 0)
     except Exception:  # unreadable: the caller only decorates a message with it
         return None
 
@@ -397,16 +397,14 @@ def check_resume_checkpoint(out: Path, cfg: dict, path: Path | None = None) -> d
     ``global_step``); refuses a checkpoint that another method wrote, or that cannot be read,
     in one line: Lightning would otherwise fail deep inside load_state_dict with a wall of
     missing keys."""
+    from .checkpoint import read_checkpoint
+
     path = path or resume_checkpoint(out) or out / "checkpoints" / "last.ckpt"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # any unreadable file is reported the same way
-        raise DataError(f"{path}: cannot read the checkpoint to resume ({load_failure(e)}); "
-                        "it is corrupt or not an eossl checkpoint") from None
-    meta = ckpt.get("eossl") if isinstance(ckpt, dict) else None
-    if not meta:
-        raise DataError(f"{path}: not an eossl pretraining checkpoint (no 'eossl' metadata); "
-                        "cannot resume from it")
+        ckpt = read_checkpoint(path, mmap=True)
+    except DataError as e:
+        raise DataError(f"cannot resume: {e}") from None
+    meta = ckpt["eossl"]
     if meta.get("method") != cfg["method"]:
         raise ConfigError(f"{path}: written by method {meta.get('method')!r}, but the run in "
                           f"{out} is {cfg['method']!r} (config.yaml); resume with the method "
@@ -735,6 +733,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         "world_size": world, "precision": str(t.get("precision", "32-true")),
         **({"skipped_shards": skipped} if skipped else {}),
         "bands": source.bands, "device": str(trainer.strategy.root_device),
+        "collapse": model.collapse_status(),  # the monitor's verdict (warned on the console)
         "torch": torch.__version__, "finished": datetime.now().isoformat(timespec="seconds"),
     }
     if stop.requested:

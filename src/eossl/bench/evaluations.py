@@ -213,9 +213,11 @@ def _method_class(name: str):
     return get_method(name)
 
 
-def _is_bandwise(method: str) -> bool:
-    """Band-wise encoders (RS-BYOL) wrap a 1- or 3-channel backbone at load time."""
-    return hasattr(_method_class(method), "wrap_encoder")
+def _is_bandwise(run: RunInfo) -> bool:
+    """Band-wise encoders (RS-BYOL) run a 1- or 3-channel backbone on each band."""
+    from ..checkpoint import checkpoint_metadata
+
+    return (checkpoint_metadata(run.checkpoint).get("encoder") or {}).get("type") == "bandwise"
 
 
 def _is_colorization(method: str) -> bool:
@@ -233,19 +235,21 @@ def _is_dense(method: str) -> bool:
 
 def _load(run: RunInfo, bands):
     """The run's encoder fed from data with ``bands`` (picked by name or stand-in)."""
-    from ..evaluate.compare import fit_to_bands
-    from ..methods.base import load_encoder
+    from ..checkpoint import load_encoder
 
-    return fit_to_bands(load_encoder(run.checkpoint), bands)
+    return load_encoder(run.checkpoint).for_bands(bands)
 
 
 def _random(ctx: Context, seed: int):
-    """The random-init reference: the plan's backbone on the scene's bands and statistics, so
-    it differs from a scene-pretrained encoder in its weights only."""
-    from ..evaluate.compare import random_encoder
+    """The random-init reference: the plan's backbone on the scene's bands and statistics."""
+    from ..models.backbones import build_backbone
+    from ..models.encoder import RANDOM_TWIN, Encoder
+    from ..normalization import Normalizer
 
     tr = ctx.patches("train")
-    return random_encoder(tr.bands, ctx.source.stats(), ctx.plan.backbone, seed=seed)
+    bb = build_backbone(ctx.plan.backbone, in_chans=len(tr.bands)).fresh(seed)
+    return Encoder(bb, Normalizer(ctx.source.stats()), RANDOM_TWIN,
+                   metadata={"random_twin": {"seed": seed}})
 
 
 def _classification(labels, logits, classes) -> dict:
@@ -455,7 +459,7 @@ class Segmentation(Evaluation):
     KINDS = {"finetune": 0, "linear": 1}
 
     def applies(self, run: RunInfo) -> str | None:
-        if _is_bandwise(run.method):
+        if _is_bandwise(run):
             return ("band-wise encoder (1- or 3-channel backbone run on each band): the U-Net "
                     "takes the whole band stack at once")
         return None
@@ -480,7 +484,7 @@ class Segmentation(Evaluation):
     def references(self, ctx: Context, seed: int) -> dict[str, list[dict]]:
         from ..evaluate.segment import ModelSpec
 
-        return self._run(ctx, [ModelSpec(RANDOM, "random", backbone=ctx.plan.backbone)], seed)
+        return self._run(ctx, [ModelSpec(RANDOM, _random(ctx, seed))], seed)
 
     def evaluate(self, ctx: Context, run: RunInfo) -> list[dict]:
         from ..evaluate.segment import specs_from_checkpoints
@@ -569,15 +573,8 @@ class MultiLabel(_OneCallEvaluation):
     @staticmethod
     def _fit(encoder, bands):
         """The encoder on L2A bands: by name or stand-in, else the missing ones filled."""
-        from ..errors import BandError
-        from ..evaluate.compare import fit_to_bands
-        from ..evaluate.multilabel import MissingBandFiller
-
-        try:
-            return fit_to_bands(encoder, bands), []
-        except BandError:
-            filler = MissingBandFiller(encoder, bands)
-            return filler, filler.missing
+        fitted = encoder.for_bands(bands)
+        return fitted, fitted.architecture().get("filled", [])
 
     def _run(self, ctx: Context, encoders: dict, seed: int, baseline: bool) -> dict:
         from ..evaluate.multilabel import compare_multilabel
@@ -599,7 +596,7 @@ class MultiLabel(_OneCallEvaluation):
         return out
 
     def _encoder(self, ctx: Context, run: RunInfo):
-        from ..methods.base import load_encoder
+        from ..checkpoint import load_encoder
 
         return load_encoder(run.checkpoint)  # _run fits it to the L2A bands itself
 
@@ -630,8 +627,8 @@ class ColorizationEnsemble(Evaluation):
         return None
 
     def evaluate(self, ctx: Context, run: RunInfo) -> list[dict]:
+        from ..checkpoint import load_encoder
         from ..evaluate.ensemble import run_ensemble
-        from ..methods.base import load_encoder
 
         tr, te = ctx.patches("train"), ctx.patches("test")
         first = run.seed == ctx.first_seed
@@ -681,14 +678,14 @@ class PerBand(Evaluation):
         return text
 
     def applies(self, run: RunInfo) -> str | None:
-        if not _is_bandwise(run.method):
+        if not _is_bandwise(run):
             return ("not a band-wise encoder: it takes all bands at once, so it cannot be fed "
                     "one band alone")
         return None
 
     def evaluate(self, ctx: Context, run: RunInfo) -> list[dict]:
+        from ..checkpoint import load_encoder
         from ..evaluate import perband
-        from ..methods.base import load_encoder
 
         tr, te = ctx.patches("train"), ctx.patches("test")
         recs = perband.per_band_probe(tr, te, {run.method: load_encoder(run.checkpoint)},
@@ -757,34 +754,23 @@ class Pictures(Evaluation):
         return [self._dense_map(ctx, run)]
 
     def _colour(self, ctx: Context, run: RunInfo) -> dict:
-        import torch
-
+        from ..checkpoint import load_method
         from ..data.datasets import SpatialSplit
-        from ..methods.colorization import Colorization, colorization_figure
 
-        model = Colorization.from_checkpoint(run.checkpoint)
-        size = int(model.hparams.crop_size)
-        cols = SpatialSplit(gap=size).columns("test", ctx.source.scenes[0].width)
-        crops = ctx.source.crops(size, self.patches, seed=run.seed, region=cols)
-        raw = torch.stack([crops[i]["image"] for i in range(self.patches)])
-        path = colorization_figure(model.colorize(raw), ctx.figure_path(
-            f"colorization-{run.method}.png"), title=f"{run.method} (seed {run.seed}): "
-            f"{self.patches} east-block {size} px patches")
+        model = load_method(run.checkpoint)
+        cols = SpatialSplit(gap=int(model.hparams.crop_size)).columns(
+            "test", ctx.source.scenes[0].width)
+        path = ctx.figure_path(f"colorization-{run.method}.png")
+        model.picture(ctx.source, path, seed=run.seed, patches=self.patches, region=cols)
         return _figure(ctx, self.name, run.method, run.seed, shrink_png(path),
                        f"{run.method}: predicted vs true colour on east-block patches (seed "
                        f"{run.seed})", replaces="colorization.png")
 
     def _dense_map(self, ctx: Context, run: RunInfo) -> dict:
-        from ..data.stats import Normalizer
-        from ..methods.dense import write_embedding_map
-        from ..models.unet import load_unet
+        from ..checkpoint import load_method
 
-        unet, meta = load_unet(run.checkpoint)
-        norm = Normalizer(meta["stats"])
-        unet.eval()
-        path = write_embedding_map(lambda raw: unet(norm(raw)), ctx.source.scenes[0],
-                                   ctx.source.label_map(), ctx.figure_path(
-                                       f"dense-map-{run.method}.png"), max_side=self.map_side)
+        path = ctx.figure_path(f"dense-map-{run.method}.png")
+        load_method(run.checkpoint).picture(ctx.source, path, max_side=self.map_side)
         return _figure(ctx, self.name, run.method, run.seed, shrink_png(path),
                        f"{run.method}: PCA of the pixel embeddings (seed {run.seed})",
                        replaces="embedding_pca.png")

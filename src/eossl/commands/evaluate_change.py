@@ -39,7 +39,6 @@ def run(args) -> int:
 
     from ..errors import ConfigError, OutputExistsError
     from ..evaluate import change as ch
-    from ..evaluate.compare import fit_to_bands
     from .evaluate_pixel_probe import load_encoders, parse_checkpoints, write_results
 
     if args.out and (Path(args.out) / "results.json").exists():
@@ -61,7 +60,7 @@ def run(args) -> int:
             png = Path(args.out) / f"landsat_change_{name}.png"
             if png.exists():
                 raise OutputExistsError(f"{png} exists; choose another --out")
-            infos[name] = ch.write_landsat_change_map(fit_to_bands(enc, ts.band_names), ts, png)
+            infos[name] = ch.write_landsat_change_map(enc.for_bands(ts.band_names), ts, png)
             print(f"{name}: {infos[name]['date_a']} -> {infos[name]['date_b']}: {png}")
         lines = [f"- {n}: {i['date_a']} -> {i['date_b']}, ![change]({Path(i['path']).name})"
                  for n, i in infos.items()]
@@ -92,7 +91,7 @@ def run(args) -> int:
         where = f"pair {args.pair[0]} / {args.pair[1]} (west 60% train, east test)"
     else:
         raise ConfigError("give a data set: --oscd ROOT, --pair BEFORE AFTER MASK or --landsat")
-    encoders = {n: fit_to_bands(e, bands) for n, e in encoders.items()}
+    encoders = {n: e.for_bands(bands) for n, e in encoders.items()}
     records = ch.evaluate_change(encoders, train, test, seeds=args.seeds, steps=args.steps,
                                  crop=args.crop, batch_size=args.batch_size, lr=args.lr,
                                  device=args.device, log=print)

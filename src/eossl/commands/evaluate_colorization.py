@@ -29,14 +29,15 @@ def run(args) -> int:
     from ..data.datasets import SpatialSplit
     from ..data.sources import open_source
     from ..errors import ConfigError, OutputExistsError
-    from ..methods.colorization import PICTURE_NAME, Colorization, colorization_figure
+    from ..checkpoint import load_method
+    from ..methods.colorization import PICTURE_NAME, colorization_figure
 
     out = Path(args.out) / PICTURE_NAME
     if out.exists():
         raise OutputExistsError(f"{out} already exists; choose another --out")
     if args.patches < 1:
         raise ConfigError(f"--patches must be >= 1, got {args.patches}")
-    model = Colorization.from_checkpoint(args.checkpoint)
+    model = load_method(args.checkpoint, "colorization")
     source = open_source(args.data, args.cache, bands=model.hparams.bands)
     size = args.size or int(model.hparams.crop_size)
     width = source.scenes[0].width

@@ -20,26 +20,24 @@ def run(args) -> int:
 
     import torch
 
+    from ..checkpoint import load_encoder
     from ..data.datasets import OSM_CLASSES
     from ..data.sources import open_source
-    from ..data.stats import Normalizer
     from ..errors import ConfigError, OutputExistsError
     from ..methods.dense import write_embedding_map
-    from ..models.unet import load_unet
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: expected a .png file name")
     if out.exists():
         raise OutputExistsError(f"{out} exists; choose another --out")
-    unet, meta = load_unet(args.checkpoint)
-    source = open_source(args.data, args.cache, args.labels, bands=meta["bands"])
-    norm = Normalizer(meta["stats"])
-    unet, norm = unet.to(args.device).eval(), norm.to(args.device)
+    encoder = load_encoder(args.checkpoint)
+    unet = encoder.unet().to(args.device).eval()  # the dense checkpoint's own U-Net
+    source = open_source(args.data, args.cache, args.labels, bands=encoder.bands)
     labels = source.label_map() if source.polygons is not None else None
 
     def embed(raw: torch.Tensor) -> torch.Tensor:
-        return unet(norm(raw))
+        return unet(raw)
 
     write_embedding_map(embed, source.scenes[0], labels, out, device=args.device,
                         class_names=OSM_CLASSES)

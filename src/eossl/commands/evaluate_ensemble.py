@@ -50,7 +50,7 @@ def run(args) -> int:
     from ..data.sources import open_source
     from ..errors import OutputExistsError
     from ..evaluate.ensemble import rgb_bands_of, run_ensemble, summarize
-    from ..methods.base import load_encoder
+    from ..checkpoint import load_encoder
     from ..report import atomic_write_text
 
     out = Path(args.out) if args.out else None

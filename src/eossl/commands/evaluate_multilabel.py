@@ -28,7 +28,7 @@ def run(args) -> int:
     from ..data import samples
     from ..data.bigearthnet import BigEarthNetV2
     from ..errors import ConfigError
-    from ..evaluate.multilabel import MissingBandFiller, compare_multilabel, multilabel_table
+    from ..evaluate.multilabel import compare_multilabel, multilabel_table
 
     root = args.root or samples.bigearthnet_dir(args.cache)
     splits = [s.strip() for s in args.train_splits.split(",") if s.strip()]
@@ -42,8 +42,8 @@ def run(args) -> int:
     encoders = load_encoders(parse_checkpoints(args.checkpoint), not args.no_random_init)
     filled = {}
     for name, enc in list(encoders.items()):
-        encoders[name] = MissingBandFiller(enc, data_bands)
-        filled[name] = encoders[name].missing
+        encoders[name] = enc.for_bands(data_bands)
+        filled[name] = encoders[name].architecture().get("filled", [])
     records = compare_multilabel(train, test, encoders, class_names=test.classes,
                                  seeds=args.seeds, finetune=not args.no_finetune,
                                  epochs=args.epochs, lr=args.lr)

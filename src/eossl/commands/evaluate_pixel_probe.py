@@ -32,25 +32,14 @@ def parse_checkpoints(items) -> dict[str, str]:
 
 
 def load_encoders(checkpoints: dict[str, str], random_init: bool = True, seed: int = 0) -> dict:
-    """Encoders from checkpoints, plus (first) a seeded random-init copy of the first one's
-    architecture, band list and normalisation: it differs in its weights only."""
-    import torch
-
+    """Encoders from checkpoints, plus (first) the first one's random twin: the same
+    architecture, band list and normalisation, other weights."""
+    from ..checkpoint import load_encoder
     from ..evaluate.compare import RANDOM
-    from ..methods.base import load_encoder
-    from ..models.backbones import build_backbone
-    from ..models.encoder import Encoder
 
     encoders = {name: load_encoder(path) for name, path in checkpoints.items()}
     if random_init and encoders:
-        name, first = next(iter(encoders.items()))
-        meta = torch.load(checkpoints[name], map_location="cpu", weights_only=True)["eossl"]
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            bb = build_backbone(meta["backbone"], in_chans=len(meta["bands"]),
-                                stem_stride=meta["stem_stride"],
-                                **meta.get("backbone_kwargs", {}))
-        encoders = {RANDOM: Encoder(bb, first.normalizer, name=RANDOM).eval(), **encoders}
+        encoders = {RANDOM: next(iter(encoders.values())).random_twin(seed), **encoders}
     return encoders
 
 
@@ -97,13 +86,12 @@ def add_parser(tsub) -> None:
 
 def run(args) -> int:
     from ..data.sources import open_source
-    from ..evaluate.compare import fit_to_bands
     from ..evaluate.pixel_probe import pixel_probe
     from ..report import markdown_table, per_class_table
 
     source = open_source(args.data, args.cache, args.labels)
     encoders = load_encoders(parse_checkpoints(args.checkpoint), not args.no_random_init)
-    encoders = {n: fit_to_bands(e, source.bands) for n, e in encoders.items()}
+    encoders = {n: e.for_bands(source.bands) for n, e in encoders.items()}
     records = pixel_probe(source, encoders, per_class=args.per_class,
                           test_per_class=args.test_per_class, seeds=args.seeds, tile=args.tile)
     table = markdown_table(records, kind="pixel-linear")

@@ -30,7 +30,6 @@ def add_parser(tsub) -> None:
 
 def run(args) -> int:
     from ..data.sources import open_source
-    from ..evaluate.compare import fit_to_bands
     from ..evaluate.regress import (class_share_patches, compare_regression, read_target_table,
                                     regression_table)
 
@@ -47,7 +46,7 @@ def run(args) -> int:
         test = class_share_patches(source, "test", args.patch_size, args.min_labelled)
         task = f"share of each OSM class per {args.patch_size} px patch"
     encoders = load_encoders(parse_checkpoints(args.checkpoint), not args.no_random_init)
-    encoders = {n: fit_to_bands(e, source.bands) for n, e in encoders.items()}
+    encoders = {n: e.for_bands(source.bands) for n, e in encoders.items()}
     records = compare_regression(train, test, encoders, seeds=args.seeds,
                                  spectral=not args.no_spectral, finetune=not args.no_finetune,
                                  epochs=args.epochs, lr=args.lr)

@@ -65,7 +65,7 @@ def run(args) -> int:
              f", tiles {args.tile_size} px\n- seeds: {args.seeds}; fine-tuning {args.steps} "
              f"steps x batch {args.batch_size}, lr {args.lr} (pretrained encoders x "
              f"{args.backbone_lr_factor})\n- models: "
-             + ", ".join(f"{s.name} ({s.kind})" for s in specs) + "\n"]
+             + ", ".join(s.name for s in specs) + "\n"]
     for kind, title in (("finetune", "Fine-tuned U-Net"),
                         ("linear", "Frozen encoder, 1x1-conv linear probe")):
         if any(r["kind"] == kind for r in records):

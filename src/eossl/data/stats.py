@@ -1,10 +1,6 @@
-"""Per-band statistics and the normalisation every stage shares.
+"""Per-band statistics of imagery, computed in one streaming pass.
 
-Reflectance is heavy-tailed (water ~200 DN next to cloud ~8000 DN), so optical bands are
-normalised as standardised log reflectance: ``(log1p(x) - mean) / std``. SAR bands already come
-in dB and are standardised linearly. The statistics travel inside every checkpoint and export,
-so that a probe, a fine-tune or an embedding run normalises exactly as pretraining did.
-
+What the statistics are and how an encoder normalises with them is in eossl.normalization.
 Statistics are accumulated in one streaming pass (Chan et al.'s parallel mean/variance update,
 float64) plus a fixed-size random reservoir per band for the 2%/98% quantiles, so scenes larger
 than memory can be summarised chunk by chunk.
@@ -13,52 +9,16 @@ than memory can be summarised chunk by chunk.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..errors import DataError
 
+# BandStats, Normalizer and default_log_flags live in eossl.normalization (the encoder carries
+# them, and eossl.models must not import eossl.data); imported here for the data modules.
+from ..normalization import BandStats, Normalizer, default_log_flags  # noqa: F401
+
 LINEAR_ROLES = ("sar",)
-
-
-@dataclass
-class BandStats:
-    """Statistics of one band list, in that band order."""
-
-    bands: list[str]
-    mean: list[float]          # of the transformed values (log1p or linear)
-    std: list[float]
-    q02: list[float]           # of the raw values, for display and colour targets
-    q98: list[float]
-    log: list[bool] = field(default_factory=list)  # whether each band is log-transformed
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.log:
-            self.log = [True] * len(self.bands)
-        n = len(self.bands)
-        for name in ("mean", "std", "q02", "q98", "log"):
-            if len(getattr(self, name)) != n:
-                raise DataError(f"band statistics: {name} has {len(getattr(self, name))} values "
-                                f"for {n} bands")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BandStats":
-        return cls(**d)
-
-    def subset(self, bands: Sequence[str]) -> "BandStats":
-        from ..bands import band_indices
-
-        idx = band_indices(self.bands, bands, source="the band statistics")
-        pick = lambda v: [v[i] for i in idx]  # noqa: E731
-        return BandStats(list(bands), pick(self.mean), pick(self.std), pick(self.q02),
-                         pick(self.q98), pick(self.log), self.count)
 
 
 class StatsAccumulator:
@@ -118,38 +78,3 @@ def compute_stats(chunks: Iterable[np.ndarray], bands: Sequence[str],
     for ch in chunks:
         acc.update(ch)
     return acc.finish()
-
-
-def default_log_flags(bands: Sequence[str]) -> list[bool]:
-    """Optical bands are log-transformed; SAR (dB) bands are not."""
-    return [b.upper() not in ("VV", "VH", "HH", "HV") for b in bands]
-
-
-class Normalizer(nn.Module):
-    """Raw values (N, C, H, W) -> standardised (log) values, on whatever device the batch is.
-
-    Kept as a module with buffers so it moves with the model (GPU), is saved in the state dict,
-    and is exported with the encoder.
-    """
-
-    def __init__(self, stats: BandStats | dict) -> None:
-        super().__init__()
-        if isinstance(stats, dict):
-            stats = BandStats.from_dict(stats)
-        self.stats = stats
-        shape = (1, len(stats.bands), 1, 1)
-        self.register_buffer("mean", torch.tensor(stats.mean, dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(stats.std, dtype=torch.float32).view(shape))
-        self.register_buffer("log_mask", torch.tensor(stats.log, dtype=torch.bool).view(shape))
-
-    @property
-    def bands(self) -> list[str]:
-        return list(self.stats.bands)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-3] != self.mean.shape[1]:
-            raise DataError(f"normaliser expects {self.mean.shape[1]} bands "
-                            f"({', '.join(self.bands)}), got {x.shape[-3]} channels")
-        x = x.float()
-        x = torch.where(self.log_mask, torch.log1p(x.clamp_min(0)), x)
-        return (x - self.mean) / self.std

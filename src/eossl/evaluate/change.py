@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics.classification import BinaryF1Score, BinaryPrecision, BinaryRecall
 
 from ..errors import ConfigError, DataError
-from ..models.unet import DEFAULT_DECODER_CHANNELS, backbone_pyramid
+from ..models.unet import DEFAULT_DECODER_CHANNELS
 
 OSCD_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
               "B11", "B12")
@@ -121,13 +121,9 @@ def split_pair(pair: ChangePair, train_fraction: float = 0.6, gap: int = 16
 
 # ------------------------------------------------------------------------ model
 def _frozen_pyramid(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Multi-scale maps of a frozen Encoder (or BandAdapter around one) for RAW input."""
-    inner = encoder
-    if hasattr(inner, "index") and hasattr(inner, "encoder"):  # BandAdapter: pick bands
-        x = x.index_select(1, inner.index)
-        inner = inner.encoder
+    """Multi-scale maps of a frozen Encoder for RAW input."""
     with torch.no_grad():
-        return backbone_pyramid(inner.backbone, inner.normalizer(x))
+        return encoder.pyramid(x)
 
 
 class SiameseDiffUNet(nn.Module):

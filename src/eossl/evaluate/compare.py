@@ -10,69 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..bands import band_indices, equivalent_bands
-from ..data.stats import BandStats, Normalizer
-from ..models.backbones import build_backbone
-from ..models.encoder import Encoder
+from ..models.encoder import RANDOM_TWIN, Encoder
 from .probe import extract_features, knn_probe, linear_probe, results_to_records, spectral_features
 
 SPECTRAL = "spectral baseline"
-RANDOM = "random init"
-
-
-def random_encoder(bands: Sequence[str], stats: BandStats | dict, backbone: str = "resnet18",
-                   stem_stride: int = 2, seed: int = 0) -> Encoder:
-    """The same architecture as a pretrained encoder, with seeded random weights."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        bb = build_backbone(backbone, in_chans=len(bands), stem_stride=stem_stride)
-    return Encoder(bb, Normalizer(stats), name=RANDOM)
-
-
-class BandAdapter(nn.Module):
-    """An encoder fed from data that carries other bands: picks, by name, the bands the encoder
-    was trained on (or their stand-ins on another sensor, see bands.equivalent_bands).
-
-    Several methods train on a subset (colorization hides R, G, B) or another sensor (SeCo on
-    Landsat); the probe data keep all their bands, so the adapter, not the data, adapts.
-    """
-
-    def __init__(self, encoder: nn.Module, data_bands: Sequence[str]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.data_bands = list(data_bands)
-        self.used_bands = equivalent_bands(list(encoder.bands), self.data_bands)
-        self.register_buffer("index", torch.as_tensor(band_indices(self.data_bands,
-                                                                   self.used_bands)),
-                             persistent=False)
-        self.name = getattr(encoder, "name", "encoder")
-
-    @property
-    def bands(self) -> list[str]:
-        return self.data_bands
-
-    @property
-    def out_dim(self) -> int:
-        return self.encoder.out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x.index_select(1, self.index))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_features(x.index_select(1, self.index))
-
-
-def fit_to_bands(encoder: nn.Module, data_bands: Sequence[str]) -> nn.Module:
-    """The encoder itself when it takes exactly ``data_bands``; else a BandAdapter (BandError
-    when a band the encoder needs has no counterpart in the data)."""
-    if list(encoder.bands) == list(data_bands):
-        return encoder
-    if hasattr(encoder, "for_bands"):  # picks its own bands by name (rsbyol's BandwiseEncoder)
-        return encoder.for_bands(data_bands)
-    return BandAdapter(encoder, data_bands)
+RANDOM = RANDOM_TWIN
 
 
 def compare(train, test, encoders: Mapping[str, Encoder], *, class_names: Sequence[str],
@@ -110,26 +53,14 @@ def probe_checkpoints(source, checkpoints: Mapping[str, str], *, patch_size: int
                       seeds: Sequence[int] = (0, 1, 2), random_init: bool = True) -> list[dict]:
     """Load encoders from checkpoints and probe them on the source's spatial patch split.
 
-    The random-init row copies the architecture and normalisation of the first checkpoint so
-    that it differs from the pretrained encoder in its weights only.
+    The random-init row is the first encoder's random twin: it differs in its weights only.
     """
-    from ..methods.base import load_encoder
+    from ..checkpoint import load_encoder
 
     train, test = source.patches("train", patch_size), source.patches("test", patch_size)
     encoders = {name: load_encoder(path) for name, path in checkpoints.items()}
     if random_init and encoders:
-        first = next(iter(encoders.values()))
-        stats = first.normalizer.stats
-        if hasattr(first, "random_like"):  # same wrapper, random weights (rsbyol)
-            enc = first.random_like(seed=0)
-        elif list(first.bands) == list(train.bands):
-            enc = random_encoder(train.bands, stats, first.backbone.name,
-                                 getattr(first.backbone, "stem_stride", 2))
-        else:  # the same architecture on the same inputs as the first encoder, random weights
-            enc = fit_to_bands(random_encoder(first.bands, stats, first.backbone.name,
-                                              getattr(first.backbone, "stem_stride", 2)),
-                               train.bands)
-        encoders = {RANDOM: enc, **encoders}
-    encoders = {name: fit_to_bands(enc, train.bands) for name, enc in encoders.items()}
+        encoders = {RANDOM: next(iter(encoders.values())).random_twin(0), **encoders}
+    encoders = {name: enc.for_bands(train.bands) for name, enc in encoders.items()}
     return compare(train, test, encoders, class_names=train.classes, fractions=fractions,
                    seeds=seeds)

@@ -18,17 +18,15 @@ import numpy as np
 import torch
 
 from ..bands import find_sensor
-from ..data.stats import BandStats, Normalizer
+from ..checkpoint import load_timm_weights
 from ..errors import ConfigError, DataError
-from ..models.backbones import build_backbone
 from ..models.encoder import Encoder
-from .compare import fit_to_bands
+from ..normalization import BandStats
 from .finetune import finetune, predict_logits
 from .metrics import classification_metrics
 from .saliency import input_gradient_saliency, saliency_figure
 
-__all__ = ["EnsembleResult", "rgb_bands_of", "rgb_encoder", "load_timm_weights",
-           "run_ensemble", "summarize"]
+__all__ = ["EnsembleResult", "rgb_bands_of", "rgb_encoder", "run_ensemble", "summarize"]
 
 MEMBERS = ("rgb", "spectral", "ensemble")
 
@@ -58,62 +56,17 @@ def rgb_bands_of(bands: Sequence[str]) -> list[str]:
     return out
 
 
-def load_timm_weights(backbone, path: str | os.PathLike) -> None:
-    """Load a local timm/torchvision ResNet weights file (.pth/.pt/.bin or .safetensors) into
-    an eossl Backbone, dropping the ImageNet classifier. Raises ConfigError naming the file
-    when its weights do not fit the backbone."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--rgb-weights {path}: no such file; expected a local timm weights "
-                          "file for the RGB member (e.g. resnet18 ImageNet .pth or .safetensors)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"--rgb-weights {path}: cannot read it as a weights file "
-                          f"({type(e).__name__})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ConfigError(f"--rgb-weights {path}: expected a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}
-    model = backbone.model
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    if bad:
-        raise ConfigError(f"--rgb-weights {path}: tensor {bad[0]} has shape "
-                          f"{tuple(state[bad[0]].shape)}, the {backbone.name} backbone expects "
-                          f"{tuple(own[bad[0]].shape)}; give weights of the same architecture")
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise ConfigError(f"--rgb-weights {path}: no weights for {len(missing)} tensors of "
-                          f"{backbone.name} (first: {missing[0]}); is it another architecture?")
-    extra = [k for k in state if k not in own]
-    if extra:
-        raise ConfigError(f"--rgb-weights {path}: {len(extra)} tensors the {backbone.name} "
-                          f"backbone does not have (first: {extra[0]}); is it another "
-                          "architecture?")
-    model.load_state_dict({k: state[k] for k in own})
-
-
 def rgb_encoder(stats: BandStats, rgb: Sequence[str], backbone: str = "resnet18",
                 stem_stride: int = 2, weights: str | os.PathLike | None = None,
                 seed: int = 0) -> tuple[Encoder, str]:
     """The RGB member's encoder and a sentence saying how it was initialised."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        bb = build_backbone(backbone, in_chans=3, stem_stride=stem_stride)
+    enc = Encoder.random(stats.subset(list(rgb)), backbone, stem_stride, seed=seed, name="rgb")
     if weights:
-        load_timm_weights(bb, weights)
+        load_timm_weights(enc.backbone, weights)
         init = f"ImageNet weights from {weights}"
     else:
         init = "random init (no --rgb-weights file given)"
-    return Encoder(bb, Normalizer(stats.subset(list(rgb))), name="rgb"), init
+    return enc, init
 
 
 def summarize(records: Sequence[dict], metrics=("accuracy", "balanced_accuracy", "macro_f1")
@@ -156,7 +109,7 @@ def run_ensemble(train, test, spectral_encoder: torch.nn.Module, *,
                           f"takes {', '.join(leak)}; give a colorization checkpoint")
     classes = list(train.classes)
     k = len(classes)
-    spectral = fit_to_bands(spectral_encoder, data_bands)
+    spectral = spectral_encoder.for_bands(data_bands)
     records, logits = [], {}
     labels = None
     rgb_init = ""
@@ -169,7 +122,7 @@ def run_ensemble(train, test, spectral_encoder: torch.nn.Module, *,
                   balanced=balanced, seed=seed, accelerator=accelerator)
         # A randomly initialised RGB member has nothing to keep: its whole network trains at lr.
         rgb_scale = 0.1 if rgb_weights else 1.0
-        members = {"rgb": finetune(fit_to_bands(enc_rgb, data_bands), train, k,
+        members = {"rgb": finetune(enc_rgb.for_bands(data_bands), train, k,
                                    backbone_lr_scale=rgb_scale, **kw),
                    "spectral": finetune(spectral, train, k, **kw)}
         out = {}

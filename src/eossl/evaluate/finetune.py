@@ -5,8 +5,8 @@ the colorization paper evaluates its encoders and how its RGB + spectral ensembl
 
 API (small on purpose):
 
-- ``Classifier(encoder, num_classes)``: encoder (an :class:`~eossl.models.encoder.Encoder` or a
-  BandAdapter over one) + dropout + linear head; ``forward(raw) -> logits``.
+- ``Classifier(encoder, num_classes)``: an :class:`~eossl.models.encoder.Encoder` (any kind)
+  + dropout + linear head; ``forward(raw) -> logits``.
 - ``finetune(encoder, train, num_classes, ...) -> Classifier``: trains a copy of ``encoder``
   and a new head with a Lightning Trainer (AdamW, cosine decay, flips/90-degree rotations,
   cross-entropy); ``train`` yields {"image": raw (C, H, W), "label": int}. Seeded.

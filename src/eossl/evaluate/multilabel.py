@@ -2,9 +2,10 @@
 mAP and F1 / F2 at a 0.5 threshold.
 
 Encoders pretrained on the Sentinel-2 L1C scene take 13 bands; BigEarthNet v2 is L2A with 12
-(no B10, the cirrus band, which L2A processing drops). Bands are matched by NAME; a band the
-encoder needs but the data lack is fed as the constant that the encoder's normaliser maps to 0
-(its training mean), i.e. "no information", and every result says which bands were filled.
+(no B10, the cirrus band, which L2A processing drops). Bands are matched by NAME
+(``Encoder.for_bands``); a band the encoder needs but the data lack is fed as the constant that
+the encoder's normaliser maps to 0 (its training mean), i.e. "no information", and every result
+says which bands were filled.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bands import band_indices
-from ..errors import BandError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 THRESHOLD = 0.5
 
@@ -92,56 +92,6 @@ def multilabel_metrics(y_true, scores, class_names: Sequence[str] | None = None,
 
 
 # --------------------------------------------------------------------------------------------
-# Band matching
-
-
-class MissingBandFiller(nn.Module):
-    """Feeds an encoder from data with other bands: picks the encoder's bands by name and fills
-    the ones the data lack with the raw value its normaliser maps to 0 (the training mean)."""
-
-    def __init__(self, encoder: nn.Module, data_bands: Sequence[str]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.data_bands = list(data_bands)
-        src, self.missing = [], []
-        for b in encoder.bands:
-            try:
-                src.append(band_indices(self.data_bands, [b])[0])
-            except BandError:
-                src.append(-1)
-                self.missing.append(b)
-        if len(self.missing) == len(src):
-            raise BandError(f"none of the encoder's bands ({', '.join(encoder.bands)}) is in the "
-                            f"data ({', '.join(self.data_bands)})")
-        st = encoder.normalizer.stats
-        fill = [float(np.expm1(m)) if lg else float(m) for m, lg in zip(st.mean, st.log)]
-        self.register_buffer("src", torch.as_tensor(src), persistent=False)
-        self.register_buffer("fill", torch.tensor(fill, dtype=torch.float32), persistent=False)
-        self.name = getattr(encoder, "name", "encoder")
-
-    @property
-    def bands(self) -> list[str]:
-        return self.data_bands
-
-    @property
-    def out_dim(self) -> int:
-        return self.encoder.out_dim
-
-    def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        out = self.fill.to(x.dtype).view(1, -1, 1, 1).expand(n, -1, h, w).clone()
-        have = (self.src >= 0).nonzero().flatten()
-        out[:, have] = x.index_select(1, self.src[have])
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.adapt(x))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_features(self.adapt(x))
-
-
-# --------------------------------------------------------------------------------------------
 # Heads
 
 
@@ -184,9 +134,9 @@ def compare_multilabel(train, test, encoders: Mapping[str, nn.Module], *,
                        spectral: bool = True, finetune: bool = True, epochs: int = 20,
                        lr: float = 1e-3, batch_size: int = 8) -> list[dict]:
     """Records (model, head, seed, metrics) for the spectral baseline, each encoder's linear
-    probe and each encoder fine-tuned. ``encoders`` must take the data's bands (wrap with
-    :class:`MissingBandFiller`)."""
-    from ..data.stats import default_log_flags
+    probe and each encoder fine-tuned. ``encoders`` must take the data's bands
+    (``Encoder.for_bands``)."""
+    from ..normalization import default_log_flags
     from .probe import extract_features, spectral_features
     from .regress import finetune_head
 

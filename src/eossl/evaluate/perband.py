@@ -19,21 +19,23 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError
+from ..models.bandwise import BandwiseEncoder
+from ..models.encoder import RANDOM_TWIN
 from .probe import extract_features, linear_probe, spectral_features
 
 SPECTRAL = "spectral (band alone)"
-RANDOM = "random init"
+RANDOM = RANDOM_TWIN
 ALL = "all used bands"
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 def _is_bandwise(enc) -> bool:
-    return hasattr(enc, "for_bands") and hasattr(enc, "pool")
+    return isinstance(enc, BandwiseEncoder)
 
 
 def load_bandwise(checkpoints: Mapping[str, str]) -> dict:
     """Encoders of the checkpoints; ConfigError for one that is not band-wise."""
-    from ..methods.base import load_encoder
+    from ..checkpoint import load_encoder
 
     out = {}
     for name, path in checkpoints.items():
@@ -89,7 +91,7 @@ def per_band_probe(train, test, encoders: Mapping[str, object], *,
     bands = list(bands)
     models = dict(full)
     if random_init:
-        models = {RANDOM: next(iter(full.values())).random_like(seed=random_seed), **full}
+        models = {RANDOM: next(iter(full.values())).random_twin(seed=random_seed), **full}
 
     def probe(f_tr, f_te):
         return _score(linear_probe(f_tr, y_tr, f_te, y_te, fractions=[fraction], seeds=seeds,
@@ -183,7 +185,7 @@ def plot_per_band(records: Sequence[dict], path: str | Path, metric: str = "accu
 
 def describe_band_use(checkpoints: Mapping[str, str], data_bands: Sequence[str]) -> list[str]:
     """One line per band-wise checkpoint: which of its pool bands the data has (and lacks)."""
-    from ..methods.base import load_encoder
+    from ..checkpoint import load_encoder
 
     lines = []
     for name, path in checkpoints.items():
@@ -217,7 +219,7 @@ def per_band_report(source, checkpoints: Mapping[str, str], *, patch_size: int =
     png = plot_per_band(records, out / "perband.png",
                         title=f"Per-band linear probe, {getattr(source, 'name', 'data')}, "
                               f"{patch_size} px patches, {len(test)} test patches")
-    md = [f"# Per-band linear probe\n", f"command: `{command}`\n" if command else "",
+    md = ["# Per-band linear probe\n", f"command: `{command}`\n" if command else "",
           "Each encoder sees one band at a time (frozen); logistic regression on the spatial "
           f"train block ({len(train)} patches), scored on the test block ({len(test)}). "
           f"100% of labels, seeds {', '.join(map(str, seeds))}.\n", *[f"- {u}" for u in used],

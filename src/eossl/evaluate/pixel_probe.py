@@ -10,7 +10,7 @@ the fit; test scores are therefore on a class-balanced sample, so balanced accur
 F1 are the numbers to read.
 
 Embeddings are computed tile by tile inside each block (context never crosses into the other
-block); see :func:`eossl.methods.spectral.pixel_embeddings` for what "per-pixel embedding"
+block); see :meth:`eossl.models.encoder.Encoder.pixel_features` for what "per-pixel embedding"
 means for encoders with and without a spectral stem.
 """
 
@@ -24,8 +24,6 @@ from torch import nn
 
 from ..data.datasets import IGNORE_INDEX, OSM_CLASSES, SpatialSplit
 from ..errors import ConfigError, DataError
-# Also registers the spectral_resnet* backbones with timm, so random-init rows can be built.
-from ..methods.spectral import pixel_embeddings
 from .probe import linear_probe, results_to_records
 
 RAW = "raw spectrum"
@@ -105,7 +103,7 @@ def raw_spectrum_fn(normalizer: nn.Module):
 
 def encoder_fn(encoder: nn.Module):
     encoder.eval()
-    return lambda x: pixel_embeddings(encoder, x)
+    return encoder.pixel_features
 
 
 def pixel_probe(source, encoders: Mapping[str, nn.Module], *, per_class: int = 500,
@@ -115,7 +113,7 @@ def pixel_probe(source, encoders: Mapping[str, nn.Module], *, per_class: int = 5
                 C: float | str = "cv") -> list[dict]:
     """Pixel-probe records for the raw-spectrum baseline and each encoder, per seed.
 
-    ``encoders`` take the source's bands (wrap with ``fit_to_bands`` if needed). The pixel
+    ``encoders`` take the source's bands (``Encoder.for_bands``). The pixel
     draw changes with the seed, so seeds measure sampling as well as fitting variance.
     """
     scene = source.scenes[0]
@@ -127,12 +125,9 @@ def pixel_probe(source, encoders: Mapping[str, nn.Module], *, per_class: int = 5
     valid = scene.valid_mask()
     fns: dict[str, object] = {}
     if raw_baseline:
-        from ..data.stats import Normalizer
+        from ..normalization import Normalizer
 
-        first = next(iter(encoders.values()), None)
-        stats = first.normalizer.stats if first is not None and hasattr(first, "normalizer") \
-            and list(first.bands) == list(scene.bands) else source.stats()
-        fns[RAW] = raw_spectrum_fn(Normalizer(stats).eval())
+        fns[RAW] = raw_spectrum_fn(Normalizer(source.stats()).eval())
     fns.update({name: encoder_fn(enc) for name, enc in encoders.items()})
     n = len(classes)
     rows_out: dict[str, list] = {name: [] for name in fns}

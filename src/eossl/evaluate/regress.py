@@ -328,7 +328,7 @@ def compare_regression(train: RegressionPatches, test: RegressionPatches,
                        lr: float = 1e-3, log_flags: Sequence[bool] | None = None) -> list[dict]:
     """Records for the spectral baseline (ridge), each encoder's ridge head (deterministic:
     one record) and each encoder fine-tuned (one record per seed)."""
-    from ..data.stats import default_log_flags
+    from ..normalization import default_log_flags
     from .probe import spectral_features
 
     names = train.target_names

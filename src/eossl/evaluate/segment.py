@@ -9,6 +9,7 @@ tiles (DenseLabelTiles.fraction_indices), seeded.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -20,81 +21,47 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from ..bands import band_indices, equivalent_bands
 from ..data.datasets import IGNORE_INDEX, OSM_CLASSES, DenseLabelTiles, SpatialSplit
-from ..data.stats import Normalizer
 from ..errors import ConfigError, DataError
-from ..models.backbones import build_backbone
-from ..models.unet import UNet, backbone_pyramid, load_unet
+from ..models.encoder import RANDOM_TWIN, Encoder
+from ..models.unet import UNet
 
-RANDOM = "random init"
+RANDOM = RANDOM_TWIN
 
 
 # ------------------------------------------------------------------------ models
 class SegmentationNet(nn.Module):
-    """RAW image in the data's band order -> class logits (N, K, H, W).
+    """RAW image in the data's band order -> class logits (N, K, H, W): a U-Net on the
+    encoder fed from the data's bands (``Encoder.for_bands``), which normalises itself."""
 
-    Picks (by name, or a counterpart on another sensor) the bands the encoder was trained on,
-    normalises with the encoder's own statistics, then runs the U-Net.
-    """
-
-    def __init__(self, unet: UNet, normalizer: Normalizer, data_bands: Sequence[str],
-                 name: str = "model") -> None:
+    def __init__(self, unet: UNet, name: str = "model") -> None:
         super().__init__()
-        self.unet, self.normalizer, self.name = unet, normalizer, name
-        used = equivalent_bands(list(normalizer.bands), list(data_bands))
-        self.register_buffer("index", torch.as_tensor(band_indices(list(data_bands), used)),
-                             persistent=False)
+        self.unet, self.name = unet, name
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalizer(x.index_select(1, self.index))
+    @property
+    def encoder(self):
+        return self.unet.encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.unet(self.prepare(x))
+        return self.unet(x)
 
 
 @dataclass
 class ModelSpec:
-    """Where a row of the table starts: ``kind`` is 'random', 'dense' (U-Net checkpoint) or
-    'encoder' (any eossl checkpoint's encoder + a fresh decoder)."""
+    """A row of the table: its name and the encoder it starts from (a dense checkpoint's
+    encoder brings its pretrained U-Net decoder, any other gets a fresh one)."""
 
     name: str
-    kind: str = "random"
-    checkpoint: str | None = None
-    backbone: str = "resnet18"
-    stem_stride: int = 2
-
-    @classmethod
-    def from_checkpoint(cls, name: str, path: str) -> "ModelSpec":
-        """'dense' when the checkpoint carries a U-Net decoder, else 'encoder'."""
-        from ..methods.base import load_encoder
-
-        load_encoder(path)  # clear error for a missing or foreign file, before any training
-        meta = torch.load(path, map_location="cpu", weights_only=True).get("eossl", {})
-        return cls(name, "dense" if "unet" in meta else "encoder", path)
+    encoder: Encoder
 
 
 def build_segmentation_net(spec: ModelSpec, num_classes: int, data_bands: Sequence[str],
-                           data_stats, seed: int = 0) -> SegmentationNet:
-    """A fresh SegmentationNet for one fit (weights re-read per seed, decoder init seeded)."""
-    from ..methods.base import load_encoder
-
+                           seed: int = 0) -> SegmentationNet:
+    """A fresh SegmentationNet for one fit (a copy of the encoder, decoder init seeded)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        if spec.kind == "random":
-            bb = build_backbone(spec.backbone, in_chans=len(data_bands),
-                                stem_stride=spec.stem_stride)
-            unet, norm = UNet(bb, num_classes, mode="logits"), Normalizer(data_stats)
-        elif spec.kind == "dense":
-            unet, meta = load_unet(spec.checkpoint, num_classes=num_classes)
-            norm = Normalizer(meta["stats"])
-        elif spec.kind == "encoder":
-            enc = load_encoder(spec.checkpoint)
-            unet, norm = UNet(enc.backbone, num_classes, mode="logits"), enc.normalizer
-        else:
-            raise ConfigError(f"unknown model kind {spec.kind!r}; expected random, dense or "
-                              "encoder")
-    return SegmentationNet(unet, norm, data_bands, name=spec.name)
+        enc = copy.deepcopy(spec.encoder).for_bands(list(data_bands))
+        return SegmentationNet(enc.unet(num_classes), name=spec.name)
 
 
 # ------------------------------------------------------------------------ metrics
@@ -152,9 +119,9 @@ def finetune(net: SegmentationNet, train: DenseLabelTiles, indices: np.ndarray, 
     net = net.to(device).train()
     x_all, y_all = _stack(train, indices)
     g = torch.Generator().manual_seed(seed)
-    groups = [{"params": list(net.unet.backbone.parameters()), "lr": lr * backbone_lr_factor},
+    groups = [{"params": list(net.encoder.parameters()), "lr": lr * backbone_lr_factor},
               {"params": [p for n, p in net.unet.named_parameters()
-                          if not n.startswith("backbone.")], "lr": lr}]
+                          if not n.startswith("encoder.")], "lr": lr}]
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
     base = [grp["lr"] for grp in opt.param_groups]
     warmup = max(1, steps // 10)
@@ -209,7 +176,7 @@ def _pyramids(net: SegmentationNet, ds, idx, batch_size: int = 64, device="cpu")
     feats, masks = None, []
     for s in range(0, len(idx), batch_size):
         x, y = _stack(ds, idx[s:s + batch_size])
-        fs = [f.cpu() for f in backbone_pyramid(net.unet.backbone, net.prepare(x.to(device)))]
+        fs = [f.cpu() for f in net.encoder.pyramid(x.to(device))]
         feats = [[f] for f in fs] if feats is None else [a + [f] for a, f in zip(feats, fs)]
         masks.append(y)
     return [torch.cat(f) for f in feats], torch.cat(masks)
@@ -280,7 +247,6 @@ def evaluate_segmentation(source, specs: Sequence[ModelSpec], *,
                             min_labelled=1e-9, num_classes=k)
     test = DenseLabelTiles(scene, labels, split="test", size=tile_size, spatial_split=split,
                            min_labelled=1e-9, num_classes=k)
-    stats = source.stats()
     total = int(train.labelled_counts().sum())
     records = []
     for spec in specs:
@@ -296,9 +262,9 @@ def evaluate_segmentation(source, specs: Sequence[ModelSpec], *,
                 for kind in kinds:
                     t0 = time.perf_counter()
                     torch.manual_seed(seed)
-                    net = build_segmentation_net(spec, k, source.bands, stats, seed=seed)
+                    net = build_segmentation_net(spec, k, source.bands, seed=seed)
                     if kind == "finetune":
-                        factor = (random_backbone_lr_factor if spec.kind == "random"
+                        factor = (random_backbone_lr_factor if spec.encoder.is_random_twin
                                   else backbone_lr_factor)
                         net = finetune(net, train, idx, steps=steps, batch_size=batch_size,
                                        lr=lr, backbone_lr_factor=factor, seed=seed,
@@ -337,11 +303,14 @@ def per_class_iou_table(records: Sequence[dict], fraction: float = 1.0,
 
 
 def specs_from_checkpoints(checkpoints: Mapping[str, str], random: bool = True,
-                           backbone: str = "resnet18") -> list[ModelSpec]:
-    specs = [ModelSpec(RANDOM, "random", backbone=backbone)] if random else []
-    for name, path in checkpoints.items():
-        specs.append(ModelSpec.from_checkpoint(name, path))
+                           seed: int = 0) -> list[ModelSpec]:
+    """One row per checkpoint, led by the first one's random twin."""
+    from ..checkpoint import load_encoder
+
+    specs = [ModelSpec(name, load_encoder(path)) for name, path in checkpoints.items()]
     if not specs:
-        raise ConfigError("nothing to evaluate: give --checkpoint NAME=PATH or keep the random "
-                          "baseline")
+        raise ConfigError("nothing to evaluate: give --checkpoint NAME=PATH (the random row is "
+                          "its encoder's random twin)")
+    if random:
+        specs.insert(0, ModelSpec(RANDOM, specs[0].encoder.random_twin(seed)))
     return specs

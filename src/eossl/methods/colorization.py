@@ -20,10 +20,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ..bands import find_sensor
-from ..data.stats import BandStats, Normalizer
 from ..errors import BandError, ConfigError
 from ..models.backbones import build_backbone
 from ..models.decoders import ColorizationDecoder, backbone_reduction
+from ..normalization import BandStats, Normalizer
 from ..report import save_figure
 from . import register_method
 from .base import PretextMethod
@@ -138,8 +138,8 @@ class Colorization(PretextMethod):
     """Colorization: non-visible bands -> Lab a,b of the visible ones (Vincenzi et al. 2020).
 
     The backbone (and the checkpoint's band metadata) covers only the encoder's input bands, so
-    ``load_encoder`` gives an encoder of those bands; probes feed it from full-band data by
-    name. Paper defaults: ResNet-18, dropout 0.3 on the code, SGD lr 0.01 momentum 0.9 with a
+    ``eossl.checkpoint.load_encoder`` gives an encoder of those bands; evaluations feed it from
+    full-band data by name. Paper defaults: ResNet-18, dropout 0.3 on the code, SGD lr 0.01 momentum 0.9 with a
     x0.1 step at 80% of training (epoch 40 of 50): ``lr_schedule="step"``.
     """
 
@@ -254,27 +254,16 @@ class Colorization(PretextMethod):
         except Exception as e:  # a picture must never cost a finished training run
             rank_zero_warn(f"colorization picture not written: {type(e).__name__}: {e}")
 
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, map_location: str = "cpu"
-                        ) -> "Colorization":
-        """The whole method (encoder and decoder) from a colorization checkpoint."""
-        from ..errors import DataError
-
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise DataError(f"checkpoint {path!r} does not exist")
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise DataError(f"checkpoint {path!r} is corrupt or not a PyTorch checkpoint: "
-                            f"{type(e).__name__}") from None
-        meta = ckpt.get("eossl", {}) if isinstance(ckpt, dict) else {}
-        if meta.get("method") != "colorization" or "hyper_parameters" not in ckpt:
-            raise DataError(f"checkpoint {path!r} is not a colorization checkpoint (method "
-                            f"{meta.get('method', 'unknown')!r}); the picture needs its decoder")
-        model = cls(**ckpt["hyper_parameters"])
-        model.load_state_dict(ckpt["state_dict"])
-        return model.eval()
+    def picture(self, source, path: str | os.PathLike, *, seed: int = 0, patches: int = 4,
+                region: tuple[int, int] | None = None, **_) -> str:
+        """Predicted vs true colour of ``patches`` crops of ``source`` (within the column
+        ``region``, e.g. a test block) at the training crop size; returns a caption."""
+        size = int(self.hparams.crop_size)
+        crops = source.crops(size, patches, seed=seed, region=region)
+        raw = torch.stack([crops[i]["image"] for i in range(patches)])
+        colorization_figure(self.colorize(raw), path, title=f"colorization: {patches} {size} px "
+                            f"patches (input: {', '.join(self.input_bands)})")
+        return f"predicted vs true colour on {patches} {size} px patches"
 
 
 def colorization_figure(result: dict[str, torch.Tensor], path: str | os.PathLike,

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ..models.unet import UNet, backbone_pyramid
+from ..models.encoder import Encoder
+from ..models.unet import UNet
 from ..report import save_figure
 from ..views import BandJitter
 from . import register_method
@@ -199,7 +200,7 @@ class DenseContrast(PretextMethod):
         unet = UNet(self.backbone, embed_dim, mode="embed",
                     decoder_channels=tuple(decoder_channels) if decoder_channels else None)
         # decoder and head sit on the method itself, so the checkpoint holds "backbone.*"
-        # exactly once and load_encoder works as for every other method
+        # exactly once and its encoder loads as every other method's
         self.decoder, self.head = unet.decoder, unet.head
         self._unet_config = unet.config()
         self.jitter = BandJitter(**(jitter or {}))
@@ -219,7 +220,7 @@ class DenseContrast(PretextMethod):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised per-pixel embeddings (N, D, H, W) of a NORMALISED batch."""
-        feats = backbone_pyramid(self.backbone, x)
+        feats = self.backbone.pyramid(x)
         return F.normalize(self.head(self.decoder([x, *feats])), dim=1)
 
     def _views(self, x: torch.Tensor):
@@ -277,6 +278,28 @@ class DenseContrast(PretextMethod):
         meta["unet"] = dict(self._unet_config)
         return meta
 
+    def encoder(self) -> Encoder:
+        """The encoder with its pretrained U-Net decoder (``Encoder.unet``)."""
+        enc = super().encoder()
+        enc.decoder_state = {f"{part}.{k}": v for part in ("decoder", "head")
+                             for k, v in getattr(self, part).state_dict().items()}
+        return enc
+
+    def picture(self, source, path, *, max_side: int = 768, **_) -> str | None:
+        """PCA of the pixel embeddings of the scene (central ``max_side`` px) beside true
+        colour and the label map; None for a source without scenes."""
+        if not getattr(source, "scenes", None):
+            return None
+        labels = source.label_map() if getattr(source, "polygons", None) else None
+        was = self.training
+        self.eval()
+        try:
+            write_embedding_map(lambda raw: self.embed(self.normalizer(raw)), source.scenes[0],
+                                labels, path, device=self.device, max_side=max_side)
+        finally:
+            self.train(was)
+        return "PCA of the U-Net's pixel embeddings"
+
     def on_train_end(self) -> None:
         """Write the embedding picture (PCA of pixel embeddings beside true colour and the OSM
         map) into the run folder, when the data source is a scene."""
@@ -286,15 +309,8 @@ class DenseContrast(PretextMethod):
         source = getattr(ds, "source", None)
         if source is None or not hasattr(source, "scenes"):
             return
-        out = Path(self.trainer.default_root_dir) / "embedding_pca.png"
-        labels = source.label_map() if getattr(source, "polygons", None) else None
-        was = self.training
-        self.eval()
-        try:
-            write_embedding_map(lambda raw: self.embed(self.normalizer(raw)), source.scenes[0],
-                                labels, out, device=self.device)
-        finally:
-            self.train(was)
+        self.picture(source, Path(self.trainer.default_root_dir) / "embedding_pca.png",
+                     max_side=2048)
 
 
 # ------------------------------------------------------------------------ picture

@@ -7,13 +7,13 @@ view and a radar view of one place must map to one embedding, so the encoder lea
 sensors agree on. Everything else (projector, predictor, EMA target with tau 0.996 -> 1,
 symmetrised loss) is BYOL (methods/byol.py).
 
-The encoder sees 1 (or 3) channels, so downstream it is wrapped in a :class:`BandwiseEncoder`
-that picks pool bands from any band stack by name.
+The encoder sees 1 (or 3) channels, so downstream it is a
+:class:`~eossl.models.bandwise.BandwiseEncoder` that picks pool bands from any band stack by
+name.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import kornia.augmentation as K
@@ -21,21 +21,17 @@ import torch
 from torch import nn
 
 from ..bands import band_indices
-from ..data.stats import BandStats, Normalizer
 from ..errors import BandError, ConfigError, DataError
-from ..models.backbones import build_backbone
+from ..models.bandwise import REDUCES, BandwiseEncoder
 from ..views import RandomRot90, _blur_kernel
 from . import register_method
 from .byol import BYOL
-
-log = logging.getLogger(__name__)
 
 #: Sentinel-2 bands at 10-20 m and Sentinel-1 polarisations (the paper's pool).
 DEFAULT_POOL: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11",
                                  "B12", "VV", "VH")
 SAR_BANDS = ("VV", "VH", "HH", "HV")
 MODES = {"single": 1, "three": 3}
-REDUCES = ("mean", "concat")
 
 
 def resolve_pool(data_bands: Sequence[str], pool: Sequence[str] | str | None = None,
@@ -141,10 +137,10 @@ class RSBYOL(BYOL):
         return self.band_views(x), self.band_views(x)
 
     # ---------------------------------------------------------------- downstream encoder
-    def encoder(self) -> "BandwiseEncoder":
+    def encoder(self) -> BandwiseEncoder:
         return BandwiseEncoder(self.backbone, self.normalizer.stats, self.pool,
-                               reduce=self.hparams.reduce, name=self.method_name
-                               ).to(self.device)
+                               reduce=self.hparams.reduce, name=self.method_name,
+                               metadata=self.eossl_metadata()).to(self.device)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         # The online kNN probe feeds all bands; the 1/3-channel backbone needs the wrapper.
@@ -165,130 +161,3 @@ class RSBYOL(BYOL):
         meta["encoder"] = {"type": "bandwise", "pool": list(self.pool),
                            "mode": self.hparams.mode, "reduce": self.hparams.reduce}
         return meta
-
-    @classmethod
-    def wrap_encoder(cls, encoder, spec: dict) -> "BandwiseEncoder":
-        """Called by ``load_encoder`` for checkpoints whose metadata has an "encoder" entry."""
-        if spec.get("type") != "bandwise":
-            raise DataError(f"rsbyol checkpoint: unknown encoder type {spec.get('type')!r}")
-        return BandwiseEncoder(encoder.backbone, encoder.normalizer.stats, spec["pool"],
-                               reduce=spec.get("reduce", "mean"), name=encoder.name)
-
-
-class BandwiseEncoder(nn.Module):
-    """A 1- (or 3-) channel RS-BYOL backbone made into an encoder of whole band stacks.
-
-    ``forward`` takes RAW values (N, C, H, W) in ``bands`` order (the data's bands), picks the
-    pool bands it finds there BY NAME, normalises each with its pretraining statistics, runs the
-    backbone on each band alone (or on consecutive triples of them, for a 3-channel backbone; the
-    last triple wraps around, a lone band is repeated) and combines the per-band embeddings:
-
-    - ``reduce="mean"`` (default): (N, D). BYOL trained the per-band embeddings of one place
-      to agree, so their mean is the encoder's consensus description of it, with less view
-      noise than any single band. It keeps the probe's input at D features, the size of every
-      other encoder's row in a comparison (random init, MoCo, ...), is the same whatever subset
-      of the pool the data has, and keeps the logistic-regression probe tractable: on the
-      Brandenburg patches a cross-validated probe on 10 x 512 concatenated features took 146 s
-      per fit against 10 s at 512 (2-core CPU; accuracy 0.533 vs 0.541 on a briefly trained
-      checkpoint, so nothing bought for the cost).
-    - ``reduce="concat"``: (N, G * D), each band's response kept, so a linear probe can weigh
-      bands against each other (spectral contrasts that averaging cancels); G times the
-      features and far slower probes.
-
-    Bands missing from the data are skipped (``used_bands`` lists the rest, and is logged);
-    ``for_bands(data_bands, use=...)`` re-targets the same weights at another band list or a
-    single band (the per-band probe).
-    """
-
-    def __init__(self, backbone: nn.Module, stats: BandStats | dict, pool: Sequence[str], *,
-                 reduce: str = "mean", name: str = "rsbyol",
-                 data_bands: Sequence[str] | None = None,
-                 use: Sequence[str] | None = None) -> None:
-        super().__init__()
-        if isinstance(stats, dict):
-            stats = BandStats.from_dict(stats)
-        if reduce not in REDUCES:
-            raise ConfigError(f"unknown reduce {reduce!r}; expected one of {', '.join(REDUCES)}")
-        self.backbone, self.train_stats, self.pool = backbone, stats, list(pool)
-        self.reduce, self.name = reduce, name
-        self.data_bands = list(stats.bands if data_bands is None else data_bands)
-        wanted = list(self.pool if use is None else use)
-        used, index = [], []
-        for b in wanted:
-            if b not in self.pool:
-                raise BandError(f"band {b!r} is not in this encoder's pool "
-                                f"({', '.join(self.pool)})")
-            try:
-                i = band_indices(self.data_bands, [b])[0]
-            except BandError:
-                if use is not None:
-                    raise BandError(f"band {b!r} is not in the data (bands: "
-                                    f"{', '.join(self.data_bands)})") from None
-                continue
-            used.append(b)
-            index.append(i)
-        if not used:
-            raise BandError(f"none of the encoder's pool bands ({', '.join(self.pool)}) is in "
-                            f"the data (bands: {', '.join(self.data_bands)})")
-        self.used_bands = used
-        self.skipped_bands = [b for b in wanted if b not in used]
-        self.register_buffer("index", torch.as_tensor(index), persistent=False)
-        # Normalise exactly as pretraining did: the training statistics of the used bands.
-        self.normalizer = Normalizer(stats.subset(used))
-        k = int(getattr(backbone, "in_chans", 1))
-        n = len(used)
-        groups = [[(i + j) % n for j in range(k)] for i in range(0, n, k)]
-        self.register_buffer("groups", torch.as_tensor(groups), persistent=False)
-
-    @property
-    def bands(self) -> list[str]:
-        return self.data_bands
-
-    @property
-    def out_dim(self) -> int:
-        d = self.backbone.out_dim
-        return d * len(self.groups) if self.reduce == "concat" else d
-
-    def describe(self) -> str:
-        s = f"{self.name} uses {len(self.used_bands)} band(s): {', '.join(self.used_bands)}"
-        if self.skipped_bands:
-            s += f"; pool bands absent from the data: {', '.join(self.skipped_bands)}"
-        return s
-
-    def for_bands(self, data_bands: Sequence[str], use: Sequence[str] | None = None
-                  ) -> "BandwiseEncoder":
-        """The same weights reading ``data_bands``; ``use`` restricts to some pool bands."""
-        enc = BandwiseEncoder(self.backbone, self.train_stats, self.pool, reduce=self.reduce,
-                              name=self.name, data_bands=data_bands, use=use)
-        log.info(enc.describe())
-        return enc.to(self.index.device).train(self.training)
-
-    def random_like(self, seed: int = 0) -> "BandwiseEncoder":
-        """The same wrapper and architecture with seeded random weights (the random-init row)."""
-        bb = self.backbone
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            rnd = build_backbone(bb.name, in_chans=bb.in_chans,
-                                 stem_stride=getattr(bb, "stem_stride", 2))
-        return BandwiseEncoder(rnd, self.train_stats, self.pool, reduce=self.reduce,
-                               name="random init", data_bands=self.data_bands).eval()
-
-    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != len(self.data_bands):
-            raise DataError(f"{self.name} encoder expects (N, {len(self.data_bands)}, H, W) in "
-                            f"band order {', '.join(self.data_bands)}; got {tuple(x.shape)}")
-        z = self.normalizer(x.index_select(1, self.index))
-        n, _, h, w = z.shape
-        g, k = self.groups.shape
-        return z[:, self.groups.reshape(-1)].reshape(n * g, k, h, w)
-
-    def _combine(self, f: torch.Tensor, n: int) -> torch.Tensor:
-        f = f.reshape(n, len(self.groups), *f.shape[1:])
-        return f.flatten(1, 2) if self.reduce == "concat" else f.mean(dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._combine(self.backbone(self._grouped(x)), x.shape[0])
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-group feature maps concatenated (or averaged) along channels: (N, D', h, w)."""
-        return self._combine(self.backbone.forward_features(self._grouped(x)), x.shape[0])

@@ -3,16 +3,11 @@ plus multi-view identification (NT-Xent) per patch, through one shared encoder.
 
 The encoder is a *spectral stem* (1x1 convolutions: a per-pixel MLP over the spectrum, giving a
 per-pixel embedding) followed by a timm ResNet that turns the map of pixel embeddings into one
-pooled patch embedding. Both live in one timm model (``spectral_resnet18/34/50``, registered
-below), so the standard :class:`~eossl.models.encoder.Encoder` and ``load_encoder`` rebuild it
-from a checkpoint with no special case: ``Encoder(x)`` gives the pooled embedding and
-:func:`pixel_embeddings` the per-pixel one.
-
-Why this shape keeps memory bounded for any band count: the band axis is collapsed by the first
-1x1 convolution, so everything after it (the whole ResNet) costs the same for 13 or 200 bands;
-the only band-dependent tensors are the input, the stem's first layer (C x hidden weights) and
-the pixel decoder's output. The pixel task runs on ``pixels_per_image`` sampled pixels per
-patch, so its cost is O(batch x pixels x bands) whatever the crop size.
+pooled patch embedding: the ``spectral_resnet*`` backbones of :mod:`eossl.models.spectral`, so
+the standard encoder rebuilds it from a checkpoint with no special case (``Encoder(x)`` gives
+the pooled embedding, ``Encoder.pixel_features`` the per-pixel one). The pixel task runs on
+``pixels_per_image`` sampled pixels per patch, so its cost is O(batch x pixels x bands)
+whatever the crop size.
 """
 
 from __future__ import annotations
@@ -20,121 +15,17 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from lightly.loss import NTXentLoss
-from timm.models import register_model
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..models.heads import simclr_projection_head
+from ..models.spectral import SpectralStem
 from ..views import ContrastiveViews
 from . import register_method
 from .base import PretextMethod, float32_loss
 
-__all__ = ["SpectralStem", "SpectralResNet", "SpectralSpatial", "BandDropout",
-           "spectral_mask", "masked_mse", "pixel_embeddings", "has_pixel_stem"]
-
-
-# --------------------------------------------------------------------------------------------
-# Backbone: spectral stem + spatial ResNet, registered with timm
-
-
-class SpectralStem(nn.Module):
-    """Per-pixel MLP over the spectrum as two 1x1 convolutions: (N, C, H, W) -> (N, D, H, W).
-
-    No normalisation layer: the pixel task feeds it masked spectra and the object task clean
-    views, and BatchNorm statistics pooled over both would match neither at inference; the
-    inputs are already standardised per band by the Normalizer.
-    """
-
-    def __init__(self, in_chans: int, pixel_dim: int = 64, hidden: int = 128) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(in_chans, hidden, 1), nn.ReLU(inplace=True),
-                                 nn.Conv2d(hidden, pixel_dim, 1), nn.ReLU(inplace=True))
-        self.in_chans, self.out_dim = in_chans, pixel_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class SpectralResNet(ResNet):
-    """A timm ResNet whose input is the spectral stem's per-pixel embedding map.
-
-    ``forward`` / ``forward_features`` take standardised bands like any backbone;
-    ``pixel_features`` returns the stem output (N, pixel_dim, H, W) at full resolution.
-    """
-
-    def __init__(self, in_chans: int = 3, pixel_dim: int = 64, pixel_hidden: int = 128,
-                 **kwargs) -> None:
-        super().__init__(in_chans=pixel_dim, **kwargs)
-        self.spectral = SpectralStem(in_chans, pixel_dim, pixel_hidden)
-
-    def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spectral(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward_features(self.spectral(x))
-
-    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
-        # The per-scale maps a U-Net decoder reads (models/unet.py): the ResNet stages see the
-        # stem's pixel embeddings, exactly as in forward_features.
-        return super().forward_intermediates(self.spectral(x), *args, **kwargs)
-
-
-def _spectral_resnet(block, layers, pretrained: bool = False, **kwargs) -> SpectralResNet:
-    if pretrained:
-        raise ConfigError("spectral_resnet backbones have no published weights; use "
-                          "pretrained=False and pretrain with `eossl pretrain --method spectral`")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)  # timm's factory passes these; they only matter for downloads
-    return SpectralResNet(block=block, layers=layers, **kwargs)
-
-
-# Registered with timm (its documented extension point) rather than special-cased in
-# load_encoder: build_backbone("spectral_resnet18", in_chans=C) then works everywhere, from
-# pretraining to a random-init comparison row, as long as eossl.methods has been imported.
-@register_model
-def spectral_resnet18(pretrained: bool = False, **kwargs) -> SpectralResNet:
-    """Spectral stem (1x1 convs) + ResNet-18."""
-    return _spectral_resnet(BasicBlock, (2, 2, 2, 2), pretrained, **kwargs)
-
-
-@register_model
-def spectral_resnet34(pretrained: bool = False, **kwargs) -> SpectralResNet:
-    """Spectral stem (1x1 convs) + ResNet-34."""
-    return _spectral_resnet(BasicBlock, (3, 4, 6, 3), pretrained, **kwargs)
-
-
-@register_model
-def spectral_resnet50(pretrained: bool = False, **kwargs) -> SpectralResNet:
-    """Spectral stem (1x1 convs) + ResNet-50."""
-    return _spectral_resnet(Bottleneck, (3, 4, 6, 3), pretrained, **kwargs)
-
-
-def has_pixel_stem(encoder: nn.Module) -> bool:
-    """True when the encoder's backbone has a per-pixel spectral stem."""
-    enc = getattr(encoder, "encoder", encoder)  # unwrap a BandAdapter
-    return hasattr(getattr(getattr(enc, "backbone", None), "model", None), "pixel_features")
-
-
-def pixel_embeddings(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Per-pixel embeddings (N, D, H, W) of RAW images (N, C, H, W) in the encoder's bands.
-
-    For a spectral encoder: the spectral stem's output, one embedding per pixel from its own
-    spectrum. For any other backbone: its last feature map upsampled bilinearly to H x W, so a
-    random-init or MoCo encoder can be put through the same pixel probe.
-    """
-    if has_pixel_stem(encoder):
-        enc = getattr(encoder, "encoder", encoder)
-        if enc is not encoder:  # BandAdapter: select the encoder's bands first
-            x = x.index_select(1, encoder.index)
-        return enc.backbone.model.pixel_features(enc.normalizer(x))
-    fmap = encoder.forward_features(x)
-    if fmap.ndim != 4:
-        raise DataError(f"encoder {getattr(encoder, 'name', '')!r} gives features of shape "
-                        f"{tuple(fmap.shape)}; per-pixel embeddings need a (N, D, h, w) map")
-    return F.interpolate(fmap, size=x.shape[-2:], mode="bilinear", align_corners=False)
+__all__ = ["SpectralSpatial", "BandDropout", "spectral_mask", "masked_mse"]
 
 
 # --------------------------------------------------------------------------------------------

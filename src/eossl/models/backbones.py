@@ -11,10 +11,12 @@ import difflib
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.models.resnet import ResNet
 from torch import nn
 
 from ..errors import ConfigError
+from .spectral import SpectralResNet  # also registers spectral_resnet* with timm
 
 STEM_STRIDES = (1, 2, 4)
 
@@ -39,10 +41,29 @@ class Backbone(nn.Module):
         self.name = name
         self.in_chans = in_chans
         self.stem_stride = stem_stride
+        self.timm_kwargs = dict(timm_kwargs)
         self.model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0,
                                        global_pool="avg", **timm_kwargs)
         set_stem_stride(self.model, stem_stride, name=name)
         self.out_dim = int(self.model.num_features)
+
+    def spec(self) -> dict:
+        """Everything that fixes the architecture (not the weights), as plain data."""
+        return {"backbone": self.name, "in_chans": self.in_chans, "stem_stride":
+                self.stem_stride, "backbone_kwargs": dict(self.timm_kwargs)}
+
+    def fresh(self, seed: int = 0) -> "Backbone":
+        """The same architecture and stem with weights drawn from ``seed`` (timm's own
+        initialisation), leaving the global random state as it was."""
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return Backbone(self.name, in_chans=self.in_chans, stem_stride=self.stem_stride,
+                            **self.timm_kwargs)
+
+    @property
+    def has_pixel_stem(self) -> bool:
+        """Whether a per-pixel spectral stem gives each pixel its own embedding."""
+        return isinstance(self.model, SpectralResNet)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -51,8 +72,65 @@ class Backbone(nn.Module):
         """Feature map before pooling, (N, D, h, w) for convolutional backbones."""
         return self.model.forward_features(x)
 
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's feature map, finest first (timm's ``forward_intermediates``; a spectral
+        stem's per-pixel map comes first)."""
+        maps = self._intermediates(x)
+        if self.has_pixel_stem:
+            maps.insert(0, self.model.pixel_features(x))
+        return maps
+
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps at distinct resolutions, finest first (what a U-Net decoder reads).
+
+        timm returns one map per stage; with ``stem_stride`` 2 the stem and the first stage
+        share a resolution, and smp's decoder needs every skip one step coarser than the last,
+        so only the deepest map of each resolution is kept.
+        """
+        out: list[torch.Tensor] = []
+        for f in self._intermediates(x):
+            if out and out[-1].shape[-2:] == f.shape[-2:]:
+                out[-1] = f
+            else:
+                out.append(f)
+        return out
+
+    def pyramid_channels(self, size: int = 64) -> list[int]:
+        """Channel counts of :meth:`pyramid`, found with one tiny forward pass."""
+        return _probe_channels(self, self.pyramid, torch.zeros(1, self.in_chans, size, size))
+
+    def _intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not hasattr(self.model, "forward_intermediates"):  # a timm capability, per family
+            raise ConfigError(f"backbone {self.name!r}: timm gives it no forward_intermediates, "
+                              "so it has no per-stage features (needed by multi-scale probes "
+                              "and U-Nets)")
+        return list(self.model.forward_intermediates(x, intermediates_only=True))
+
+    def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
+        """One embedding per input pixel (N, D, H, W): a spectral stem's own, otherwise the
+        last feature map upsampled bilinearly to the input size."""
+        if self.has_pixel_stem:
+            return self.model.pixel_features(x)
+        fmap = self.forward_features(x)
+        if fmap.ndim != 4:
+            raise ConfigError(f"backbone {self.name!r} gives features of shape "
+                              f"{tuple(fmap.shape)}; per-pixel embeddings need a (N, D, h, w) map")
+        return F.interpolate(fmap, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, in_chans={self.in_chans}, stem_stride={self.stem_stride}"
+
+
+def _probe_channels(module: nn.Module, fn, x: torch.Tensor) -> list[int]:
+    """Channel counts of the maps ``fn(x)`` returns, in eval mode and without gradients (the
+    module's mode is restored)."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return [int(f.shape[1]) for f in fn(x)]
+    finally:
+        module.train(was_training)
 
 
 def set_stem_stride(model: nn.Module, stem_stride: int, name: str | None = None) -> nn.Module:
