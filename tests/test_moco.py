@@ -139,3 +139,83 @@ def test_load_encoder_errors(tmp_path):
     torch.save({"state_dict": {}}, other)
     with pytest.raises(DataError, match="not an eossl"):
         load_encoder(other)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["ema", "cumulative"])
+def test_batched_split_batchnorm_equals_the_per_group_loop(momentum):
+    """SplitBatchNorm2d normalises s groups (sample i in group i % s) in one BatchNorm call; it
+    must equal s separate BatchNorm2d calls, group 0 first: outputs, gradients, and the running
+    statistics those calls leave behind (train mode), and plain BatchNorm in eval mode."""
+    import copy
+
+    from eossl.methods.moco import SplitBatchNorm2d, batchnorm_groups, convert_split_batchnorm
+
+    torch.manual_seed(0)
+    s, n, c = 4, 32, 6
+    plain = torch.nn.BatchNorm2d(c, momentum=momentum)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5)
+        plain.bias.uniform_(-0.5, 0.5)
+        plain.running_mean.uniform_(-1, 1)
+        plain.running_var.uniform_(0.5, 2)
+    plain.num_batches_tracked.fill_(3)
+    split = convert_split_batchnorm(torch.nn.Sequential(copy.deepcopy(plain)))[0]
+    assert type(split) is SplitBatchNorm2d
+    x = (torch.randn(n, c, 5, 5) * 3 + 1).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    upstream = torch.randn(n, c, 5, 5)
+
+    with batchnorm_groups(split, s):
+        out = split(x)
+    ref = torch.empty_like(out)
+    for g in range(s):
+        ref[g::s] = plain(x2[g::s])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # each group really has its own statistics: not what one BatchNorm over the batch gives
+    assert not torch.allclose(out, torch.nn.functional.batch_norm(x, None, None, training=True),
+                              atol=1e-3)
+    (out * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(split.weight.grad, plain.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(split.bias.grad, plain.bias.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(split.running_mean, plain.running_mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(split.running_var, plain.running_var, atol=1e-6, rtol=1e-5)
+    assert int(split.num_batches_tracked) == int(plain.num_batches_tracked) == 3 + s
+
+    # outside the context: plain BatchNorm over the whole batch
+    torch.testing.assert_close(split(x.detach()), plain(x.detach()), atol=1e-5, rtol=1e-5)
+    # eval mode, groups or not: the running statistics
+    split.eval(), plain.eval()
+    with batchnorm_groups(split, s):
+        torch.testing.assert_close(split(x.detach()), plain(x.detach()))
+    # state dicts keep BatchNorm2d's keys and shapes (checkpoints load into a plain encoder)
+    assert {k: v.shape for k, v in split.state_dict().items()} == \
+        {k: v.shape for k, v in plain.state_dict().items()}
+
+
+def test_moco_key_forward_is_the_per_group_loop_through_the_backbone():
+    """MoCo's key encoder forward with 4 shuffled BatchNorm groups equals running each group
+    through the backbone on its own (the loop it replaces), in the original sample order."""
+    import copy
+
+    from eossl.methods.moco import split_bn_forward
+
+    torch.manual_seed(1)
+    model = tiny(bn_splits=4)
+    model.train()
+    x = model.views(model.normalizer(raw(64)))
+    reference = copy.deepcopy(model.backbone_momentum)  # same weights and statistics
+    torch.manual_seed(5)
+    with torch.no_grad():
+        got = split_bn_forward(model.backbone_momentum, x, 4, shuffle=True)
+    torch.manual_seed(5)
+    perm = torch.randperm(64)  # the permutation split_bn_forward drew
+    with torch.no_grad():
+        want = torch.empty_like(got)
+        for g in range(4):
+            idx = perm[g::4]
+            want[idx] = reference(x[idx])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for a, b in zip(model.backbone_momentum.buffers(), reference.buffers()):
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-4)

@@ -32,7 +32,7 @@ from ..models.heads import moco_projection_head
 from ..views import BandGrayscale, BandJitter, _blur_kernel
 from . import register_method
 from .base import PretextMethod, float32_loss
-from .moco import MIN_BN_SPLIT, MoCoV2
+from .moco import MoCoV2, convert_split_batchnorm, split_bn_forward
 
 EMA_SCHEDULES = ("constant", "cosine")
 
@@ -146,6 +146,7 @@ class SeasonalContrast(PretextMethod):
         d = self.backbone.out_dim
         self.heads = nn.ModuleList(moco_projection_head(d, proj_hidden_dim, proj_dim)
                                    for _ in range(3))
+        convert_split_batchnorm(self.backbone)  # before the copy: the key encoder splits too
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.heads_momentum = copy.deepcopy(self.heads)
         deactivate_requires_grad(self.backbone_momentum)
@@ -177,17 +178,6 @@ class SeasonalContrast(PretextMethod):
                            f"global batch {bs * n}; the keys that do not fit at the end of the "
                            "ring are dropped each lap (lightly's MemoryBankModule)")
 
-    def _features(self, backbone: nn.Module, x: torch.Tensor, shuffle: bool) -> torch.Tensor:
-        # Same BatchNorm grouping as MoCoV2._split_forward, but returns backbone features: the
-        # three heads share one backbone pass.
-        splits = max(1, min(self.hparams.bn_splits, len(x) // MIN_BN_SPLIT))
-        if splits == 1:
-            return backbone(x)
-        perm = torch.randperm(len(x), device=x.device) if shuffle else None
-        xs = x[perm] if shuffle else x
-        out = torch.cat([backbone(c) for c in xs.chunk(splits)])
-        return out[torch.argsort(perm)] if shuffle else out
-
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         if self.hparams.gather_distributed and self._trainer is not None \
                 and self.trainer.world_size > 1:
@@ -204,11 +194,12 @@ class SeasonalContrast(PretextMethod):
         update_momentum(self.heads, self.heads_momentum, m)
         n = len(q)
         with torch.no_grad():
-            fk = self._features(self.backbone_momentum, torch.cat([k0, k1, k2]), shuffle=True)
+            fk = split_bn_forward(self.backbone_momentum, torch.cat([k0, k1, k2]),
+                                  self.hparams.bn_splits, shuffle=True)
             keys = [[F.normalize(z, dim=1) for z in head(fk).split(n)]
                     for head in self.heads_momentum]
             batch_keys = [[self._gather(k) for k in row] for row in keys]
-        fq = self._features(self.backbone, q, shuffle=False)
+        fq = split_bn_forward(self.backbone, q, self.hparams.bn_splits, shuffle=False)
         queries = [F.normalize(head(fq), dim=1) for head in self.heads]
         # The queue read happens before this batch's positives are enqueued (update=True
         # returns the bank as it was). Keys enter the float32 queue as float32.

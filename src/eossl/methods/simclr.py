@@ -33,9 +33,12 @@ class SimCLR(PretextMethod):
     - ``views``: ContrastiveViews options (crop ``scale``, ``brightness``, ``contrast``,
       ``jitter_p``, ``gray_p``, ``blur_p``, ``rot90``, ``blur_sigma``).
 
-    Both views pass through the encoder as one batch of 2N, as in the paper's implementation,
-    so BatchNorm statistics cover both views (and, with ``sync_batchnorm`` under DDP, all
-    ranks; the paper used global BN).
+    Each view is its own forward pass of N images, with its own BatchNorm statistics, as in
+    lightly's and torchgeo's SimCLR (and eossl's BYOL). The paper's implementation runs one
+    batch of 2N; on CPUs that one batch ran slower than two of N (by 0-7% depending on the
+    machine, 10% with channels-last: benchmarks/README.md), and two passes cost what the
+    benchmark's ceiling assumes. With ``sync_batchnorm`` under DDP each view's statistics
+    cover all ranks (the paper used global BN).
     """
 
     def __init__(self, bands: list[str], stats: dict, *, temperature: float = 0.5,
@@ -60,7 +63,7 @@ class SimCLR(PretextMethod):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = self.normalizer(batch["image"])
         v0, v1 = self.make_views(x)
-        z0, z1 = self.projection_head(self.backbone(torch.cat([v0, v1]))).chunk(2)
+        z0, z1 = (self.projection_head(self.backbone(v)) for v in (v0, v1))
         loss = float32_loss(self.criterion, z0, z1)  # logits in float32 under bf16-mixed
         self.log("train/loss", loss, prog_bar=True)
         self.log_collapse(z0)
