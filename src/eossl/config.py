@@ -100,6 +100,13 @@ class DataConfig(_Section):
     probe_patch_size: int = Field(16, ge=1, description="patch size of the online kNN probe")
     skip_corrupt_shards: bool = Field(False, description="shard corpora: leave damaged shards "
                                       "out (named in a warning) instead of stopping")
+    shuffle_window: int | None = Field(None, ge=1, description="shard corpora: samples shuffled "
+                                       "together, a few chunks' worth (default 1024)")
+    chunk_cache_dir: str | None = Field(None, description="object-store corpora: local chunk "
+                                        "cache folder (default: <eossl cache>/shards/<hash>)")
+    chunk_cache_size: int | str | None = Field(None, description="object-store corpora: chunk "
+                                               "cache size limit: 500MB, 50GB or bytes "
+                                               "(default 50GB)")
     max_shift: int | None = Field(None, ge=0, description="dense: largest offset in px "
                                   "between the two views (default crop_size // 2)")
     region: str | list[int] | None = Field(None, description="dense: pretrain on one block "

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .config import flatten, parse_duration, validate_config
 from .data.datasets import RandomCropDataset
+from .data.shards import ShardSource, ShardStream
 from .data.sources import SceneSource, open_source
 from .errors import (ConfigError, DataError, OutputExistsError, RunInterrupted, WriteError)
 from .io import (PART, atomic_path, atomic_write_text, check_writable_folder,
@@ -299,11 +300,13 @@ class TrainingState(Callback):
     - the random number generators (torch, numpy, python; CUDA), which drive the views;
     - buffers a module registered as non-persistent: lightly's MemoryBankModule keeps the MoCo
       queue that way, so without this a resumed run would start with a fresh random queue;
-    - where in the epoch the data stream stood (set on the ResumableSampler at train start).
+    - where in the epoch the data stream stood (set on the ResumableSampler at train start,
+      or on a ShardStream when the checkpoint is loaded, before its DataLoader workers start).
     """
 
-    def __init__(self, sampler: ResumableSampler | None = None) -> None:
-        self.sampler = sampler
+    def __init__(self, sampler: ResumableSampler | None = None, stream=None,
+                 batch_size: int = 1) -> None:
+        self.sampler, self.stream, self.batch_size = sampler, stream, batch_size
         self._pending: dict | None = None
 
     def state_dict(self) -> dict:
@@ -325,6 +328,8 @@ class TrainingState(Callback):
                                        _non_persistent_buffers(pl_module)}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.stream is not None:  # one batch per rank per step
+            self.stream.resume(int(checkpoint.get("global_step", 0)), self.batch_size)
         saved = checkpoint.get("eossl_buffers") or {}
         for name, buf in _non_persistent_buffers(pl_module):
             if name in saved and saved[name].shape == buf.shape:
@@ -634,6 +639,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     L.seed_everything(seed, workers=True, verbose=False)
     with _skip_corrupt_shards(bool(d.get("skip_corrupt_shards"))):
         source = open_source(d["name"], cache, d.get("labels"), bands=d.get("bands"))
+    if isinstance(source, ShardSource):  # an object-store corpus' local chunk cache
+        source.corpus.use_cache(d.get("chunk_cache_dir"), d.get("chunk_cache_size"))
     skipped = list(getattr(source, "skipped", None) or [])
     if skipped and zero:
         warnings.warn(f"{d['name']}: training without {len(skipped)} corrupt shard(s): "
@@ -653,7 +660,13 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     single = (str(t.get("devices", 1)) == "1" and int(t.get("num_nodes", 1)) == 1
               and str(t.get("strategy", "auto")) in ("auto", "single_device"))
     sampler = None
-    if single and hasattr(train_ds, "__len__"):
+    stream = train_ds if isinstance(train_ds, ShardStream) else None
+    if stream is not None:
+        # Shard corpora stream whole chunks (data/shards.py): the stream splits itself across
+        # ranks and workers, draws from the run's seed and resumes by position.
+        stream.configure(seed=seed if stream.seed is None else None,
+                         window=d.get("shuffle_window"))
+    elif single and hasattr(train_ds, "__len__"):
         epoch_offset = isinstance(train_ds, RandomCropDataset) and train_ds.seed is None
         if epoch_offset:
             # Crops drawn from OS entropy could not be replayed on resume; seeded by global
@@ -685,7 +698,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         max_steps=int(max_steps) if max_steps else -1, max_epochs=-1,
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t["num_nodes"]),
         strategy=t["strategy"], precision=t["precision"],
-        callbacks=[ckpt, TrainingState(sampler), stop, *speed],
+        callbacks=[ckpt, TrainingState(sampler, stream, loader_kw["batch_size"]), stop,
+                   *speed],
         plugins=[AtomicCheckpointIO()], deterministic=t["deterministic"],
         sync_batchnorm=bool(t["sync_batchnorm"]),  # global BN under DDP (GPUs)
         logger=RunLogger(out), log_every_n_steps=10,

@@ -387,7 +387,77 @@ def geotiff_chips(folder, size: int, stride: int | None = None, max_nodata: floa
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_meta(path: str, cache_dir: str | None) -> dict:
+DEFAULT_CACHE_SIZE = "50GB"  # object-store corpora: local chunk cache limit (data.chunk_cache_size)
+SHUFFLE_WINDOW = 1024  # samples shuffled together (a few chunks' worth; bounds each worker's memory)
+
+
+def parse_bytes(size: int | str, what: str = "size") -> int:
+    """``50GB``, ``500MB`` or a number of bytes -> bytes (LitData's own units, as chunk_bytes)."""
+    if isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0:
+        return int(size)
+    from litdata.utilities.format import _convert_bytes_to_int
+
+    try:
+        n = _convert_bytes_to_int(str(size))
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise ConfigError(f"{what}: cannot read {size!r} as a size; expected e.g. 50GB, 500MB or "
+                          "a number of bytes")
+    return n
+
+
+def _downloader(url: str):
+    """LitData's downloader for an object-store URL.
+
+    S3 endpoint and credentials come from the standard AWS environment (AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, AWS_DEFAULT_REGION). LitData's
+    own S3 client retries 1000 times (adaptive mode), so a store that went away would stall a
+    run for hours; an explicit botocore Config without retries lets botocore take
+    AWS_MAX_ATTEMPTS / AWS_RETRY_MODE from the environment (default: 5 attempts).
+    """
+    from litdata.streaming.downloader import get_downloader
+
+    opts = None
+    if url.startswith("s3://"):
+        import botocore.config
+
+        opts = {"config": botocore.config.Config()}
+    return get_downloader(url, tempfile.gettempdir(), [], storage_options=opts)
+
+
+def _fetch(downloader, url: str, dest) -> None:
+    """Copy the object at ``url`` into ``dest`` (a path or a binary file object).
+
+    LitData's ``download_file`` sends S3 chunk reads through obstore, which refuses plain-http
+    endpoints (a local MinIO or S3 test server); its ``download_fileobj`` uses the boto3 /
+    cloud SDK client that honours the AWS environment, so that is the one used where the
+    downloader has it (S3, GCS, Azure, R2; not hf://).
+    """
+    from litdata.streaming.downloader import Downloader
+
+    if type(downloader).download_fileobj is not Downloader.download_fileobj:
+        if isinstance(dest, (str, os.PathLike)):
+            with open(dest, "wb") as f:
+                downloader.download_fileobj(url, f)
+        else:
+            downloader.download_fileobj(url, dest)
+    elif isinstance(dest, (str, os.PathLike)):
+        downloader.download_file(url, os.fspath(dest))
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            downloader.download_file(url, os.path.join(d, "obj"))
+            dest.write(Path(d, "obj").read_bytes())
+
+
+def _fetch_error(url: str, e: Exception) -> DataError:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return DataError(f"{url}: cannot fetch ({type(e).__name__}: {first}); check the URL, and "
+                     "for s3:// the AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / "
+                     "AWS_SECRET_ACCESS_KEY environment")
+
+
+def _read_meta(path: str) -> dict:
     if not is_remote(path):
         f = Path(path) / META
         if not f.is_file():
@@ -397,35 +467,123 @@ def _read_meta(path: str, cache_dir: str | None) -> dict:
             return json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise DataError(f"{f}: corrupt ({e})") from None
-    from litdata.streaming.downloader import get_downloader
+    import io
 
-    local = Path(cache_dir or tempfile.mkdtemp(prefix="eossl-shards-"))
-    local.mkdir(parents=True, exist_ok=True)
+    url = path.rstrip("/") + "/" + META
+    buf = io.BytesIO()
     try:
-        get_downloader(path, str(local), []).download_file(
-            path.rstrip("/") + "/" + META, str(local / META))
-        return json.loads((local / META).read_text())
-    except Exception as e:  # noqa: BLE001 - the backends raise many types; all mean "cannot read"
-        raise DataError(f"{path}/{META}: cannot fetch ({type(e).__name__}: {e})") from None
+        _fetch(_downloader(path), url, buf)
+    except Exception as e:  # noqa: BLE001 - the SDKs raise many types; all mean "cannot read"
+        raise _fetch_error(url, e) from None
+    try:
+        return json.loads(buf.getvalue())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{url}: corrupt ({e})") from None
+
+
+class ChunkCache:
+    """Whole chunks of an object-store corpus on local disk, at most ``limit`` bytes.
+
+    A chunk is fetched once (through LitData's downloader), checked against the size and
+    CRC-32 recorded in ``eossl.json``, and only then renamed to its final name, so the cache
+    never holds a partial or damaged chunk under a chunk's name, whatever stops the download
+    (a dead server, a kill). Least recently used chunks are deleted past the limit. Several
+    processes (ranks, workers) may share one cache folder: a chunk one of them deletes while
+    another wants it is fetched again.
+    """
+
+    def __init__(self, url: str, folder: str | os.PathLike, limit: int | str,
+                 largest_chunk: int = 0) -> None:
+        self.url = url.rstrip("/")
+        self.folder = Path(folder).expanduser()
+        self.limit = parse_bytes(limit, "chunk cache size")
+        if self.limit < 2 * largest_chunk:
+            raise ConfigError(f"chunk cache size {self.limit} bytes is below two chunks of "
+                              f"{self.url} ({largest_chunk} bytes each); raise "
+                              "data.chunk_cache_size")
+        self._downloader = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_downloader": None}  # SDK clients are made per process
+
+    def path(self, chunk: dict) -> Path:
+        """The local file of ``chunk``, fetched first if the cache does not hold it."""
+        f = self.folder / chunk["filename"]
+        if f.is_file():
+            os.utime(f)  # recently used
+        else:
+            self._download(chunk)
+        return f
+
+    def _download(self, chunk: dict) -> None:
+        import uuid
+
+        name = chunk["filename"]
+        url = f"{self.url}/{name}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+        if self._downloader is None:
+            self._downloader = _downloader(self.url)
+        try:
+            try:
+                _fetch(self._downloader, url, tmp)
+            except Exception as e:  # noqa: BLE001 - the SDKs raise many types
+                raise _fetch_error(url, e) from None
+            size = tmp.stat().st_size
+            if size != chunk["bytes"] or _crc32(tmp) != chunk["crc32"]:
+                raise DataError(f"{url}: fetched {size} bytes, expected {chunk['bytes']} with "
+                                "the CRC-32 recorded in eossl.json (damaged in the store?)")
+            os.replace(tmp, self.folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._evict(keep=name)
+
+    def _evict(self, keep: str) -> None:
+        files = []
+        for f in self.folder.glob("chunk-*.bin"):
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_mtime, st.st_size, f))
+        total = sum(s for _, s, _ in files)
+        for _, size, f in sorted(files, key=lambda t: t[0]):
+            if total <= self.limit:
+                break
+            if f.name != keep:
+                f.unlink(missing_ok=True)
+                total -= size
+
+
+def default_chunk_cache(url: str, cache: str | os.PathLike | None = None) -> Path:
+    """``<eossl cache>/shards/<hash of the URL>``: one folder per corpus URL."""
+    import hashlib
+
+    from . import samples
+
+    digest = hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
+    return samples.cache_dir(cache) / "shards" / digest
 
 
 class ShardCorpus:
-    """A packed corpus: metadata, integrity check, random access and streaming datasets.
+    """A packed corpus: metadata, integrity check, whole-chunk reads and random access.
 
     Args:
         path: local folder or object-store URL (``s3://bucket/prefix``).
-        cache_dir: where remote chunks are cached (LitData's default otherwise).
+        cache_dir: where remote chunks are cached (default: ``default_chunk_cache``).
+        cache_size: the cache's size limit (``DEFAULT_CACHE_SIZE``).
         verify: ``"size"`` (default: every local chunk has its recorded size), ``"crc"`` (also
-            its CRC-32, reads every byte) or ``"none"``.
+            its CRC-32, reads every byte) or ``"none"``. Remote chunks are checked (size and
+            CRC-32) as they are fetched.
         skip_corrupt: leave corrupt chunks out instead of failing (default: the environment
             variable EOSSL_SKIP_CORRUPT_SHARDS=1).
     """
 
-    def __init__(self, path: str | os.PathLike, cache_dir: str | None = None,
-                 verify: str = "size", skip_corrupt: bool | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                 verify: str = "size", skip_corrupt: bool | None = None,
+                 cache_size: int | str = DEFAULT_CACHE_SIZE) -> None:
         self.path = str(path)
-        self.cache_dir = cache_dir
-        self.meta = _read_meta(self.path, cache_dir)
+        self.meta = _read_meta(self.path)
         if self.meta.get("format") != FORMAT or not self.meta.get("chunks"):
             raise DataError(f"{self.path}: holds no committed samples (format "
                             f"{self.meta.get('format')!r}, {len(self.meta.get('chunks', []))} "
@@ -446,7 +604,24 @@ class ShardCorpus:
             if not chunks:
                 raise DataError(f"{self.path}: every shard is corrupt")
         self.chunks = chunks
-        self.input_dir = self._view() if self.skipped else self.path
+        self.offsets = np.concatenate([[0], np.cumsum([int(c["chunk_size"]) for c in chunks])])
+        self.cache: ChunkCache | None = None
+        if is_remote(self.path):
+            self.use_cache(cache_dir, cache_size)
+        self._loader = None
+        self._last: tuple[int, "_Chunk"] | None = None
+
+    def use_cache(self, folder: str | os.PathLike | None = None,
+                  size: int | str | None = None) -> None:
+        """Where (and how much of) a remote corpus is cached locally; no-op for local ones."""
+        if not is_remote(self.path):
+            return
+        self.cache = ChunkCache(self.path, folder or default_chunk_cache(self.path),
+                                size or DEFAULT_CACHE_SIZE,
+                                max(int(c["bytes"]) for c in self.chunks))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_loader": None, "_last": None}
 
     def corrupt_chunks(self, check_crc: bool = False) -> list[str]:
         """``"chunk-000003.bin: reason"`` for every local chunk that is missing or damaged."""
@@ -464,22 +639,9 @@ class ShardCorpus:
 
     def chunk_of(self, i: int) -> str:
         """File name of the (good) chunk that holds sample ``i``, for error messages."""
-        end = 0
-        for c in self.chunks:
-            end += int(c["chunk_size"])
-            if 0 <= i < end:
-                return c["filename"]
-        return "?"
-
-    def _view(self) -> str:
-        """A folder of links to the good chunks with an index that lists only them."""
-        view = Path(tempfile.mkdtemp(prefix="eossl-shardview-"))
-        for c in self.chunks:
-            os.symlink(Path(self.path).resolve() / c["filename"], view / c["filename"])
-        idx = {"chunks": [{k: c[k] for k in ("chunk_bytes", "chunk_size", "dim", "filename")}
-                          for c in self.chunks], "config": self.meta["litdata_config"]}
-        (view / INDEX).write_text(json.dumps(idx))
-        return str(view)
+        if not 0 <= i < len(self):
+            return "?"
+        return self.chunks[int(np.searchsorted(self.offsets, i, side="right")) - 1]["filename"]
 
     @property
     def bands(self) -> list[str]:
@@ -490,33 +652,121 @@ class ShardCorpus:
         return self.meta["kind"]
 
     def __len__(self) -> int:
-        return sum(int(c["chunk_size"]) for c in self.chunks)
+        return int(self.offsets[-1])
 
     def stats(self) -> BandStats:
         return merge_stats((c.get("stats", {}) for c in self.chunks), self.bands)
 
-    def streaming(self, shuffle: bool = False, seed: int = 0, drop_last: bool | None = None):
-        """LitData's StreamingDataset over the (good) chunks: raw sample dicts."""
-        from litdata import StreamingDataset
-
-        kw = {"cache_dir": self.cache_dir} if (self.cache_dir and is_remote(self.input_dir)) \
-            else {}
-        return StreamingDataset(self.input_dir, shuffle=shuffle, seed=seed,
-                                drop_last=drop_last, **kw)
+    def chunk(self, k: int) -> "_Chunk":
+        """Good chunk number ``k`` (in ``self.chunks``), whole: the local file (or, for an
+        object store, the chunk-cache file it is fetched into first), memory-mapped and read
+        ahead sequentially."""
+        c = self.chunks[k]
+        name = c["filename"]
+        try:
+            f = self.cache.path(c) if self.cache is not None else Path(self.path) / name
+            data = _map(f)
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot read shard {name} ({e})") from None
+        if len(data) != int(c["bytes"]):
+            raise DataError(f"{self.path}: shard {name} has {len(data)} bytes, expected "
+                            f"{c['bytes']} (truncated or damaged after the corpus was opened); "
+                            f"--skip-corrupt-shards ({SKIP_ENV}=1) leaves out shards found "
+                            "damaged when the corpus is opened")
+        if self._loader is None:
+            self._loader = _item_loader(self.meta, self.chunks)
+        return _Chunk(data, name, int(c["chunk_size"]), self._loader, self.path)
 
     def __getitem__(self, i: int) -> dict:
-        if not hasattr(self, "_ra"):
-            self._ra = self.streaming()
-        return _decode(self._ra[int(i)], self.input_dir)
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} of a corpus of {len(self)}")
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        if self._last is None or self._last[0] != k:  # sequential reads stay in one chunk
+            self._last = (k, self.chunk(k))
+        return _decode(self._last[1].item(i - int(self.offsets[k])))
+
+    def streaming(self, shuffle: bool = False, seed: int = 0, drop_last: bool | None = None):
+        """LitData's own StreamingDataset over the corpus folder (raw sample dicts); eossl
+        trains from ``ShardStream``, which reads whole chunks (benchmarks/chips_shards.py
+        compares the two)."""
+        from litdata import StreamingDataset
+
+        if self.skipped:
+            raise DataError(f"{self.path}: LitData's reader would read the skipped shards "
+                            f"{', '.join(self.skipped)}; use ShardStream")
+        return StreamingDataset(self.path, shuffle=shuffle, seed=seed, drop_last=drop_last)
 
     def dataset(self, crop_size: int | None = None, shuffle: bool = True, seed: int = 0,
-                bands: Sequence[str] | None = None, drop_last: bool | None = None,
-                with_meta: bool = False) -> "ShardDataset":
-        return ShardDataset(self, crop_size=crop_size, shuffle=shuffle, seed=seed,
-                            bands=bands, drop_last=drop_last, with_meta=with_meta)
+                bands: Sequence[str] | None = None, with_meta: bool = False,
+                epochs: int | None = 1, **kw) -> "ShardStream":
+        """A ShardStream over this corpus (one epoch per iteration by default)."""
+        return ShardStream(self, crop_size=crop_size, shuffle=shuffle, seed=seed, bands=bands,
+                           with_meta=with_meta, epochs=epochs, **kw)
 
 
-def _decode(item: dict, where: str) -> dict:
+def _item_loader(meta: dict, chunks: list[dict]):
+    """LitData's PyTreeLoader, set up from the corpus' LitData config the way LitData's own
+    ChunksConfig sets it up; it decodes one sample from its bytes."""
+    import copy
+
+    from litdata.streaming.item_loader import PyTreeLoader
+    from litdata.streaming.serializers import _get_serializers
+    from litdata.utilities._pytree import treespec_loads
+
+    config = copy.deepcopy(meta["litdata_config"])
+    if config.get("compression"):
+        raise DataError(f"compressed LitData chunks ({config['compression']}) are not supported; "
+                        "pack with eossl data pack")
+    config["data_spec"] = treespec_loads(config["data_spec"])
+    loader = PyTreeLoader()
+    loader.setup(config, [{k: c[k] for k in ("chunk_bytes", "chunk_size", "dim", "filename")}
+                          for c in chunks], _get_serializers(None))
+    return loader
+
+
+def _map(path: Path) -> memoryview:
+    """A read-only memory map of a whole file, read ahead sequentially (no copy: the samples
+    are decoded straight from the page cache). A file deleted while mapped stays readable, so
+    a chunk another process evicts from the cache is not lost mid-read."""
+    import mmap
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return memoryview(b"")
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(m, "madvise"):
+        m.madvise(mmap.MADV_SEQUENTIAL)
+        m.madvise(mmap.MADV_WILLNEED)
+    return memoryview(m)
+
+
+class _Chunk:
+    """One chunk file in memory: LitData's layout is ``num_items`` (uint32), ``num_items + 1``
+    uint32 offsets of the items in the file, then the items."""
+
+    def __init__(self, data: memoryview, name: str, expected: int, loader, where: str) -> None:
+        self.data, self.name, self.loader, self.where = data, name, loader, where
+        n = int.from_bytes(data[:4], "little") if len(data) >= 4 else -1
+        ok = n == expected and len(data) >= 4 * (n + 2)
+        if ok:
+            self.offsets = np.frombuffer(data, np.uint32, n + 1, 4).astype(np.int64)
+            ok = bool(self.offsets[0] >= 4 * (n + 2) and self.offsets[-1] <= len(data)
+                      and (np.diff(self.offsets) >= 0).all())
+        if not ok:
+            raise DataError(f"{where}: shard {name} is damaged (its item table does not match "
+                            f"the {expected} samples recorded in eossl.json)")
+
+    def item(self, j: int) -> dict:
+        try:
+            return self.loader.deserialize(self.data[self.offsets[j]:self.offsets[j + 1]])
+        except Exception as e:  # noqa: BLE001 - decode errors of damaged bytes
+            raise DataError(f"{self.where}: cannot decode sample {j} of shard {self.name} "
+                            f"({type(e).__name__}: {e})") from None
+
+
+def _decode(item: dict) -> dict:
     out = {"image": item["image"], "key": item["key"]}
     if "mask" in item:
         out["mask"] = item["mask"]
@@ -524,123 +774,154 @@ def _decode(item: dict, where: str) -> dict:
     return out
 
 
-class ShardDataset(IterableDataset):
-    """Training stream over a corpus: shuffled across and within chunks (a new order each
-    epoch), split across ranks and DataLoader workers without overlap (LitData), cropped at
-    random to ``crop_size`` and converted to torchgeo-style ``{"image": float32 (C, H, W)}``.
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
 
-    A time-series sample yields one date drawn at random (the default crop-based methods want
-    single images). Under DDP, ``drop_last`` (LitData's default there) keeps ranks equal.
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardStream(IterableDataset):
+    """The training stream over a corpus: whole chunks in a shuffled order, samples shuffled
+    within a window of ``window`` consecutive samples, cropped at random to ``crop_size`` and
+    converted to torchgeo-style ``{"image": float32 (C, H, W)}``.
+
+    Each epoch is one pass: the chunk order is drawn from (seed, epoch) and the samples, in
+    that order, are cut into ranks x workers contiguous shares (rank r gets shares r*W ...
+    r*W + W - 1, one per DataLoader worker), so ranks and workers read disjoint samples and
+    every sample once per epoch; each worker reads only the chunks its share touches, whole,
+    in order, with at most a window's worth (plus a chunk at either end) in memory. Window
+    permutations and crop positions are drawn per window from (seed, epoch, position), so the
+    stream is a function of the seed and the position alone: ``resume(batches, batch_size)``
+    continues it after ``batches`` batches by arithmetic, without reading what it skips. With
+    workers, the resumed DataLoader's first worker takes the place of the one the interrupted
+    run would have asked next.
+
+    ``epochs=None`` (training) streams epoch after epoch without end, so DDP ranks never run
+    out at different steps (the budget stops training); an integer gives that many epochs
+    per iteration (evaluation, benchmarks), counted on from the previous iteration. A
+    time-series sample yields one date drawn at random. ``distributed=(rank, world)`` stands
+    in for torch.distributed (tests).
     """
 
-    def __init__(self, corpus: ShardCorpus, crop_size: int | None = None, shuffle: bool = True,
-                 seed: int = 0, bands: Sequence[str] | None = None,
-                 drop_last: bool | None = None, with_meta: bool = False,
+    def __init__(self, corpus: ShardCorpus, crop_size: int | None = None, *, shuffle: bool = True,
+                 seed: int | None = 0, bands: Sequence[str] | None = None,
+                 with_meta: bool = False, window: int = SHUFFLE_WINDOW, epochs: int | None = None,
                  distributed: tuple[int, int] | None = None) -> None:
-        self.corpus, self.crop_size, self.seed = corpus, crop_size, seed
-        self.with_meta = with_meta
-        self.ds = corpus.streaming(shuffle=shuffle, seed=seed, drop_last=drop_last)
-        if distributed is not None:  # (rank, world_size) without torch.distributed, for tests
-            from litdata.utilities.env import _DistributedEnv
-
-            rank, world = distributed
-            self.ds.distributed_env = _DistributedEnv(world, rank, 1)
-            self.ds.drop_last = bool(drop_last)
+        self.corpus, self.crop_size, self.shuffle = corpus, crop_size, shuffle
+        # seed None: eossl.train sets the run's seed before training
+        self.seed, self.with_meta, self.epochs = seed, with_meta, epochs
+        self.configure(window=window)
+        self.distributed = distributed
         self.band_idx = None
         if bands is not None and list(bands) != corpus.bands:
             from ..bands import band_indices
 
-            self.band_idx = band_indices(corpus.bands, bands, source=corpus.path)
+            self.band_idx = np.asarray(band_indices(corpus.bands, bands, source=corpus.path))
         shape = corpus.meta.get("shape") or []
         if crop_size is not None and shape and min(shape[-2:]) < crop_size:
             raise ConfigError(f"crop size {crop_size} px is larger than the chips of "
                               f"{corpus.path} ({shape[-2]}x{shape[-1]} px)")
-        self._epoch = 0
+        self._next_epoch = 0
+        self._resume = (0, 1)
 
-    def __len__(self) -> int:
-        return len(self.ds)
+    def __getstate__(self) -> dict:
+        # A DataLoader started with "spawn" pickles the dataset in the main process, where the
+        # process group lives; its workers must split the corpus by the rank found there.
+        return {**self.__dict__, "distributed": self.distributed or _rank_world()}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.ds.set_epoch(epoch)
+    def configure(self, seed: int | None = None, window: int | None = None) -> None:
+        """Set the seed and the shuffle window (``data.shuffle_window``); None keeps them."""
+        if seed is not None:
+            self.seed = int(seed)
+        if window is not None:
+            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+                raise ConfigError(f"data.shuffle_window must be a whole number of samples >= 1, "
+                                  f"got {window!r}")
+            self.window = window
 
-    def _where(self) -> str:
-        """The chunk being read, for error messages."""
-        try:
-            return self.ds.worker_chunks and self.corpus.chunks[
-                self.ds.worker_chunks[max(0, self.ds.worker_next_chunk_index - 1)]]["filename"]
-        except Exception:  # noqa: BLE001 - best effort, only used to name the culprit
-            return "?"
+    def _seed(self) -> int:
+        return int(self.seed or 0) & (2 ** 63 - 1)  # numpy seeds are non-negative
+
+    def resume(self, batches: int, batch_size: int) -> None:
+        """Continue after ``batches`` batches of ``batch_size`` (per rank) were consumed."""
+        self._resume = (int(batches), int(batch_size))
+
+    def share(self, epoch: int, part: int, parts: int) -> tuple[np.ndarray, int, int]:
+        """The chunk order of ``epoch`` and the [start, end) positions of share ``part``."""
+        n_chunks = len(self.corpus.chunks)
+        order = (np.random.default_rng([self._seed(), epoch]).permutation(n_chunks)
+                 if self.shuffle else np.arange(n_chunks))
+        total = len(self.corpus)
+        return order, part * total // parts, (part + 1) * total // parts
+
+    def _window(self, epoch: int, order: np.ndarray, starts: np.ndarray, a: int, b: int):
+        """(chunk, item, uniform draws) for positions [a, b) of the epoch, shuffled."""
+        rng = np.random.default_rng([self._seed(), epoch, a, 1])
+        pos = np.arange(a, b)
+        if self.shuffle:
+            pos = pos[rng.permutation(len(pos))]
+        k = np.searchsorted(starts, pos, side="right") - 1
+        return order[k], pos - starts[k], rng.random((len(pos), 3))
 
     def __iter__(self):
-        self._epoch += 1
-        it = iter(self.ds)
-        wi = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng((self.seed, self._epoch, wi.id if wi else 0,
-                                     self.ds.distributed_env.global_rank))
-        while True:
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            except Exception as e:  # noqa: BLE001 - decode/read errors of a damaged chunk
-                raise DataError(f"{self.corpus.path}: cannot read shard {self._where()} "
-                                f"({type(e).__name__}: {e}); --skip-corrupt-shards "
-                                f"({SKIP_ENV}=1) leaves out shards found damaged when the "
-                                "corpus is opened") from None
-            img = item["image"]
-            if img.ndim == 4:
-                img = img[rng.integers(img.shape[0])]
-            if self.band_idx is not None:
-                img = img[self.band_idx]
-            s = self.crop_size
-            if s is not None and (img.shape[-2] > s or img.shape[-1] > s):
-                r = int(rng.integers(0, img.shape[-2] - s + 1))
-                c = int(rng.integers(0, img.shape[-1] - s + 1))
-                img = img[:, r:r + s, c:c + s]
-            out = {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))}
-            if self.with_meta:
-                out["key"] = item["key"]
-            yield out
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        rank, world = self.distributed or _rank_world()
+        done_batches, batch_size = self._resume
+        self._resume = (0, 1)
+        logical = (worker + done_batches) % workers
+        done = (done_batches // workers + int(logical < done_batches % workers)) * batch_size
+        parts, part = world * workers, rank * workers + logical
+        if len(self.corpus) < parts:
+            raise DataError(f"{self.corpus.path}: {len(self.corpus)} samples cannot be shared by "
+                            f"{world} rank(s) x {workers} DataLoader worker(s)")
+        sizes = np.asarray([int(c["chunk_size"]) for c in self.corpus.chunks])
+        first = self._next_epoch
+        if self.epochs is not None:
+            self._next_epoch += self.epochs
+        epoch = first
+        while self.epochs is None or epoch < first + self.epochs:
+            order, start, end = self.share(epoch, part, parts)
+            starts = np.concatenate([[0], np.cumsum(sizes[order])])
+            n = end - start
+            if done >= n:  # resuming: this epoch's share was consumed
+                done -= n
+                epoch += 1
+                continue
+            loaded: dict[int, _Chunk] = {}
+            w0 = start + (done // self.window) * self.window
+            skip, done = done % self.window, 0
+            for a in range(w0, end, self.window):
+                chunks, items, draws = self._window(epoch, order, starts, a,
+                                                    min(a + self.window, end))
+                need = dict.fromkeys(chunks.tolist())
+                for k in [k for k in loaded if k not in need]:
+                    del loaded[k]  # memory: only the chunks of this window
+                for k in need:
+                    if k not in loaded:
+                        loaded[k] = self.corpus.chunk(k)
+                for j in range(skip, len(chunks)):
+                    yield self._sample(loaded[chunks[j]].item(int(items[j])), draws[j])
+                skip = 0
+            epoch += 1
 
-
-class ShardCrops(torch.utils.data.Dataset):
-    """Map-style random crops of a corpus, one per stored sample: for training loops that bring
-    their own (resumable, distributed) sampler, which an IterableDataset cannot take. Reads go
-    through LitData's random access; rank splitting is then the sampler's job."""
-
-    def __init__(self, corpus: ShardCorpus, crop_size: int, seed: int | None = None,
-                 bands: Sequence[str] | None = None) -> None:
-        self.corpus, self.crop_size, self.seed = corpus, crop_size, seed
-        self.band_idx = None
-        if bands is not None and list(bands) != corpus.bands:
-            from ..bands import band_indices
-
-            self.band_idx = band_indices(corpus.bands, bands, source=corpus.path)
-
-    def __len__(self) -> int:
-        return len(self.corpus)
-
-    def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng(None if self.seed is None else (self.seed, int(i)))
-        try:
-            img = self.corpus[i]["image"]
-        except (IndexError, DataError):
-            raise
-        except Exception as e:  # noqa: BLE001 - decode/read errors of a damaged chunk
-            raise DataError(f"{self.corpus.path}: cannot read sample {i} from shard "
-                            f"{self.corpus.chunk_of(i)} ({type(e).__name__}: {e}); "
-                            f"--skip-corrupt-shards ({SKIP_ENV}=1) leaves out shards found "
-                            "damaged when the corpus is opened") from None
+    def _sample(self, item: dict, u: np.ndarray) -> dict:
+        img = item["image"]
         if img.ndim == 4:
-            img = img[rng.integers(img.shape[0])]
+            img = img[int(u[2] * img.shape[0])]
+        s = self.crop_size
+        if s is not None and (img.shape[-2] > s or img.shape[-1] > s):
+            r = int(u[0] * (img.shape[-2] - s + 1))
+            c = int(u[1] * (img.shape[-1] - s + 1))
+            img = img[:, r:r + s, c:c + s]
         if self.band_idx is not None:
             img = img[self.band_idx]
-        s = self.crop_size
-        if img.shape[-2] > s or img.shape[-1] > s:
-            r = int(rng.integers(0, img.shape[-2] - s + 1))
-            c = int(rng.integers(0, img.shape[-1] - s + 1))
-            img = img[:, r:r + s, c:c + s]
-        return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))}
+        out = {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))}
+        if self.with_meta:
+            out["key"] = item["key"]
+        return out
 
 
 class ShardSource:
@@ -678,20 +959,20 @@ class ShardSource:
         return st if self._bands == st.bands else st.subset(self._bands)
 
     def crops(self, size: int, length: int | None = None, seed: int | None = None,
-              region=None) -> ShardDataset:
-        """Random ``size`` px crops, one per stored sample per epoch (``length`` is ignored: an
-        epoch is one pass over the corpus; budgets are set in steps or time)."""
+              region=None) -> ShardStream:
+        """Random ``size`` px crops streamed from whole chunks (ShardStream), epoch after epoch
+        (``length`` is ignored: an epoch is one pass over the corpus; budgets are set in
+        steps or time). eossl.train resumes it with ``ShardStream.resume``."""
         if region is not None:
             raise ConfigError("shard corpora have no spatial region split")
-        shape = self.corpus.meta.get("shape") or []
-        if shape and min(shape[-2:]) < size:
-            raise ConfigError(f"crop size {size} px is larger than the chips of "
-                              f"{self.corpus.path} ({shape[-2]}x{shape[-1]} px)")
-        # Map-style, because eossl.train gives the DataLoader its own resumable sampler (and
-        # Lightning a DistributedSampler under DDP); stream with .corpus.dataset() elsewhere.
-        return ShardCrops(self.corpus, size, seed=seed, bands=self._bands)
+        return ShardStream(self.corpus, size, seed=seed, bands=self._bands)
 
 
 def open_shards(path: str | os.PathLike, cache=None, bands=None) -> ShardSource:
-    """Open a corpus folder or URL as a source (used by sources.open_source for paths)."""
-    return ShardSource(path, bands=bands)
+    """Open a corpus folder or URL as a source (used by sources.open_source for paths); a
+    remote corpus caches its chunks under ``cache`` (the eossl cache) until
+    ``corpus.use_cache`` says otherwise."""
+    src = ShardSource(path, bands=bands,
+                      cache_dir=default_chunk_cache(str(path), cache) if is_remote(path)
+                      else None)
+    return src
