@@ -1,18 +1,18 @@
 """Sharded corpora: pack imagery into LitData chunks and stream them back for training at scale.
 
-Why LitData rather than WebDataset (both are installed; we picked one):
+Why LitData's format rather than WebDataset's (both are installed; we picked one):
 
-- DDP needs every rank to see the same number of batches or the gradient all-reduce hangs at the
-  end of an epoch. LitData splits the corpus across ranks *and* DataLoader workers at sample
-  granularity (a chunk may be shared by two workers), so ranks get equal shares however many
-  chunks there are; WebDataset splits whole tar shards, which leaves ranks unequal unless one
-  resamples with replacement.
-- Chunks are indexed binary files, so a sample can be read by position (``corpus[i]``): tests,
-  statistics and evaluation read single samples without scanning a tar stream.
-- Shuffling is two-level and epoch-seeded (chunk order, then samples within each chunk's
-  interval), the same on every rank, without a shuffle buffer.
-- ``s3://``, ``gs://``, ``az://`` and ``hf://`` inputs stream through a bounded local chunk
-  cache, and a dataset's state can be saved for mid-epoch resume.
+- Chunks are indexed binary files: a sample can be read by position (``corpus[i]``) for tests,
+  statistics and evaluation, and a reader can cut an epoch into equal shares at sample
+  granularity (a chunk may be shared by two ranks or workers), so DDP ranks get equal work
+  however many chunks there are; WebDataset splits whole tar shards, which leaves ranks unequal
+  unless one resamples with replacement.
+- LitData writes the chunks, decodes the samples and fetches ``s3://``, ``gs://``, ``az://`` and
+  ``hf://`` objects.
+
+Training does not use LitData's StreamingDataset: ``ShardStream`` reads whole chunks in a
+seeded order and shuffles within a bounded window (several times LitData's per-sample reads,
+benchmarks/chips_shards.py), and resumes by arithmetic on the step; see its docstring.
 
 A corpus folder holds LitData's ``index.json`` and ``chunk-NNNNNN.bin`` files plus ``eossl.json``:
 the band list, sensor, per-chunk statistics and CRC-32 checksums, and (for a collection in
