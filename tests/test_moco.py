@@ -141,8 +141,9 @@ def test_load_encoder_errors(tmp_path):
         load_encoder(other)
 
 
-@pytest.mark.parametrize("momentum", [0.1, None], ids=["ema", "cumulative"])
-def test_batched_split_batchnorm_equals_the_per_group_loop(momentum):
+@pytest.mark.parametrize("momentum, channels_last", [(0.1, False), (None, False), (0.1, True)],
+                         ids=["ema", "cumulative", "channels-last"])
+def test_batched_split_batchnorm_equals_the_per_group_loop(momentum, channels_last):
     """SplitBatchNorm2d normalises s groups (sample i in group i % s) in one BatchNorm call; it
     must equal s separate BatchNorm2d calls, group 0 first: outputs, gradients, and the running
     statistics those calls leave behind (train mode), and plain BatchNorm in eval mode."""
@@ -161,7 +162,10 @@ def test_batched_split_batchnorm_equals_the_per_group_loop(momentum):
     plain.num_batches_tracked.fill_(3)
     split = convert_split_batchnorm(torch.nn.Sequential(copy.deepcopy(plain)))[0]
     assert type(split) is SplitBatchNorm2d
-    x = (torch.randn(n, c, 5, 5) * 3 + 1).requires_grad_()
+    x = torch.randn(n, c, 5, 5) * 3 + 1
+    if channels_last:  # --channels-last batches: same numbers, and the layout is kept
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.requires_grad_()
     x2 = x.detach().clone().requires_grad_()
     upstream = torch.randn(n, c, 5, 5)
 
@@ -171,6 +175,8 @@ def test_batched_split_batchnorm_equals_the_per_group_loop(momentum):
     for g in range(s):
         ref[g::s] = plain(x2[g::s])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last
+                             else torch.contiguous_format)
     # each group really has its own statistics: not what one BatchNorm over the batch gives
     assert not torch.allclose(out, torch.nn.functional.batch_norm(x, None, None, training=True),
                               atol=1e-3)

@@ -663,11 +663,17 @@ class ShardCorpus:
         ahead sequentially."""
         c = self.chunks[k]
         name = c["filename"]
-        try:
-            f = self.cache.path(c) if self.cache is not None else Path(self.path) / name
-            data = _map(f)
-        except OSError as e:
-            raise DataError(f"{self.path}: cannot read shard {name} ({e})") from None
+        for attempt in range(3):
+            try:
+                f = self.cache.path(c) if self.cache is not None else Path(self.path) / name
+                data = _map(f)
+                break
+            except FileNotFoundError:
+                if self.cache is not None and attempt < 2:
+                    continue  # another process evicted it from the shared cache: fetch again
+                raise DataError(f"{self.path}: shard {name} is missing") from None
+            except OSError as e:
+                raise DataError(f"{self.path}: cannot read shard {name} ({e})") from None
         if len(data) != int(c["bytes"]):
             raise DataError(f"{self.path}: shard {name} has {len(data)} bytes, expected "
                             f"{c['bytes']} (truncated or damaged after the corpus was opened); "
