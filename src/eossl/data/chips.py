@@ -69,23 +69,30 @@ class FileChips(ChipReader):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise DataError("no chip files found")
-        first = self.paths[0]
-        shape = None
-        file_nodata = None
+        shapes, descriptions, file_nodata = [], {}, {}
         for p in self.paths:
             try:
                 with rasterio.open(p) as src:
-                    here = (src.count, src.height, src.width)
-                    if shape is None:
-                        shape, descriptions = here, list(src.descriptions or [])
-                        file_nodata = src.nodata
+                    shapes.append((src.count, src.height, src.width))
+                    if len(descriptions) < 1:
+                        descriptions[p], file_nodata[p] = list(src.descriptions or []), src.nodata
             except rasterio.errors.RasterioError as e:
                 raise DataError(f"{p}: cannot open the chip as a raster ("
                                 f"{str(e).splitlines()[0][:120]})") from None
+        # the shape most chips have is the rule; the first chip off it is named
+        from collections import Counter
+
+        shape = Counter(shapes).most_common(1)[0][0]
+        ref = self.paths[shapes.index(shape)]
+        for p, here in zip(self.paths, shapes):
             if here != shape:
-                raise DataError(f"{p}: {here[0]} bands of {here[1]} x {here[2]} px, but {first} "
-                                f"has {shape[0]} bands of {shape[1]} x {shape[2]} px; every chip "
-                                "of one data set needs the same bands and size")
+                raise DataError(f"{p}: {here[0]} bands of {here[1]} x {here[2]} px, but {ref} "
+                                f"(and most chips) has {shape[0]} bands of {shape[1]} x "
+                                f"{shape[2]} px; every chip of one data set needs the same "
+                                "bands and size")
+        first = ref
+        with rasterio.open(first) as src:
+            descriptions, file_nodata = list(src.descriptions or []), src.nodata
         self.count, self.height, self.width = shape
         self.bands, self.indexes, self.sensor = name_raster_bands(
             first, self.count, descriptions, sensor=sensor, band_names=band_names, bands=bands)

@@ -79,7 +79,7 @@ def stac_scenes(path: str | os.PathLike, req, cache=None):
         if not assets:
             raise DataError(f"{path}: item {item.id!r} has no raster asset (GeoTIFF/COG/JP2 "
                             "with the 'data' role)")
-        hrefs = {k: Path(a.get_absolute_href() or a.href) for k, a in assets}
+        hrefs = {k: _local(path, a) for k, a in assets}
         missing = [str(h) for h in hrefs.values() if not h.exists()]
         if missing:
             raise DataError(f"{path}: item {item.id!r}: asset file {missing[0]} does not exist "
@@ -133,6 +133,17 @@ def stac_scenes(path: str | os.PathLike, req, cache=None):
     if req.band_names and len(items) > 1 and len(scenes) != len(items):
         raise ConfigError("--band-names: give it for a single item")
     return SceneSource(path.stem, scenes, cache=cache_dir(cache), data_id=data_id(str(path)))
+
+
+def _local(doc: Path, asset) -> Path:
+    """An asset's file: absolute as given, else relative to the JSON (items of an
+    ItemCollection carry no self link for pystac to resolve against)."""
+    href = asset.get_absolute_href() or asset.href
+    if "://" in href and not href.startswith("file://"):
+        raise DataError(f"{doc}: asset {href} is remote; eossl reads local STAC items (download "
+                        "the assets, or collect patches with eossl collect)")
+    p = Path(href.removeprefix("file://"))
+    return p if p.is_absolute() else (doc.parent / p)
 
 
 def _count(path: Path) -> int:
