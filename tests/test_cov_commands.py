@@ -112,6 +112,7 @@ def test_evaluate_change_on_a_pair_with_a_planted_change(capsys, ckpt, tmp_path,
             dst.write(arr)
         paths.append(p)
     out = _run(capsys, "evaluate", "change", "--checkpoint", f"moco={ckpt}", "--pair", *paths,
+               "--band-names", ",".join(BANDS),
                "--steps", "2", "--crop", "32", "--batch-size", "2", "--seeds", "0", "--out",
                tmp_path / "ch")
     assert "F1" in out

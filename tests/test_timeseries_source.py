@@ -252,7 +252,7 @@ def test_seco_layout(tmp_path, monkeypatch):
 def test_seco_layout_too_few_dates(tmp_path):
     _write_seco(tmp_path, n_locations=1, stamps=("20200611T103031_20200611T103026_T32UNU",
                                                   "20190317T103021_20190317T103018_T32UNU"))
-    with pytest.raises(DataError, match=r"000000.*2 usable dates.*3 views"):
+    with pytest.raises(DataError, match=r"000000.*has 2 date\(s\) but 3 views.*single-date"):
         seco_source(tmp_path).multi_date(3, 8, 1)
 
 

@@ -265,6 +265,11 @@ def _folder(p: Path, req: DataRequest, cache):
 
         _chip_options(req, str(p))
         return bigearthnet_source(p, req)
+    if _is_dated(p, entries):  # LOCATION/YYYY-MM-DD.tif: before chips, which look alike
+        from .timeseries_source import timeseries_folder
+
+        _no_labels(req, str(p), "a time series of dated GeoTIFFs")
+        return timeseries_folder(p, _listify(req.bands))
     if is_chip_folder(p):
         _chip_options(req, str(p))
         if req.label_column:
@@ -278,11 +283,6 @@ def _folder(p: Path, req: DataRequest, cache):
 
         _no_labels(req, str(p), "a Landsat time series")
         return landsat_source(p, _listify(req.bands))
-    if _is_dated(p, entries):
-        from .timeseries_source import timeseries_folder
-
-        _no_labels(req, str(p), "a time series of dated GeoTIFFs")
-        return timeseries_folder(p, _listify(req.bands))
     rasters = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     if rasters:
         return _scenes(rasters, req, cache, str(p))
