@@ -72,11 +72,3 @@ def open_from_args(args, attr: str = "data", **override):
     from ..data.resolve import open_data
 
     return open_data(data_request(args, attr, **override), getattr(args, "cache", None))
-
-
-def config_overrides(args) -> dict:
-    """``data.KEY`` overrides for a run configuration (pretrain)."""
-    out = {"data.name": getattr(args, "data", None)}
-    for f in FIELDS:
-        out[f"data.{f}"] = getattr(args, f, None)
-    return out
