@@ -127,6 +127,7 @@ def test_cli_pair_runs_end_to_end(tmp_path):
     rc = main(["evaluate", "change", "--checkpoint", f"enc={tmp_path / 'enc.ckpt'}",
                "--no-random-init", "--pair", str(tmp_path / "before.tif"),
                str(tmp_path / "after.tif"), str(tmp_path / "mask.tif"), "--steps", "2",
+               "--band-names", "B04,B03,B02",
                "--crop", "32", "--batch-size", "2", "--out", str(tmp_path / "res")])
     assert rc == 0 and (tmp_path / "res" / "results.json").exists()
     assert main(["evaluate", "change", "--checkpoint", str(tmp_path / "enc.ckpt"), "--pair",

@@ -41,7 +41,7 @@ def _results(folder):
 def test_evaluate_multilabel_probe_on_real_bigearthnet(capsys, ckpt, tmp_path, ben_dir):
     out = _run(capsys, "evaluate", "multilabel", "--checkpoint", f"moco={ckpt}", "--root",
                ben_dir, "--no-finetune", "--seeds", "0", "--out", tmp_path / "ml")
-    assert "16 train (train+validation) / 8 test patches" in out
+    assert "16 train / 8 test patches" in out and "train + validation train" in out
     res = _results(tmp_path / "ml")
     assert res["missing_bands"] == {"random init": [], "moco": []}
     models = {r["model"] for r in res["records"]}
@@ -112,6 +112,7 @@ def test_evaluate_change_on_a_pair_with_a_planted_change(capsys, ckpt, tmp_path,
             dst.write(arr)
         paths.append(p)
     out = _run(capsys, "evaluate", "change", "--checkpoint", f"moco={ckpt}", "--pair", *paths,
+               "--band-names", ",".join(BANDS),
                "--steps", "2", "--crop", "32", "--batch-size", "2", "--seeds", "0", "--out",
                tmp_path / "ch")
     assert "F1" in out
@@ -131,7 +132,7 @@ def test_data_pack_a_folder_of_geotiffs(capsys, tmp_path, brandenburg):
                            transform=scene.transform) as dst:
             dst.write(arr)
     out = _run(capsys, "data", "pack", folder, "--out", tmp_path / "corpus", "--chip-size", "32",
-               "--bands", ",".join(BANDS))
+               "--band-names", ",".join(BANDS))
     assert out.startswith("packed 8 chips")  # 2 files x (64 / 32)^2
     meta = json.loads((tmp_path / "corpus" / "eossl.json").read_text())
     assert meta["count"] == 8 and meta["bands"] == BANDS
@@ -145,4 +146,4 @@ def test_data_pack_landsat_series(capsys, tmp_path, sample_cache):
                tmp_path / "corpus", "--chip-size", "32")
     n = int(out.split("packed ")[1].split()[0])
     meta = json.loads((tmp_path / "corpus" / "eossl.json").read_text())
-    assert n > 0 and meta["count"] == n and meta["sensor"] == "landsat"
+    assert n > 0 and meta["count"] == n and meta["sensor"] == "landsat5-tm,landsat7-etm"

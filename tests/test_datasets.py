@@ -56,15 +56,20 @@ def test_label_map_and_patch_counts(brandenburg):
         assert (lm[r:r + 16, c:c + 16] == y).mean() >= 0.8
 
 
-def test_spatial_split_keeps_train_pixels_out_of_test_block(brandenburg):
-    tr, te = brandenburg.patches("train"), brandenburg.patches("test")
-    split = tr.split
-    border = split.border(1536)
-    train_max_col = max(c + 16 for _, c in tr.corners)
-    test_min_col = min(c for _, c in te.corners)
-    assert train_max_col <= border
-    assert test_min_col >= border + split.gap
-    assert test_min_col - train_max_col >= 16
+def test_folds_keep_train_patches_a_patch_away_from_test_patches(brandenburg):
+    folds = brandenburg.folds(16)
+    assert len(folds) == 5
+    for f in folds:
+        te = np.array(f.test.corners)
+        for r, c in f.train.corners:  # Chebyshev distance between patch boxes >= 16 px
+            gap = np.maximum(np.maximum(te[:, 0] - (r + 16), r - (te[:, 0] + 16)),
+                             np.maximum(te[:, 1] - (c + 16), c - (te[:, 1] + 16)))
+            assert gap.min() >= 16
+    # every labelled patch tests in exactly one fold
+    tests = [set(map(tuple, f.test.corners)) for f in folds]
+    assert sum(len(t) for t in tests) == len(set().union(*tests))
+    legacy = brandenburg.patches("test", spatial_split=SpatialSplit())
+    assert min(c for _, c in legacy.corners) >= SpatialSplit().border(1536) + 16
 
 
 def test_dense_tiles_masks(brandenburg):

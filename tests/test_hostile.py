@@ -88,7 +88,7 @@ def test_wrong_band_count_and_unknown_band_names(capsys, ckpt, tmp_path):
     arr = np.full((3, 32, 32), 1000, "uint16")
     no_names = _tif(tmp_path / "three.tif", arr)
     code, err = cli(capsys, "embed", ckpt, no_names, "--out", tmp_path / "o")
-    assert code == 2 and one_line(err, no_names, "holds 3 bands", "--bands")
+    assert code == 2 and one_line(err, no_names, "holds 3 bands", "--band-names")
     odd = _tif(tmp_path / "odd.tif", arr, names=["B02", "B03", "B99"])
     code, err = cli(capsys, "embed", ckpt, odd, "--out", tmp_path / "o")
     assert code == 2 and one_line(err, "lack B04, B08")
@@ -261,9 +261,9 @@ def test_unknown_band_asked_for_and_oversize_crop(capsys, ckpt, tmp_path, sample
                     "--max-steps", "1", "--out", tmp_path / "b")
     assert code == 2 and one_line(err, "patch size 5000 px is larger than", "768")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    # a stack named with --bands that lacks the encoder's bands
+    # a stack named with --band-names that lacks the encoder's bands
     stack = _tif(tmp_path / "s.tif", np.full((4, 32, 32), 800, "uint16"))
-    code, err = cli(capsys, "embed", ckpt, stack, "--bands", "B02,B03,B04,B13", "--out",
+    code, err = cli(capsys, "embed", ckpt, stack, "--band-names", "B02,B03,B04,B13", "--out",
                     tmp_path / "o")
     assert code == 2 and one_line(err, "B13", "lack B08", "moco.ckpt")
 

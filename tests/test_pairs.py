@@ -163,13 +163,12 @@ def test_sen12ms_layout_matches_torchgeo(tmp_path):
     assert src.crops(16, 4, seed=0)[0]["image"].shape == (12, 16, 16)
 
 
-def test_sen12ms_env_source(tmp_path, monkeypatch):
+def test_sen12ms_pairs_source_takes_root(tmp_path):
     write_sen12ms(tmp_path)
-    monkeypatch.delenv("EOSSL_SEN12MS_ROOT", raising=False)
-    with pytest.raises(ConfigError, match="EOSSL_SEN12MS_ROOT"):
+    with pytest.raises(ConfigError, match="--data sen12ms-pairs needs --root"):
         open_source("sen12ms-pairs")
-    monkeypatch.setenv("EOSSL_SEN12MS_ROOT", str(tmp_path))
-    assert open_source("sen12ms-pairs", bands="B04,VV").bands == ["B04", "VV"]
+    assert open_source("sen12ms-pairs", bands="B04,VV", root=str(tmp_path)).bands == ["B04",
+                                                                                     "VV"]
 
 
 def test_sen12ms_mismatched_pair_names_patch(tmp_path):

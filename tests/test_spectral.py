@@ -8,7 +8,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from eossl.data.hyperspectral import geotiff_source
+from eossl.data.sources import open_source
 from eossl.errors import BandError, ConfigError
 from eossl.methods import get_method
 from eossl.checkpoint import load_encoder
@@ -75,7 +75,7 @@ def _200_band_step(folder) -> float:
 
     folder = Path(folder)
     wl = _write_cube(folder / "cube.tif")
-    src = geotiff_source(folder / "cube.tif", wavelengths=wl)
+    src = open_source(str(folder / "cube.tif"), band_names=[f"{w:.1f}nm" for w in wl])
     assert len(src.bands) == 200 and src.bands[0] == "400.0nm"
     torch.manual_seed(0)
     model = get_method("spectral")(bands=src.bands, stats=src.stats().to_dict(), crop_size=32)
@@ -116,12 +116,13 @@ def test_200_band_training_step_and_embedding_pass(tmp_path):
 
 def test_geotiff_band_names(tmp_path):
     _write_cube(tmp_path / "c.tif", bands=5, size=20)
-    assert geotiff_source(tmp_path / "c.tif").bands == [f"band00{i}" for i in range(1, 6)]
-    with pytest.raises(BandError, match="5 bands but 2"):
-        geotiff_source(tmp_path / "c.tif", band_names=["a", "b"])
-    sub = geotiff_source(tmp_path / "c.tif", bands="band003,band001")
+    cube = str(tmp_path / "c.tif")
+    assert open_source(cube).bands == [f"band00{i}" for i in range(1, 6)]
+    with pytest.raises(BandError, match="5 bands but --band-names gives 2"):
+        open_source(cube, band_names=["a", "b"])
+    sub = open_source(cube, bands="band003,band001")
     assert sub.bands == ["band003", "band001"]
-    full = geotiff_source(tmp_path / "c.tif").scenes[0].load()
+    full = open_source(cube).scenes[0].load()
     np.testing.assert_array_equal(sub.scenes[0].read((0, 0, 4, 4)), full[[2, 0], :4, :4])
 
 

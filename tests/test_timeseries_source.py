@@ -167,10 +167,10 @@ def test_timeseries_folder_layout(tmp_path, monkeypatch):
     with pytest.raises(BandError, match="B02"):
         timeseries_folder(tmp_path, bands="B02")
 
-    monkeypatch.setenv("EOSSL_TIMESERIES_ROOT", str(tmp_path))
-    assert open_source("timeseries").bands == names
-    monkeypatch.delenv("EOSSL_TIMESERIES_ROOT")
-    with pytest.raises(ConfigError, match="EOSSL_TIMESERIES_ROOT"):
+    # the folder itself is a --data form; the registered name takes it with --root
+    assert open_source(str(tmp_path)).bands == names
+    assert open_source("timeseries", root=str(tmp_path)).bands == names
+    with pytest.raises(ConfigError, match="--data timeseries needs --root"):
         open_source("timeseries")
 
 
@@ -243,8 +243,8 @@ def test_seco_layout(tmp_path, monkeypatch):
     assert sub.locations[0].image(2)[:, 0, 0].tolist() == [3.0, 7.0, 10.0]
     with pytest.raises(BandError, match="B10"):
         seco_source(tmp_path, bands="B10")  # L2A: no cirrus band
-    monkeypatch.setenv("EOSSL_SECO_ROOT", str(tmp_path))
-    assert len(open_source("seco")) == 2
+    assert len(open_source("torchgeo:SeasonalContrastS2", root=str(tmp_path))) == 2
+    assert len(open_source("seco", root=str(tmp_path))) == 2
     with pytest.raises(DataError, match="seasonal_contrast_1m"):
         seco_source(tmp_path, version="1m")
 
@@ -252,7 +252,7 @@ def test_seco_layout(tmp_path, monkeypatch):
 def test_seco_layout_too_few_dates(tmp_path):
     _write_seco(tmp_path, n_locations=1, stamps=("20200611T103031_20200611T103026_T32UNU",
                                                   "20190317T103021_20190317T103018_T32UNU"))
-    with pytest.raises(DataError, match=r"000000.*2 usable dates.*3 views"):
+    with pytest.raises(DataError, match=r"000000.*has 2 date\(s\) but 3 views.*single-date"):
         seco_source(tmp_path).multi_date(3, 8, 1)
 
 
@@ -284,9 +284,8 @@ def test_ssl4eo_layout(tmp_path, monkeypatch):
         ssl4eo_s12_source(tmp_path, "s3")
     with pytest.raises(DataError, match="s2a"):
         ssl4eo_s12_source(tmp_path, "s2a")
-    monkeypatch.setenv("EOSSL_SSL4EO_ROOT", str(tmp_path))
-    monkeypatch.setenv("EOSSL_SSL4EO_SPLIT", "s1")
-    assert open_source("ssl4eo-s12").bands == ["VV", "VH"]
+    tg = open_source("torchgeo:SSL4EOS12", root=str(tmp_path), sensor="sentinel1")
+    assert tg.bands == ["VV", "VH"]
     # a missing band file is named
     (tmp_path / "s1" / "0000000").iterdir().__next__().joinpath("VH.tif").unlink()
     with pytest.raises(DataError, match="VH.tif"):

@@ -61,9 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("pretrain", help="pretrain an encoder with a pretext method")
     t.add_argument("--method", help="pretext method (see 'eossl methods'; default moco)")
-    t.add_argument("--data", help="sample name (brandenburg) or a folder of S2 band files")
-    t.add_argument("--labels", help="polygon file with an 'fclass' column for the online probe")
-    t.add_argument("--bands", help="comma-separated band names to use, in order (default: all)")
+    from .commands._data_options import add_data_options
+
+    add_data_options(t, pretrain=True, data_help="imagery to pretrain on (default: the "
+                     "recipe's, else the brandenburg sample): " + "a raster file, a folder or "
+                     "glob of rasters, a folder of Sentinel-2 band files, a shard corpus, "
+                     "torchgeo:NAME --root DIR, ... (docs/data.md); with --labels, the test "
+                     "areas of the split are left out")
     t.add_argument("--config", help="YAML recipe: a file, or a packaged recipe by name "
                    "(moco-cpu, seco, ...; see configs/)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="set one configuration "
@@ -102,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="linear and kNN probes of pretrained encoders")
     pr.add_argument("--checkpoint", action="append", required=True,
                     help="checkpoint (repeatable; NAME=PATH to name the row)")
-    pr.add_argument("--data", default="brandenburg-patches")
-    pr.add_argument("--labels", help="polygon file (default: the sample's OSM polygons)")
+    add_data_options(pr, default="brandenburg")
     pr.add_argument("--patch-size", type=int, default=16)
     pr.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0])
     pr.add_argument("--seeds", type=_ints, default=[0, 1, 2])
@@ -169,6 +172,9 @@ PRETRAIN_OPTIONS = {
     "strategy": "trainer.strategy", "precision": "trainer.precision",
     "channels_last": "trainer.channels_last", "compile": "trainer.compile",
     "skip_corrupt_shards": "data.skip_corrupt_shards",
+    # the data option family (commands/_data_options.py)
+    **{f: f"data.{f}" for f in ("root", "sensor", "band_names", "nodata", "label_column",
+                                "classes", "min_share", "split", "pretrain_on_test_areas")},
 }
 
 
@@ -252,7 +258,7 @@ RUN_DIR_ENV = "EOSSL_RUN_DIR"
 
 
 def _cmd_probe(a) -> int:
-    from .data.sources import open_source
+    from .commands._data_options import open_from_args
     from .evaluate.compare import probe_checkpoints
     from .report import markdown_table, write_report
 
@@ -263,7 +269,9 @@ def _cmd_probe(a) -> int:
             name, path = Path(item).parent.parent.name or Path(item).stem, item
         ckpts[name] = path
     _check_probe_args(a, ckpts)  # every argument before any work
-    source = open_source(a.data, a.cache, a.labels)
+    source = open_from_args(a)
+    for note in [source.split_note] if hasattr(source, "split_note") else []:
+        print(f"split: {note}")
     from .evaluate.perband import describe_band_use, per_band_report
     if a.per_band:  # one probe per band (RS-BYOL's main figure), evaluate/perband.py
         print(per_band_report(source, ckpts, patch_size=a.patch_size, seeds=a.seeds[:1],
@@ -279,6 +287,7 @@ def _cmd_probe(a) -> int:
     if a.out:
         out = Path(a.out)
         header = {"command": "eossl " + " ".join(sys.argv[1:]), "data": a.data,
+                  "split": getattr(source, "split_note", "-"),
                   "seeds": ", ".join(map(str, a.seeds))}
         path = write_report(out, records, title="eossl probe", header=header)
         print(f"report: {path}")

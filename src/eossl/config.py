@@ -87,12 +87,30 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """``data:``: where the crops come from and how they are batched."""
 
-    name: str = Field("brandenburg", description="a sample name (brandenburg, landsat, ...), a "
-                      "folder of band files or a shard corpus (path or URL)")
-    labels: str | None = Field(None, description="polygon file with an 'fclass' column for "
-                               "the online kNN probe")
+    name: str = Field("brandenburg", description="imagery: a sample name, a raster file, a "
+                      "folder or glob of rasters, chips, torchgeo:NAME, a shard corpus, ... "
+                      "(docs/data.md)")
+    labels: str | None = Field(None, description="labels: a vector file (polygons or points) or "
+                               "a label raster; the split's test areas are left out of "
+                               "pretraining")
     bands: list[str] | None = Field(None, description="band names to use, in order (default: "
                                     "all of the source's bands)")
+    root: str | None = Field(None, description="the dataset folder of name: torchgeo:NAME")
+    sensor: str | None = Field(None, description="band-name preset of the imagery "
+                               "(sentinel2-l1c, landsat8, ...; several joined by commas)")
+    band_names: list[str] | None = Field(None, description="names of a raster's bands in file "
+                                         "order, for files without band descriptions")
+    nodata: float | None = Field(None, description="nodata value of the imagery (default: the "
+                                 "file's)")
+    label_column: str | None = Field(None, description="class column of a vector label file")
+    classes: str | list[str] | None = Field(None, description="classes to use, in order "
+                                            "(corn,soy), or CODE=NAME pairs for a label raster")
+    min_share: float | None = Field(None, gt=0, le=1, description="share of a patch its "
+                                    "majority class must cover (default 0.8)")
+    split: str | dict | None = Field(None, description="kfold (default), west-east, column:NAME "
+                                     "or a polygon file of test areas")
+    pretrain_on_test_areas: bool = Field(False, description="pretrain on the split's test "
+                                         "areas too")
     crop_size: int = Field(32, ge=1, description="crop size in px")
     crops_per_epoch: int = Field(8192, ge=1, description="crops drawn per epoch")
     batch_size: int = Field(64, ge=1, description="crops per batch (per device)")
@@ -114,7 +132,7 @@ class DataConfig(_Section):
     max_cloud: float | None = Field(None, ge=0, le=1, description="seco, moco-tp: largest "
                                     "cloud share of a date's window before it is redrawn")
 
-    @field_validator("bands", mode="before")
+    @field_validator("bands", "band_names", mode="before")
     @classmethod
     def _band_list(cls, v):
         if isinstance(v, str):  # --bands B02,B03,B04 / bands: "B02, B03"

@@ -44,7 +44,7 @@ def run_demo(out: str | Path, *, max_time: str = "10m", max_steps: int | None = 
          "steps)")
     res = pretrain(cfg, out / "pretrain", cache=cache, progress=progress)
     echo(f"      {res.steps} steps in {res.seconds:.0f} s ({res.images_per_s:.0f} images/s)")
-    echo(f"[3/4] probing on the spatial test block ({len(seeds)} seeds, label fractions "
+    echo(f"[3/4] probing on the spatial test blocks ({len(seeds)} seeds, label fractions "
          f"{', '.join(f'{f:.0%}' for f in fractions)})")
     records = probe_checkpoints(res.source, {"MoCo v2": str(res.checkpoint)},
                                 patch_size=int(cfg["data"]["probe_patch_size"]),
@@ -52,7 +52,8 @@ def run_demo(out: str | Path, *, max_time: str = "10m", max_steps: int | None = 
     header = {
         "command": " ".join(["eossl"] + sys.argv[1:]) if sys.argv else "eossl demo",
         "data": "Sentinel-2 L1C T33UUU 2017-02-16 (13 bands), OSM land use; 16 px patches, "
-                ">= 80% majority; west 60% train / east 40% test, 16 px gap",
+                ">= 80% majority",
+        "split": getattr(res.source, "split_note", "-"),
         "pretraining": f"MoCo v2, {cfg['model'].get('backbone', 'resnet18')}, "
                        f"{res.steps} steps, {res.seconds:.0f} s, batch "
                        f"{cfg['data']['batch_size']}, crops {cfg['data']['crop_size']} px",

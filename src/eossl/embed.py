@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BandError, ConfigError, DataError, OutputExistsError, WriteError
+from .errors import ConfigError, DataError, OutputExistsError, WriteError
 from .io import atomic_path, atomic_write_text, check_writable_folder, write_failure
 
 PARTS = ".embed-parts"
@@ -50,40 +50,40 @@ class EmbedResult:
 
 
 def open_scene(scene: str | os.PathLike, cache=None, bands: list[str] | None = None,
-               need: list[str] | None = None):
-    """A SceneStack for a sample name, a folder of band files or a multi-band GeoTIFF stack.
-
-    A stack's band names come from ``bands`` (names in file order) or else from its band
-    descriptions (as eossl writes them). A folder that lacks some of the sensor's band files
-    is stacked with the bands in ``need`` only (the encoder's).
+               need: list[str] | None = None, **options):
+    """The one scene ``scene`` names, through the data resolver (eossl.data.resolve): a sample
+    name, a folder of band files or a raster file. ``bands``: the names of a raster's bands in
+    file order (``--band-names``), when its band descriptions do not say; ``options``: the
+    other data options (``sensor``, ``nodata``, ...). A folder that lacks some of the sensor's
+    band files is stacked with the bands in ``need`` only (the encoder's).
     """
-    from .bands import get_sensor
-    from .data.readers import SceneStack, _open, find_band_files
-    from .data.sources import available_sources, open_source
+    from .data.readers import S2_BAND_FILE
+    from .data.resolve import DataRequest, open_data
 
     p = Path(str(scene))
-    sources = available_sources()
-    if str(scene) in sources:
-        return open_source(str(scene), cache).scenes[0]
-    if p.is_dir():
+    req = DataRequest(data=str(scene), band_names=bands, **options)
+    if p.is_dir() and need and any(S2_BAND_FILE.search(f.name) for f in p.iterdir()):
+        from .data.readers import find_band_files
+
         have = find_band_files(p)
-        full = get_sensor("sentinel2-l1c").band_names
-        pick = None
-        if not all(b in have for b in full):
-            pick = [b for b in (need or []) if b in have] or None
-        return open_source(str(p), cache, bands=pick).scenes[0]
-    if not p.exists():
-        raise DataError(f"{scene}: no such scene; expected a sample name ({', '.join(sources)}), "
-                        "a folder of band files or a GeoTIFF stack")
-    with _open(p) as src:
-        names = [d for d in src.descriptions if d]
-        count, nodata = src.count, src.nodata
-    names = list(bands) if bands else names
-    if len(names) != count:
-        raise BandError(f"{p}: holds {count} bands but {len(names)} band names are known "
-                        f"({', '.join(names) or 'none'}); give --bands with {count} names in "
-                        "file order")
-    return SceneStack(p, names, nodata=None if nodata is None else float(nodata))
+        if not all(b in have for b in need) or len(have) < 13:
+            req.bands = [b for b in need if b in have] or None
+    source = open_data(req, cache)
+    scenes = getattr(source, "scenes", None)
+    if not scenes:
+        raise DataError(f"{scene}: not a scene (a {type(source).__name__}); embed takes one "
+                        "raster, a folder of band files or a sample scene")
+    if len(scenes) > 1:
+        raise DataError(f"{scene}: holds {len(scenes)} scenes; embed one at a time (give one "
+                        "file)")
+    s = scenes[0]
+    if need and not set(need) <= set(s.bands) and all(b.startswith("band") for b in s.bands):
+        from .errors import BandError
+
+        raise BandError(f"{s.path}: holds {len(s.bands)} bands with no names (no band "
+                        f"descriptions) and the checkpoint needs {', '.join(need)}; name them "
+                        "with --band-names NAME,... (file order) or --sensor")
+    return s
 
 
 def _file_stamp(path: Path) -> list[int]:
@@ -110,7 +110,8 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
                 patch_size: int | None = None, window: int = 512, dense: bool = True,
                 min_valid: float = 0.5, batch_size: int = 256, resume: bool = False,
                 overwrite: bool = False, cache=None, progress: bool = True,
-                bands: list[str] | None = None) -> EmbedResult:
+                bands: list[str] | None = None, data_options: dict | None = None
+                ) -> EmbedResult:
     """Patch (and dense) embeddings of ``scene`` with the encoder in ``checkpoint``.
 
     ``scene``: a SceneStack or anything :func:`open_scene` takes (``bands``: the names of a
@@ -142,8 +143,8 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
         shutil.rmtree(parts)
     encoder = load_encoder(checkpoint)
     meta = encoder.metadata
-    stack = scene if isinstance(scene, SceneStack) else open_scene(scene, cache, bands,
-                                                                   need=list(encoder.bands))
+    stack = scene if isinstance(scene, SceneStack) else open_scene(
+        scene, cache, bands, need=list(encoder.bands), **(data_options or {}))
     # the scene may hold more bands, in any order: the encoder's are picked by name
     match_bands(encoder.bands, stack.bands, reorder=True, where=f"checkpoint {checkpoint}")
     bands = encoder.bands

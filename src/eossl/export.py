@@ -62,11 +62,11 @@ def _plain_encoder(path: Path):
 
 
 def build_sidecar(meta: dict, fmt: str, file: Path, checkpoint: Path, out_dim: int) -> dict:
-    from .bands import find_sensor
+    from .bands import describe_bands
 
     bands = list(meta["bands"])
-    sensor = find_sensor(bands)
-    waves = [sensor.band(b).wavelength_nm for b in bands] if sensor else [None] * len(bands)
+    # the sensor pretraining recorded (Landsat 7 ETM+ vs 5 TM share band names)
+    sensor, waves = describe_bands(bands, (meta.get("pretrain_data") or {}).get("sensor"))
     stats = meta["stats"]
     stride = int(meta["stem_stride"])
     return {
@@ -86,7 +86,7 @@ def build_sidecar(meta: dict, fmt: str, file: Path, checkpoint: Path, out_dim: i
         "stem_recipe": stem_recipe(stride),
         "build": (f"model = timm.create_model({meta['backbone']!r}, in_chans={len(bands)}, "
                   "num_classes=0, global_pool='avg', **timm_kwargs); then run stem_recipe"),
-        "sensor": sensor.name if sensor else None,
+        "sensor": sensor,
         "bands": bands,
         "wavelengths_nm": waves,
         "normalization": {

@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from .config import flatten, parse_duration, validate_config
 from .data.datasets import RandomCropDataset
+from .data.resolve import open_data, request_from_config
 from .data.shards import ShardSource, ShardStream
-from .data.sources import SceneSource, open_source
+from .data.sources import SceneSource
 from .errors import (ConfigError, DataError, OutputExistsError, RunInterrupted, WriteError)
 from .io import (PART, atomic_path, atomic_write_text, check_writable_folder,
                  remove_stale_parts, write_failure)
@@ -597,6 +598,17 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
+def pretrain_data_of(source, name: str) -> dict:
+    """The checkpoint's ``pretrain_data``: the data's id, its split and whether pretraining
+    left the split's test areas out (sources without labels have no split)."""
+    if hasattr(source, "pretrain_data"):
+        return source.pretrain_data()
+    from .data.resolve import data_id
+
+    return {"data": data_id(str(name)), "labels": None, "sensor": getattr(source, "sensor", None),
+            "split": None, "excluded_test_areas": False}
+
+
 def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
              cache: str | os.PathLike | None = None, progress: bool = True,
              origins: dict[str, str] | None = None) -> PretrainResult:
@@ -638,7 +650,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     seed = int(cfg["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
     with _skip_corrupt_shards(bool(d.get("skip_corrupt_shards"))):
-        source = open_source(d["name"], cache, d.get("labels"), bands=d.get("bands"))
+        source = open_data(request_from_config(d), cache)
     if isinstance(source, ShardSource):  # an object-store corpus' local chunk cache
         source.corpus.use_cache(d.get("chunk_cache_dir"), d.get("chunk_cache_size"))
     skipped = list(getattr(source, "skipped", None) or [])
@@ -653,6 +665,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     stats = source.stats()
     model = method_cls(bands=source.bands, stats=stats.to_dict(), crop_size=int(d["crop_size"]),
                        max_steps=max_steps, max_time_s=max_time, **(cfg.get("model") or {}))
+    # which data pretraining saw, and whether it left the test areas out (checkpoint metadata)
+    model.pretrain_data = pretrain_data_of(source, d["name"])
 
     loader_kw = dict(batch_size=int(d["batch_size"]), num_workers=int(d.get("num_workers", 0)))
     # One process: our sampler restarts mid-epoch on resume. Several (DDP) ranks: Lightning
@@ -679,7 +693,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                           generator=torch.Generator().manual_seed(seed),
                           persistent_workers=loader_kw["num_workers"] > 0, **loader_kw)
     val_dls = None
-    if source.polygons is not None:
+    if getattr(source, "labels", None) is not None and hasattr(source, "patches") and \
+            getattr(source, "task", "classification") == "classification":
         size = int(d.get("probe_patch_size", 16))
         val_dls = [DataLoader(source.patches("train", size), batch_size=256),
                    DataLoader(source.patches("test", size), batch_size=256)]
@@ -746,7 +761,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                               / max(secs, 1e-9), 1),
         "world_size": world, "precision": str(t.get("precision", "32-true")),
         **({"skipped_shards": skipped} if skipped else {}),
-        "bands": source.bands, "device": str(trainer.strategy.root_device),
+        "bands": source.bands, "pretrain_data": model.pretrain_data,
+        "device": str(trainer.strategy.root_device),
         "collapse": model.collapse_status(),  # the monitor's verdict (warned on the console)
         "torch": torch.__version__, "finished": datetime.now().isoformat(timespec="seconds"),
     }

@@ -59,9 +59,16 @@ class Context:
     @property
     def source(self):
         if self._source is None:
-            from ..data.sources import brandenburg
+            # the plan's data when it has labels (or is the sample scene), else the sample
+            opts = dict(getattr(self.plan, "data_options", None) or {})
+            if opts.get("labels") or self.plan.data in ("brandenburg", "brandenburg-patches"):
+                from ..data.resolve import DataRequest, open_data
 
-            self._source = brandenburg(self.cache)
+                self._source = open_data(DataRequest(data=self.plan.data, **opts), self.cache)
+            else:
+                from ..data.sources import brandenburg
+
+                self._source = brandenburg(self.cache)
         return self._source
 
     def patches(self, split: str, size: int = 16):
@@ -763,7 +770,7 @@ class Pictures(Evaluation):
         path = ctx.figure_path(f"colorization-{run.method}.png")
         model.picture(ctx.source, path, seed=run.seed, patches=self.patches, region=cols)
         return _figure(ctx, self.name, run.method, run.seed, shrink_png(path),
-                       f"{run.method}: predicted vs true colour on east-block patches (seed "
+                       f"{run.method}: predicted vs true colour on test-area patches (seed "
                        f"{run.seed})", replaces="colorization.png")
 
     def _dense_map(self, ctx: Context, run: RunInfo) -> dict:

@@ -60,6 +60,8 @@ class Plan:
     seeds: list[int]
     budget: str
     data: str = "brandenburg"
+    # the other data options of the command line (labels, sensor, split...; data/resolve.py)
+    data_options: dict = field(default_factory=dict)
     backbone: str = "resnet18"
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     evaluations: list[str] = field(default_factory=list)

@@ -42,10 +42,13 @@ def run_config(plan: Plan, method: str, seed: int) -> dict:
     recipe_data = load_config(recipe)["data"]["name"]
     data = getattr(cls, "default_data", None) or (
         plan.data if recipe_data == DEFAULTS["data"]["name"] else recipe_data)
+    # the user's data options (labels, sensor, split, ...) go with the plan's own data only
+    opts = {f"data.{k}": v for k, v in (getattr(plan, "data_options", None) or {}).items()
+            } if data == plan.data else {}
     b = plan.budget_obj
     # the plan's budget replaces the recipe's whole budget (config.py's merge rule)
     return load_config(recipe, {"method": method, "seed": seed, "model.backbone": plan.backbone,
-                                "data.name": data,
+                                "data.name": data, **opts,
                                 "trainer.max_time": f"{b.seconds:g}s" if b.seconds else None,
                                 "trainer.max_steps": b.steps})
 

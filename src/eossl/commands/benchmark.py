@@ -33,8 +33,11 @@ def add_parser(sub) -> None:
                    "default 2m (--quick: 45s)")
     p.add_argument("--seeds", type=_seeds, help="a count (3 -> 0,1,2) or a list (0,1,2); "
                    "default 3 (--quick: 1)")
-    p.add_argument("--data", default="brandenburg", help="pretraining data for crop-based "
-                   "methods (default: the sample scene)")
+    from ._data_options import add_data_options
+
+    add_data_options(p, default="brandenburg", pretrain=True, data_help="pretraining data for "
+                     "crop-based methods, and (with --labels) the evaluations' labelled data "
+                     "(default: the sample scene)")
     p.add_argument("--backbone", default="resnet18", help="timm backbone for every method")
     p.add_argument("--fractions", help="label fractions, e.g. 0.01,0.1,1")
     p.add_argument("--evaluations", help="comma-separated subset of evaluations "
@@ -100,7 +103,14 @@ def run(a) -> int:
         if e not in EVALUATIONS:
             raise ConfigError(f"unknown evaluation {e!r}; expected one of: "
                               f"{', '.join(EVALUATIONS)}")
-    plan = Plan(methods=resolve_methods(a.methods),
+    from ._data_options import data_request
+
+    opts = data_request(a).options()
+    if opts:  # refuse bad data options now, not after the first pretraining run
+        from ..data.resolve import open_data
+
+        open_data(data_request(a), a.cache)
+    plan = Plan(methods=resolve_methods(a.methods), data_options=opts,
                 seeds=a.seeds or (QUICK["seeds"] if a.quick else [0, 1, 2]),
                 budget=a.budget or (QUICK["budget"] if a.quick else "2m"), data=a.data,
                 backbone=a.backbone, fractions=fractions, evaluations=evals, quick=a.quick)

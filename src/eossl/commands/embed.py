@@ -9,12 +9,13 @@ COMMAND = "embed"
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(COMMAND, help="embed a scene: patches -> GeoParquet, dense "
                               "features -> GeoTIFF (georeferenced, streamed, resumable)")
+    from ._data_options import add_data_options
+
     p.add_argument("checkpoint", help="eossl pretraining checkpoint")
-    p.add_argument("scene", help="sample name (brandenburg), folder of band files, or a "
-                   "multi-band GeoTIFF stack")
+    add_data_options(p, positional="scene", labels=False, root=False,
+                     data_help="the scene: a sample name (brandenburg), a raster file "
+                     "(GeoTIFF/COG/VRT) or a folder of band files")
     p.add_argument("--out", help="output folder (default embeddings-SCENE)")
-    p.add_argument("--bands", help="comma-separated names of a GeoTIFF stack's bands in file "
-                   "order (default: the file's band descriptions)")
     p.add_argument("--patch-size", type=int, help="patch size in px (default: the "
                    "checkpoint's crop size)")
     p.add_argument("--window", type=int, default=512, help="window size in px read at a time")
@@ -36,8 +37,10 @@ def run(args) -> int:
                       window=args.window, dense=not args.no_dense, min_valid=args.min_valid,
                       resume=args.resume, overwrite=args.overwrite, cache=args.cache,
                       progress=not args.no_progress,
-                      bands=[b.strip() for b in args.bands.split(",") if b.strip()]
-                      if args.bands else None)
+                      bands=[b.strip() for b in args.band_names.split(",") if b.strip()]
+                      if args.band_names else None,
+                      data_options={k: getattr(args, k) for k in ("sensor", "nodata", "bands")
+                                    if getattr(args, k, None) is not None})
     print(f"{res.n_patches} patch embeddings: {res.patches}")
     if res.dense:
         print(f"dense embeddings: {res.dense}")

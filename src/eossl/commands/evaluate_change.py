@@ -15,16 +15,20 @@ def add_parser(tsub) -> None:
                    help="pretrained checkpoint (repeatable; NAME=PATH names the row)")
     p.add_argument("--no-random-init", action="store_true", help="leave out the random row")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--oscd", metavar="ROOT", help="OSCD folder (torchgeo layout): train on "
-                                                    "its train split, score its test split")
+    src.add_argument("--data", help="torchgeo:OSCD (with --root DIR): train on OSCD's train "
+                     "split, score its test split")
+    src.add_argument("--oscd", metavar="ROOT", help="OSCD folder (torchgeo layout); the same as "
+                     "--data torchgeo:OSCD --root ROOT")
     src.add_argument("--pair", nargs=3, metavar=("BEFORE", "AFTER", "MASK"),
                      help="two co-registered rasters + change mask; west 60%% trains, east "
                           "scores")
     src.add_argument("--landsat", nargs="?", const="", metavar="ROOT",
                      help="label-free change picture between two dates a year apart on the "
                           "Landsat time series (default: the real sample)")
-    p.add_argument("--bands", help="band names of the --pair rasters, comma-separated "
-                                   "(default: the encoder's bands)")
+    p.add_argument("--root", help="the dataset folder of --data torchgeo:OSCD")
+    p.add_argument("--sensor", help="band-name preset of the --pair rasters (docs/data.md)")
+    p.add_argument("--band-names", help="names of the --pair rasters' bands in file order, for "
+                   "rasters without band descriptions")
     p.add_argument("--seeds", type=ints, default=[0])
     p.add_argument("--steps", type=int, default=200, help="decoder training steps")
     p.add_argument("--crop", type=int, default=64, help="training crop side (multiple of 32)")
@@ -73,24 +77,39 @@ def run(args) -> int:
     if not encoders:
         raise ConfigError("give --checkpoint PATH (a random-init row alone needs an encoder's "
                           "architecture and bands to copy)")
+    if args.data is not None:
+        if args.data.lower() != "torchgeo:oscd":
+            raise ConfigError(f"--data {args.data}: change detection reads torchgeo:OSCD (with "
+                              "--root DIR) or --pair BEFORE AFTER MASK")
+        if not args.root:
+            raise ConfigError("--data torchgeo:OSCD needs --root DIR")
+        args.oscd = args.root
     if args.oscd:
         bands = list(ch.OSCD_BANDS)
         train, test = ch.load_oscd(args.oscd, "train"), ch.load_oscd(args.oscd, "test")
         where = f"OSCD at {args.oscd}"
     elif args.pair:
+        import rasterio
+
+        from ..data.readers import name_raster_bands
+
         pair = ch.load_pair(*args.pair)
-        first = next(iter(encoders.values()))
-        bands = ([b.strip() for b in args.bands.split(",") if b.strip()] if args.bands
-                 else list(first.bands))
-        if len(bands) != pair.before.shape[0]:
-            raise ConfigError(f"{args.pair[0]} holds {pair.before.shape[0]} bands but "
-                              f"{len(bands)} band names are known ({', '.join(bands)}); name "
-                              "them with --bands")
+        with rasterio.open(args.pair[0]) as f:
+            desc = list(f.descriptions or [])
+        # the rasters' own band names (descriptions, --sensor, --band-names), never the
+        # encoder's list laid over them by position
+        bands, _, _ = name_raster_bands(args.pair[0], pair.before.shape[0], desc,
+                                        sensor=args.sensor, band_names=args.band_names)
+        if all(b.startswith("band") for b in bands):
+            raise ConfigError(f"{args.pair[0]}: its {len(bands)} bands have no names (no band "
+                              "descriptions); name them with --band-names NAME,... (file "
+                              "order) or --sensor")
         tr, te = ch.split_pair(pair)
         train, test = [tr], [te]
         where = f"pair {args.pair[0]} / {args.pair[1]} (west 60% train, east test)"
     else:
-        raise ConfigError("give a data set: --oscd ROOT, --pair BEFORE AFTER MASK or --landsat")
+        raise ConfigError("give a data set: --data torchgeo:OSCD --root DIR, --pair BEFORE "
+                          "AFTER MASK or --landsat")
     encoders = {n: e.for_bands(bands) for n, e in encoders.items()}
     records = ch.evaluate_change(encoders, train, test, seeds=args.seeds, steps=args.steps,
                                  crop=args.crop, batch_size=args.batch_size, lr=args.lr,

@@ -12,25 +12,26 @@ def add_parser(tsub) -> None:
     p = tsub.add_parser(TASK, help="picture of predicted vs true colour of a colorization "
                                    "checkpoint")
     p.add_argument("--checkpoint", required=True, help="colorization checkpoint")
-    p.add_argument("--data", default="brandenburg",
-                   help="sample name or folder of band files (default brandenburg)")
+    from ._data_options import add_data_options
+
+    add_data_options(p, default="brandenburg")
     p.add_argument("--out", required=True, help="folder for colorization.png")
     p.add_argument("--patches", type=int, default=6, help="number of patches (default 6)")
     p.add_argument("--size", type=int, help="patch size in px (default: the training crop size)")
-    p.add_argument("--split", choices=("test", "train", "all"), default="test",
-                   help="columns to draw patches from: the east test block (default), the west "
-                        "train block, or the whole scene")
+    p.add_argument("--area", choices=("test", "train", "all"), default="test",
+                   help="where to draw patches: fold 0's test area of the data's split "
+                        "(default), its train area, or the whole scene")
     p.add_argument("--seed", type=int, default=0)
 
 
 def run(args) -> int:
     import torch
 
-    from ..data.datasets import SpatialSplit
-    from ..data.sources import open_source
+    from ..data.datasets import RandomCropDataset
     from ..errors import ConfigError, OutputExistsError
     from ..checkpoint import load_method
     from ..methods.colorization import PICTURE_NAME, colorization_figure
+    from ._data_options import open_from_args
 
     out = Path(args.out) / PICTURE_NAME
     if out.exists():
@@ -38,14 +39,20 @@ def run(args) -> int:
     if args.patches < 1:
         raise ConfigError(f"--patches must be >= 1, got {args.patches}")
     model = load_method(args.checkpoint, "colorization")
-    source = open_source(args.data, args.cache, bands=model.hparams.bands)
+    source = open_from_args(args, bands=args.bands or model.hparams.bands)
     size = args.size or int(model.hparams.crop_size)
-    width = source.scenes[0].width
-    region = None if args.split == "all" else SpatialSplit(gap=size).columns(args.split, width)
-    crops = source.crops(size, args.patches, seed=args.seed, region=region)
+    allowed = None
+    if args.area != "all":
+        if getattr(source, "labels", None) is None:
+            raise ConfigError(f"--area {args.area}: the data have no labels, so no split; give "
+                              "--labels or --area all")
+        allowed = [getattr(source.fold_areas(i)[0], args.area)
+                   for i in range(len(source.scenes))]
+    crops = RandomCropDataset(source.scenes, size, args.patches, seed=args.seed,
+                              allowed=allowed)
     raw = torch.stack([crops[i]["image"] for i in range(args.patches)])
     colorization_figure(model.colorize(raw), out,
                         title=f"{Path(args.checkpoint).name}: {args.patches} {size}px patches "
-                              f"({args.split} block)")
+                              f"({args.area} area)")
     print(f"picture: {out}")
     return 0

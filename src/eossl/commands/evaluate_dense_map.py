@@ -9,8 +9,9 @@ TASK = "dense-map"
 def add_parser(tsub) -> None:
     p = tsub.add_parser(TASK, help="PCA picture of a dense checkpoint's pixel embeddings")
     p.add_argument("--checkpoint", required=True, help="a checkpoint of method 'dense'")
-    p.add_argument("--data", default="brandenburg", help="scene (default brandenburg)")
-    p.add_argument("--labels", help="polygon file (default: the sample's OSM polygons)")
+    from ._data_options import add_data_options
+
+    add_data_options(p, default="brandenburg")
     p.add_argument("--out", required=True, help="PNG file to write (never overwritten)")
     p.add_argument("--device", default="cpu")
 
@@ -21,8 +22,7 @@ def run(args) -> int:
     import torch
 
     from ..checkpoint import load_encoder
-    from ..data.datasets import OSM_CLASSES
-    from ..data.sources import open_source
+    from ._data_options import open_from_args
     from ..errors import ConfigError, OutputExistsError
     from ..methods.dense import write_embedding_map
 
@@ -33,13 +33,13 @@ def run(args) -> int:
         raise OutputExistsError(f"{out} exists; choose another --out")
     encoder = load_encoder(args.checkpoint)
     unet = encoder.unet().to(args.device).eval()  # the dense checkpoint's own U-Net
-    source = open_source(args.data, args.cache, args.labels, bands=encoder.bands)
-    labels = source.label_map() if source.polygons is not None else None
+    source = open_from_args(args, bands=args.bands or encoder.bands)
+    labels = source.label_map() if getattr(source, "labels", None) is not None else None
 
     def embed(raw: torch.Tensor) -> torch.Tensor:
         return unet(raw)
 
     write_embedding_map(embed, source.scenes[0], labels, out, device=args.device,
-                        class_names=OSM_CLASSES)
+                        class_names=source.classes)
     print(f"embedding picture: {out}")
     return 0

@@ -29,9 +29,9 @@ def add_parser(tsub) -> None:
                                    "saliency maps")
     p.add_argument("--checkpoint", required=True,
                    help="colorization checkpoint: initialises the spectral member")
-    p.add_argument("--data", default="brandenburg-patches",
-                   help="labelled data (default: the sample scene's OSM patches)")
-    p.add_argument("--labels", help="polygon file (default: the sample's OSM polygons)")
+    from ._data_options import add_data_options
+
+    add_data_options(p, default="brandenburg")
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
@@ -47,8 +47,8 @@ def add_parser(tsub) -> None:
 
 
 def run(args) -> int:
-    from ..data.sources import open_source
     from ..errors import OutputExistsError
+    from ._data_options import open_from_args
     from ..evaluate.ensemble import rgb_bands_of, run_ensemble, summarize
     from ..checkpoint import load_encoder
     from ..report import atomic_write_text
@@ -57,7 +57,7 @@ def run(args) -> int:
     if out is not None and (out / "results.json").exists():
         raise OutputExistsError(f"{out} already holds results.json; choose another --out")
     encoder = load_encoder(args.checkpoint)
-    source = open_source(args.data, args.cache, args.labels)
+    source = open_from_args(args)
     train = source.patches("train", args.patch_size)
     test = source.patches("test", args.patch_size)
     stats = source.stats()

@@ -10,55 +10,54 @@ TASK = "multilabel"
 
 
 def add_parser(tsub) -> None:
-    p = tsub.add_parser(TASK, help="BigEarthNet v2 multi-label probe and fine-tune (mAP, F1, F2)")
-    add_common(p, data_default=None)
-    p.add_argument("--root", help="BigEarthNet v2 folder (BigEarthNet-V2-LMDB/ + "
-                                  "metadata.parquet); default: the configilm sample")
-    p.add_argument("--train-splits", default="train,validation",
-                   help="splits to train on (default train,validation; the test split scores)")
-    p.add_argument("--size", type=int, default=120, help="patch side in px (default 120)")
+    p = tsub.add_parser(TASK, help="multi-label probe and fine-tune (mAP, F1, F2): BigEarthNet "
+                        "or any multi-label chip table")
+    add_common(p, data_default="bigearthnet")
     p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs (default 20)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--no-finetune", action="store_true", help="linear probe only")
 
 
 def run(args) -> int:
-    from torch.utils.data import ConcatDataset
+    from pathlib import Path
 
-    from ..data import samples
-    from ..data.bigearthnet import BigEarthNetV2
     from ..errors import ConfigError
     from ..evaluate.multilabel import compare_multilabel, multilabel_table
+    from ._data_options import open_from_args
 
-    root = args.root or samples.bigearthnet_dir(args.cache)
-    splits = [s.strip() for s in args.train_splits.split(",") if s.strip()]
-    if not splits or "test" in splits:
-        raise ConfigError(f"--train-splits {args.train_splits!r}: name train and/or validation; "
-                          "the test split is the one scored")
-    train_parts = [BigEarthNetV2(root, split=s, size=args.size) for s in splits]
-    train = train_parts[0] if len(train_parts) == 1 else ConcatDataset(train_parts)
-    test = BigEarthNetV2(root, split="test", size=args.size)
-    data_bands = test.band_names
+    # --root alone (the earlier form) names a BigEarthNet v2 LMDB folder
+    data = args.data
+    if args.root and data == "bigearthnet" and not str(data).startswith("torchgeo:"):
+        data, args.root = args.root, None
+    source = open_from_args(args, data=data)
+    if getattr(source, "task", None) != "multilabel":
+        raise ConfigError(f"--data {data}: not a multi-label data set (its task is "
+                          f"{getattr(source, 'task', 'unlabelled')}); give BigEarthNet, a "
+                          "chip table with several 0/1 label columns, or torchgeo:BigEarthNet")
+    fold = source.folds()[0]
+    train, test = fold.train, fold.test
+    data_bands = list(source.bands)
     encoders = load_encoders(parse_checkpoints(args.checkpoint), not args.no_random_init)
     filled = {}
     for name, enc in list(encoders.items()):
         encoders[name] = enc.for_bands(data_bands)
         filled[name] = encoders[name].architecture().get("filled", [])
-    records = compare_multilabel(train, test, encoders, class_names=test.classes,
+    records = compare_multilabel(train, test, encoders, class_names=list(source.classes),
                                  seeds=args.seeds, finetune=not args.no_finetune,
                                  epochs=args.epochs, lr=args.lr)
     table = multilabel_table(records)
     notes = [f"- {n}: encoder bands missing from the data, filled with the training mean: "
              f"{', '.join(m) or 'none'}" for n, m in filled.items()]
-    print(f"BigEarthNet v2 at {root}: {len(train)} train ({'+'.join(splits)}) / {len(test)} "
-          f"test patches, bands {', '.join(data_bands)}")
+    where = data if not str(data).startswith(("/", ".")) else Path(data).name
+    print(f"{where}: {len(train)} train / {len(test)} test patches ({source.split_note}), "
+          f"bands {', '.join(data_bands)}")
     print("\n".join(notes))
     print(table)
-    md = (f"# eossl evaluate multilabel\n\n- data: {root}\n- train: {'+'.join(splits)} "
-          f"({len(train)} patches), test: {len(test)} patches\n- seeds: {args.seeds}\n"
+    md = (f"# eossl evaluate multilabel\n\n- data: {data}\n- split: {source.split_note}\n"
+          f"- train: {len(train)} patches, test: {len(test)} patches\n- seeds: {args.seeds}\n"
           + "\n".join(notes) + f"\n\n{table}")
-    path = write_results(args.out, {"task": TASK, "records": records, "missing_bands": filled},
-                         md)
+    path = write_results(args.out, {"task": TASK, "records": records, "missing_bands": filled,
+                                    "split": source.split_note}, md)
     if path:
         print(f"report: {path}")
     return 0

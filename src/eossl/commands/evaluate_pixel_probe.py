@@ -63,11 +63,9 @@ def add_common(p, data_default: str | None = "brandenburg") -> None:
     p.add_argument("--checkpoint", action="append", default=[],
                    help="pretrained checkpoint (repeatable; NAME=PATH names the row)")
     if data_default is not None:
-        p.add_argument("--data", default=data_default,
-                       help="data source (default brandenburg; 'hyperspectral' reads "
-                            "$EOSSL_HYPERSPECTRAL)")
-        p.add_argument("--labels", help="polygon file with an 'fclass' column (default: the "
-                                        "sample's OSM polygons)")
+        from ._data_options import add_data_options
+
+        add_data_options(p, default=data_default)
     p.add_argument("--seeds", type=ints, default=[0, 1, 2])
     p.add_argument("--no-random-init", action="store_true", help="leave out the random row")
     p.add_argument("--out", help="write results.json and report.md here (never overwritten)")
@@ -85,15 +83,16 @@ def add_parser(tsub) -> None:
 
 
 def run(args) -> int:
-    from ..data.sources import open_source
     from ..evaluate.pixel_probe import pixel_probe
     from ..report import markdown_table, per_class_table
+    from ._data_options import open_from_args
 
-    source = open_source(args.data, args.cache, args.labels)
+    source = open_from_args(args)
     encoders = load_encoders(parse_checkpoints(args.checkpoint), not args.no_random_init)
     encoders = {n: e.for_bands(source.bands) for n, e in encoders.items()}
     records = pixel_probe(source, encoders, per_class=args.per_class,
-                          test_per_class=args.test_per_class, seeds=args.seeds, tile=args.tile)
+                          test_per_class=args.test_per_class, seeds=args.seeds, tile=args.tile,
+                          classes=source.classes)
     table = markdown_table(records, kind="pixel-linear")
     classes = per_class_table(records, kind="pixel-linear")
     print(table)

@@ -29,12 +29,12 @@ def add_parser(tsub) -> None:
 
 
 def run(args) -> int:
-    from ..data.sources import open_source
+    from ._data_options import open_from_args
     from ..evaluate.regress import (class_share_patches, compare_regression, read_target_table,
                                     regression_table)
 
     # Labels are only needed by the built-in task, so a --table run works on unlabelled data.
-    source = open_source(args.data, args.cache, args.labels)
+    source = open_from_args(args)
     info = {}
     if args.table:
         targets = [t for t in args.targets.split(",") if t.strip()] if args.targets else None
@@ -42,9 +42,11 @@ def run(args) -> int:
                                               targets)
         task = f"table {args.table}"
     else:
-        train = class_share_patches(source, "train", args.patch_size, args.min_labelled)
-        test = class_share_patches(source, "test", args.patch_size, args.min_labelled)
-        task = f"share of each OSM class per {args.patch_size} px patch"
+        train = class_share_patches(source, "train", args.patch_size, args.min_labelled,
+                                    classes=source.classes)
+        test = class_share_patches(source, "test", args.patch_size, args.min_labelled,
+                                   classes=source.classes)
+        task = f"share of each class per {args.patch_size} px patch"
     encoders = load_encoders(parse_checkpoints(args.checkpoint), not args.no_random_init)
     encoders = {n: e.for_bands(source.bands) for n, e in encoders.items()}
     records = compare_regression(train, test, encoders, seeds=args.seeds,

@@ -35,8 +35,8 @@ def add_parser(tsub) -> None:
 
 
 def run(args) -> int:
-    from ..data.sources import open_source
     from ..errors import ConfigError
+    from ._data_options import open_from_args
     from ..evaluate.segment import (evaluate_segmentation, per_class_iou_table,
                                     specs_from_checkpoints)
     from ..report import markdown_table
@@ -52,7 +52,7 @@ def run(args) -> int:
     if args.steps < 1 or args.batch_size < 1:
         raise ConfigError(f"--steps and --batch-size must be >= 1, got {args.steps}, "
                           f"{args.batch_size}")
-    source = open_source(args.data, args.cache, args.labels)
+    source = open_from_args(args)
     specs = specs_from_checkpoints(parse_checkpoints(args.checkpoint), not args.no_random_init)
     records = evaluate_segmentation(
         source, specs, fractions=args.fractions, seeds=args.seeds, tile_size=args.tile_size,
@@ -60,7 +60,7 @@ def run(args) -> int:
         backbone_lr_factor=args.backbone_lr_factor,
         linear_probe=args.linear_probe or args.probe_only, probe_steps=args.probe_steps,
         finetune_u_net=not args.probe_only, train_side=args.train_block, device=args.device,
-        log=print)
+        log=print, classes=source.classes)
     parts = [f"# eossl evaluate segment\n\n- data: {args.data}, train block: {args.train_block}"
              f", tiles {args.tile_size} px\n- seeds: {args.seeds}; fine-tuning {args.steps} "
              f"steps x batch {args.batch_size}, lr {args.lr} (pretrained encoders x "

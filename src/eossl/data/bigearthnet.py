@@ -257,6 +257,12 @@ class BigEarthNetV2(Dataset):
         try:
             arrays = load(bytes(raw))
         except (SafetensorError, ValueError, TypeError, OSError) as e:
+            if not self._first_entry_decodes(txn):
+                raise DataError(
+                    f"{self.lmdb_path}: its entries are not safetensors dicts, so this is not "
+                    "a BigEarthNet v2 (reBEN) LMDB; a BigEarthNet v1 LMDB (bigearthnet-encoder "
+                    "or older ConfigILM) is not read: use the v1 release's GeoTIFF folders with "
+                    "--data torchgeo:BigEarthNet --root DIR, or the v2 LMDB") from None
             raise DataError(f"corrupt safetensors entry {key!r} in {self.lmdb_path}: {e}") from None
         available = list(arrays)
         out = []
@@ -270,6 +276,21 @@ class BigEarthNetV2(Dataset):
                                 "a 2-D image")
             out.append(a)
         return out
+
+    @staticmethod
+    def _first_entry_decodes(txn) -> bool:
+        """Whether the LMDB's first entry is a safetensors dict (one bad entry of a v2 LMDB
+        is corruption; a store where even the first is not is another format)."""
+        from safetensors.numpy import load
+
+        with txn.cursor() as cur:
+            if not cur.first():
+                return False
+            try:
+                load(bytes(cur.value()))
+                return True
+            except Exception:  # any failure means "not safetensors"
+                return False
 
     def __len__(self) -> int:
         return len(self.patch_ids)
@@ -326,3 +347,42 @@ class BigEarthNetV2(Dataset):
     def __repr__(self) -> str:
         return (f"BigEarthNetV2({str(self.root)!r}, split={self.split!r}, {len(self)} patches, "
                 f"bands={self.band_names}, size={self.size})")
+
+
+def bigearthnet_source(root: str | os.PathLike, req=None):
+    """A BigEarthNet v2 LMDB folder as a labelled chip source (multi-label, 19 classes):
+    ``train`` + ``validation`` train, ``test`` scores (the release's own split). ``req``
+    (a data/resolve.DataRequest) may pick bands (``--bands``) and add S1 (``--sensor
+    sentinel2-l2a,sentinel1``)."""
+    from torch.utils.data import ConcatDataset
+
+    from ..bands import resolve_band_names, sensors_of
+    from .chips import ChipSource, ChipSplit, DatasetChips
+
+    fams = {s.family for s in sensors_of(getattr(req, "sensor", None))}
+    sar = "sentinel1" in fams
+    bands = None
+    if req is not None and req.bands:
+        wanted = req.bands if not isinstance(req.bands, str) else req.bands.split(",")
+        bands = resolve_band_names(wanted, req.sensor or "sentinel2-l2a,sentinel1",
+                                   where="--bands").names
+        sar = False
+    if fams == {"sentinel1"}:
+        bands, sar = [], True
+    parts = [BigEarthNetV2(root, split=s, bands=bands, sar=sar)
+             for s in ("train", "validation", "test")]
+    sizes = [len(p) for p in parts]
+    offsets = np.cumsum([0] + sizes)
+    split = ChipSplit("dataset", "BigEarthNet v2's own split: train + validation train, test "
+                      "scores", {"kind": "dataset", "name": "BigEarthNetV2-LMDB"},
+                      [np.arange(offsets[2], offsets[3])], [np.arange(0, offsets[2])])
+    targets = np.concatenate([p._labels.numpy() for p in parts]).astype(np.int64)
+    reader = DatasetChips(ConcatDataset(parts), parts[0].band_names,
+                          sensor=None if sar else "sentinel2-l2a")
+    root = Path(root)
+    src = ChipSource(f"bigearthnet-v2:{root.name}", reader, targets, list(CLASSES_19),
+                     "multilabel", split, data_id=str(root.resolve()),
+                     exclude_test_areas=not getattr(req, "pretrain_on_test_areas", False),
+                     shape=(parts[0].size or 120,) * 2)
+    src.check()
+    return src

@@ -5,9 +5,9 @@ radar, so it needs each S2 patch stacked with its S1 partner on one 10 m grid. T
 turns two on-disk layouts into such stacks (S2 bands first, then ``VV``, ``VH``):
 
 - ``bigearthnet-pairs``: BigEarthNet v2 (reBEN LMDB); by default the real 24-pair sample shipped
-  with configilm, or the full release at ``$EOSSL_BIGEARTHNET_ROOT``. S2 20/60 m bands are
+  with configilm, or the full release at ``--root ROOT``. S2 20/60 m bands are
   resampled to the 10 m grid (120 px); S1 must already lie on it.
-- ``sen12ms-pairs``: SEN12MS in torchgeo's on-disk layout at ``$EOSSL_SEN12MS_ROOT``
+- ``sen12ms-pairs``: SEN12MS in torchgeo's on-disk layout at ``--root ROOT``
   (``ROIs1158_spring/s1_1/ROIs1158_spring_s1_1_p30.tif`` next to ``.../s2_1/..._s2_1_p30.tif``
   and ``train_list.txt`` / ``test_list.txt``); every band is already at 10 m, 256 px.
 
@@ -273,21 +273,19 @@ class _Reordered(Dataset):
 
 
 @register_source("bigearthnet-pairs")
-def _bigearthnet_pairs_source(cache=None, bands=None) -> PairSource:
-    """The real BigEarthNet v2 sample (24 pairs, all splits), or the release at
-    ``$EOSSL_BIGEARTHNET_ROOT`` (its train split)."""
-    root = os.environ.get("EOSSL_BIGEARTHNET_ROOT")
+def _bigearthnet_pairs_source(cache=None, bands=None, root=None) -> PairSource:
+    """The real BigEarthNet v2 sample (24 pairs, all splits), or the release at ``--root``
+    (its train split)."""
     if root:
         return bigearthnet_pairs(root, bands, split="train")
     return bigearthnet_pairs(samples.bigearthnet_dir(cache), bands, split=None)
 
 
 @register_source("sen12ms-pairs")
-def _sen12ms_pairs_source(cache=None, bands=None) -> PairSource:
-    root = os.environ.get("EOSSL_SEN12MS_ROOT")
+def _sen12ms_pairs_source(cache=None, bands=None, root=None) -> PairSource:
     if not root:
-        raise ConfigError("--data sen12ms-pairs reads SEN12MS from $EOSSL_SEN12MS_ROOT (torchgeo "
-                          "layout: ROIs*_season folders, train_list.txt, test_list.txt); set it")
+        raise ConfigError("--data sen12ms-pairs needs --root ROOT, the SEN12MS folder (torchgeo "
+                          "layout: ROIs*_season folders, train_list.txt, test_list.txt)")
     return sen12ms_pairs(root, bands, split="train")
 
 

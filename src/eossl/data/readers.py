@@ -22,7 +22,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from ..bands import band_indices, get_sensor
-from ..errors import ConfigError, DataError
+from ..errors import BandError, ConfigError, DataError
 
 S2_BAND_FILE = re.compile(r"_(B(?:0[1-9]|1[0-2]|8A))\.(?:jp2|tif|tiff)$", re.IGNORECASE)
 IMAGE_SUFFIXES = (".jp2", ".tif", ".tiff")
@@ -118,35 +118,56 @@ def _s2_order(name: str) -> int:
 
 @dataclass
 class SceneStack:
-    """A co-registered multi-band scene on one grid, stored as one GeoTIFF.
+    """A co-registered multi-band scene on one grid, stored as one raster file.
 
     ``read(window)`` returns raw values (C, h, w) as float32 in ``bands`` order. ``load()``
     keeps the whole stack in memory for small scenes (the sample scene is 30 MB).
+    ``indexes`` (1-based, in ``bands`` order) picks bands of a file that holds more than are
+    used; ``nodata`` is the file's nodata value (or the user's ``--nodata``): a pixel equal to
+    it, or not finite, in ANY band is invalid.
     """
 
     path: Path
     bands: list[str]
-    sensor: str = "sentinel2-l1c"
+    sensor: str | None = "sentinel2-l1c"
     nodata: float | None = 0.0
     _array: np.ndarray | None = field(default=None, repr=False)
+    indexes: list[int] | None = None
 
     def __post_init__(self) -> None:
         with _open(self.path) as src:
             self.height, self.width = src.height, src.width
             self.crs, self.transform = src.crs, src.transform
-            if src.count != len(self.bands):
+            self.bounds = src.bounds
+            self.dtype = src.dtypes[0]
+            if self.indexes is None and src.count != len(self.bands):
                 raise DataError(f"{self.path}: holds {src.count} bands; expected "
                                 f"{len(self.bands)} ({', '.join(self.bands)})")
+            if self.indexes is not None and (len(self.indexes) != len(self.bands)
+                                             or max(self.indexes) > src.count):
+                raise DataError(f"{self.path}: holds {src.count} bands; cannot read band "
+                                f"indexes {self.indexes}")
+        if self.indexes is not None and list(self.indexes) == list(range(1, len(self.bands)
+                                                                         + 1)):
+            self.indexes = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return (len(self.bands), self.height, self.width)
 
+    @property
+    def nbytes(self) -> int:
+        return len(self.bands) * self.height * self.width * 4
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
     def load(self) -> np.ndarray:
         if self._array is None:
             with _open(self.path) as src:
                 try:
-                    self._array = src.read().astype(np.float32)
+                    self._array = src.read(self.indexes).astype(np.float32)
                 except (RasterioError, OSError) as e:
                     raise DataError(f"{self.path}: read failed ({_short(e)}); the file may be "
                                     "truncated or corrupt") from None
@@ -165,9 +186,10 @@ class SceneStack:
                 r0, c0 = int(window.row_off), int(window.col_off)
                 a = a[:, r0:r0 + int(window.height), c0:c0 + int(window.width)]
             return a[idx] if idx is not None else a
-        ix = [i + 1 for i in idx] if idx is not None else None
+        base = self.indexes or list(range(1, len(self.bands) + 1))
+        ix = [base[i] for i in idx] if idx is not None else self.indexes
         try:
-            return self._handle().read(ix, window=window).astype(np.float32)
+            return self._handle().read(ix, window=window, out_dtype=np.float32)
         except (RasterioError, OSError) as e:
             raise DataError(f"{self.path}: read of window {window} failed ({_short(e)}); the "
                             "file may be truncated or corrupt") from None
@@ -189,13 +211,90 @@ class SceneStack:
         state.pop("_src", None)  # GDAL handles do not pickle (spawned DataLoader workers)
         return state
 
+    def invalid(self, a: np.ndarray) -> np.ndarray:
+        """(h, w) True where ANY band of the raw (C, h, w) array is nodata or not finite."""
+        bad = ~np.isfinite(a).all(axis=0)
+        if self.nodata is not None and np.isfinite(self.nodata):
+            bad |= (a == self.nodata).any(axis=0)
+        return bad
+
     def valid_mask(self, window=None) -> np.ndarray:
         """True where every band holds data (not nodata and finite)."""
-        a = self.read(window)
-        ok = np.isfinite(a).all(axis=0)
-        if self.nodata is not None:
-            ok &= (a != self.nodata).all(axis=0)
-        return ok
+        return ~self.invalid(self.read(window))
+
+    def valid_map(self, block_rows: int = 1024) -> np.ndarray:
+        """(H, W) validity of the whole scene, read a block of rows at a time."""
+        if self._array is not None:
+            return ~self.invalid(self._array)
+        out = np.empty((self.height, self.width), bool)
+        for r in range(0, self.height, block_rows):
+            h = min(block_rows, self.height - r)
+            out[r:r + h] = ~self.invalid(self.read((r, 0, h, self.width)))
+        return out
+
+
+def raster_scene(path: str | os.PathLike, *, sensor=None, band_names=None, bands=None,
+                 nodata: float | None = None) -> SceneStack:
+    """A :class:`SceneStack` over one multi-band raster (GeoTIFF, COG, VRT, JPEG 2000, ...),
+    read in place (no copy). Band names as :func:`name_raster_bands` finds them; ``bands``
+    selects and orders the bands used, by name. Nodata: ``nodata`` if given, else the file's.
+    """
+    path = Path(path)
+    with _open(path) as src:
+        count, descriptions, file_nodata = src.count, list(src.descriptions or []), src.nodata
+    use, indexes, found = name_raster_bands(path, count, descriptions, sensor=sensor,
+                                            band_names=band_names, bands=bands)
+    nd = file_nodata if nodata is None else float(nodata)
+    return SceneStack(path, use, sensor=found, nodata=None if nd is None else float(nd),
+                      indexes=indexes)
+
+
+def name_raster_bands(path, count: int, descriptions: list, *, sensor=None, band_names=None,
+                      bands=None) -> tuple[list[str], list[int], str | None]:
+    """(band names used, their 1-based indexes in the file, sensor) of a raster.
+
+    Names: ``band_names`` (one per band, in file order) if given, else the file's band
+    descriptions, else ``--sensor``'s bands in its order when the counts agree, else
+    ``band001``...; every name goes through :func:`eossl.bands.resolve_band_names` (so ``B4``
+    means what ``sensor`` says and an ambiguous name without one is refused). ``bands``
+    selects and orders them by name.
+    """
+    from ..bands import get_sensor, resolve_band_names, sensors_of
+
+    where = str(path)
+    if band_names is not None:
+        names = _as_list(band_names)
+        if len(names) != count:
+            raise BandError(f"{path}: holds {count} bands but --band-names gives {len(names)} "
+                            f"({', '.join(names)}); give one name per band, in file order")
+    elif descriptions and all(descriptions) and len(set(descriptions)) == count:
+        names = [str(d) for d in descriptions]
+    elif sensor is not None and len(sensors_of(sensor)) == 1 and \
+            len(get_sensor(sensor).band_names) == count:
+        names = get_sensor(sensor).band_names
+        where = f"{path} (no band descriptions: the {count} bands of {get_sensor(sensor).name})"
+    elif sensor is not None:
+        raise BandError(f"{path}: its {count} bands have no names (no band descriptions) and "
+                        f"--sensor {sensor} has {len(get_sensor(sensor).band_names)}; name them "
+                        "with --band-names NAME,... (one per band, in file order)")
+    else:
+        width = max(3, len(str(count)))
+        names = [f"band{i + 1:0{width}d}" for i in range(count)]
+    resolved = resolve_band_names(names, sensor, where=where)
+    indexes = list(range(1, count + 1))
+    use = list(resolved.names)
+    if bands is not None:
+        wanted = resolve_band_names(_as_list(bands), sensor or resolved.sensor,
+                                    where="--bands").names
+        idx = band_indices(resolved.names, wanted, source=str(path))
+        indexes, use = [i + 1 for i in idx], [resolved.names[i] for i in idx]
+    return use, indexes, resolved.sensor
+
+
+def _as_list(v) -> list[str]:
+    if isinstance(v, str):
+        return [b.strip() for b in v.split(",") if b.strip()]
+    return [str(b).strip() for b in v]
 
 
 def _cache_key(files: dict[str, Path], bands: list[str]) -> str:

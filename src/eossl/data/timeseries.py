@@ -98,11 +98,11 @@ def _read_band(path: Path) -> tuple[np.ndarray, float | None]:
 
 
 def _landsat_band(sensor: Sensor, name: str):
-    # Looked up here rather than with Sensor.band(): the registry's name canonicalisation
-    # rewrites 'b3' to the Sentinel-2 spelling 'B03', which no Landsat band matches.
-    for band in sensor.bands:
-        if band.name == name.strip().lower():
-            return band
+    # The file suffix (b3) is the USGS band number, which the sensor's registry entry reads
+    # in its own numbering: b4 is near infrared on TM/ETM+ and red on OLI (OLI_B4).
+    band = sensor.find(name)
+    if band is not None:
+        return band
     raise BandError(f"unknown band {name!r} for sensor {sensor.name}; expected one of "
                     f"{', '.join(sensor.band_names)}")
 
@@ -149,6 +149,7 @@ class LandsatTimeSeries(Dataset):
         # Resolve band names per sensor: same roles in every scene, or the channels would mix.
         self.band_names: list[str] = []
         self.sensor_roles: list[str] = []
+        stems = [str(b).strip() for b in bands]  # the file suffixes, as given
         for b in bands:
             roles = set()
             names = set()
@@ -168,7 +169,7 @@ class LandsatTimeSeries(Dataset):
         for info, sid in scenes:
             folder = self.root / sid
             stack = []
-            for b in self.band_names:
+            for b in stems:
                 arr, nodata = _read_band(folder / f"{sid}_{b}.tif")
                 stack.append((arr, nodata, b))
             fmask, _ = _read_band(folder / f"{sid}_fmask.tif")

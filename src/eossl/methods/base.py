@@ -276,6 +276,9 @@ class PretextMethod(L.LightningModule):
             "eossl_version": __version__,
             "elapsed_s": self.elapsed_s(),
             "collapse": self.collapse_status(),
+            # {"data", "labels", "sensor", "split", "excluded_test_areas"} (train.py sets it),
+            # so an evaluation can tell whether pretraining saw its test areas
+            "pretrain_data": _plain(getattr(self, "pretrain_data", None)),
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

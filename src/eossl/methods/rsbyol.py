@@ -20,8 +20,8 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-from ..bands import band_indices
-from ..errors import BandError, ConfigError, DataError
+from ..bands import band_indices, find_in
+from ..errors import ConfigError, DataError
 from ..models.bandwise import REDUCES, BandwiseEncoder
 from ..views import RandomRot90, _blur_kernel
 from . import register_method
@@ -44,12 +44,13 @@ def resolve_pool(data_bands: Sequence[str], pool: Sequence[str] | str | None = N
         names = [b for b in names if b.upper() not in SAR_BANDS]
     out = []
     for b in names:
-        try:
-            out.append(data_bands[band_indices(data_bands, [b])[0]])
-        except BandError:
+        hit = find_in(b, list(data_bands))  # the data's own spelling (bands.py)
+        if hit is not None:
+            out.append(hit)
+        else:
             raise ConfigError(f"rsbyol pool band {b!r} is not in the data; the data's bands: "
                               f"{', '.join(data_bands)} (set model.pool to bands it has, or "
-                              "model.ms_only: true for data without SAR)") from None
+                              "model.ms_only: true for data without SAR)")
     if len(set(out)) != len(out):
         raise ConfigError(f"rsbyol pool names a band twice: {', '.join(names)}")
     need = MODES.get(mode, 1)
