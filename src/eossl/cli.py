@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out with its "
                    "own configuration; only --max-time / --max-steps (the run's total budget) "
                    "may change")
+    t.add_argument("--logger", action="append", metavar="NAME", help="where metrics go: csv "
+                   "(default; logs/metrics.csv, read by eossl's reports), tensorboard, mlflow "
+                   "(local file store RUN/mlruns unless $MLFLOW_TRACKING_URI is set), wandb "
+                   "(offline unless $WANDB_MODE=online); repeatable or comma-separated, e.g. "
+                   "--logger csv,tensorboard")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     pr = sub.add_parser("probe", help="linear and kNN probes of pretrained encoders")
@@ -171,7 +176,7 @@ PRETRAIN_OPTIONS = {
     "devices": "trainer.devices", "num_nodes": "trainer.num_nodes",
     "strategy": "trainer.strategy", "precision": "trainer.precision",
     "channels_last": "trainer.channels_last", "compile": "trainer.compile",
-    "skip_corrupt_shards": "data.skip_corrupt_shards",
+    "skip_corrupt_shards": "data.skip_corrupt_shards", "logger": "trainer.loggers",
     # the data option family (commands/_data_options.py)
     **{f: f"data.{f}" for f in ("root", "sensor", "band_names", "nodata", "label_column",
                                 "classes", "min_share", "split", "pretrain_on_test_areas")},
@@ -194,6 +199,9 @@ def pretrain_config(a) -> tuple[dict, dict[str, str]]:
         layers.append(({k: f"--set {k}" for k in sets}, sets))
     named = {key: getattr(a, dest) for dest, key in PRETRAIN_OPTIONS.items()
              if getattr(a, dest, None) is not None}
+    if "trainer.loggers" in named:  # --logger csv --logger mlflow,wandb -> one list
+        named["trainer.loggers"] = [x.strip() for item in named["trainer.loggers"]
+                                    for x in item.split(",") if x.strip()]
     flags = {key: "--" + dest.replace("_", "-") for dest, key in PRETRAIN_OPTIONS.items()}
     both = [k for k in named if k in sets]
     if both:

@@ -162,6 +162,8 @@ def _precisions() -> list[str]:
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The experiment trackers a run can log to (Lightning's loggers; train.make_loggers).
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 
 
 class TrainerConfig(_Section):
@@ -186,6 +188,19 @@ class TrainerConfig(_Section):
     checkpoint_every_n_steps: int = Field(100, ge=1, description="steps between checkpoints")
     deterministic: bool | Literal["warn"] = Field(False, description="Lightning's flag: "
                                                   "deterministic kernels")
+    loggers: list[Literal[LOGGERS]] = Field(["csv"], min_length=1, description="where "
+                                            "metrics go (train.make_loggers): csv "
+                                            "(logs/metrics.csv, read by eossl's reports), "
+                                            "tensorboard, mlflow, wandb; several allowed")
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _logger_list(cls, v):
+        if isinstance(v, str):  # --logger csv,tensorboard / loggers: "csv, mlflow"
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError("names a logger twice")
+        return v
 
     @field_validator("max_time")
     @classmethod

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -43,6 +43,7 @@ from .errors import (ConfigError, DataError, OutputExistsError, RunInterrupted, 
 from .io import (PART, atomic_path, atomic_write_text, check_writable_folder,
                  remove_stale_parts, write_failure)
 from .methods import get_method
+from .progress import BudgetBar
 
 
 @dataclass
@@ -505,6 +506,171 @@ class RunLogger(CSVLogger):
         return self._experiment
 
 
+class BudgetProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, but one bar for the whole run that fills toward the run's budget
+    (``--max-steps`` and/or ``--max-time``, whichever ends first; progress.BudgetBar) instead
+    of one bar per epoch: an epoch is an arbitrary number of crops, the budget is what the
+    user set. Time counts as Lightning's Timer counts it (so a resumed run's bar starts where
+    the run stands); the kNN probe keeps Lightning's own validation bar below it."""
+
+    def __init__(self, max_steps: int | None, max_seconds: float | None) -> None:
+        super().__init__()
+        self.max_steps, self.max_seconds = max_steps, max_seconds
+        self._bar = None
+
+    def init_train_tqdm(self):
+        self._bar = BudgetBar("pretrain", max_steps=self.max_steps,
+                              max_seconds=self.max_seconds, enabled=not self.is_disabled,
+                              file=sys.stdout, position=2 * self.process_position)
+        return self._bar.tqdm
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        pass  # one bar for the whole run: nothing to reset per epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._bar is None or self.is_disabled:
+            return
+        metrics = self.get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        extra = ", ".join(f"{k}={v}" for k, v in metrics.items())
+        self._bar.update(int(trainer.global_step), _train_seconds(trainer), extra)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass  # the bar lives until the end of training
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._bar is not None and not self.is_disabled:
+            self._bar.update(int(trainer.global_step), _train_seconds(trainer))
+        super().on_train_end(trainer, pl_module)
+
+
+def _train_seconds(trainer) -> float | None:
+    """Training time as Lightning's Timer (the max_time budget) counts it; None without one."""
+    from lightning.pytorch.callbacks import Timer
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, Timer):
+            return float(cb.time_elapsed("train"))
+    return None
+
+
+# ---------------------------------------------------------------------------------- loggers
+LOGGER_IDS = "loggers.json"  # in logs/: the MLflow / W&B run a resumed run logs to again
+# Where each tracker comes from, for the message when it is not installed.
+_LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",),
+                    "wandb": ("wandb",)}
+
+
+def make_loggers(names, out: Path) -> list:
+    """Lightning loggers for ``trainer.loggers`` (config.LOGGERS), all writing under the run
+    folder ``out`` unless the user's environment points a tracker elsewhere:
+
+    - ``csv``: ``logs/metrics.csv`` (RunLogger; appended to across resumed sessions; eossl's
+      reports read it);
+    - ``tensorboard``: event files in ``tensorboard/`` (``tensorboard --logdir RUN``);
+    - ``mlflow``: a local file store ``mlruns/`` (or ``$MLFLOW_TRACKING_URI``), experiment
+      ``eossl``, run named after the run folder;
+    - ``wandb``: offline files in ``wandb/`` (``wandb sync`` uploads them later); it goes
+      online only when ``$WANDB_MODE`` says ``online``.
+
+    A resumed run logs to the same MLflow / W&B run as before (their ids are kept in
+    ``logs/loggers.json``). ConfigError naming the package when a tracker is not installed.
+    """
+    import importlib.util
+
+    for name in names:
+        pkgs = _LOGGER_PACKAGES.get(name, ())
+        if pkgs and not any(importlib.util.find_spec(p) for p in pkgs):
+            raise ConfigError(f"--logger {name}: the {pkgs[0]} package is not installed; "
+                              f"pip install 'eossl[loggers]' (or pip install {pkgs[0]})")
+    ids = _read_logger_ids(out)
+    loggers = []
+    for name in names:
+        if name == "csv":
+            loggers.append(RunLogger(out))
+        elif name == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(out, name="", version="tensorboard",
+                                             default_hp_metric=False))
+        elif name == "mlflow":
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:
+                # MLflow 3 keeps its file store in "maintenance mode" behind this switch; a
+                # local file store needs no server, database or extra package.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+                uri = (out / "mlruns").absolute().as_uri()
+            loggers.append(_mlflow_logger()(experiment_name="eossl", run_name=out.name,
+                                            tracking_uri=uri, run_id=ids.get("mlflow")))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            online = os.environ.get("WANDB_MODE", "offline") == "online"
+            loggers.append(WandbLogger(name=out.name, save_dir=str(out), project="eossl",
+                                       id=ids.get("wandb"), offline=not online,
+                                       resume="allow" if ids.get("wandb") else None))
+        else:
+            raise ConfigError(f"unknown logger {name!r}")
+    return loggers
+
+
+def _mlflow_logger():
+    """Lightning's MLFlowLogger, except that a resumed run may log its hyper-parameters again.
+
+    MLflow refuses to change a logged parameter, and a resumed run's new budget changes
+    ``max_steps`` / ``max_time_s``; the first session's parameters stay, and a value that
+    changed is kept as the tag ``resumed.KEY``."""
+    from lightning.pytorch.loggers import MLFlowLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class ResumableMLFlowLogger(MLFlowLogger):
+        @rank_zero_only
+        def log_hyperparams(self, params) -> None:
+            from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+            old = self.experiment.get_run(self.run_id).data.params
+            if not old:
+                return super().log_hyperparams(params)
+            flat = {k: str(v)[:250] for k, v in _flatten_dict(_convert_params(params)).items()}
+            new = {k: v for k, v in flat.items() if k not in old}
+            if new:
+                super().log_hyperparams(new)
+            for k, v in flat.items():
+                if k in old and old[k] != v:
+                    self.experiment.set_tag(self.run_id, f"resumed.{k}", v)
+
+    return ResumableMLFlowLogger
+
+
+def _read_logger_ids(out: Path) -> dict:
+    try:
+        return dict(json.loads((Path(out) / "logs" / LOGGER_IDS).read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+class LoggerIds(Callback):
+    """Keeps the MLflow and W&B run ids in ``logs/loggers.json`` once training starts, so a
+    resumed run continues the same tracked run instead of opening a new one."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+        if not trainer.is_global_zero:
+            return
+        ids = {}
+        for lg in trainer.loggers:
+            if isinstance(lg, MLFlowLogger):
+                ids["mlflow"] = lg.run_id
+            elif isinstance(lg, WandbLogger):
+                ids["wandb"] = lg.version
+        if ids:
+            out = Path(trainer.default_root_dir)
+            if ids != _read_logger_ids(out):
+                (out / "logs").mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out / "logs" / LOGGER_IDS, json.dumps(ids, indent=1))
+
+
 class StopOnInterrupt(Callback):
     """Ctrl-C during training: the first one finishes the current step, then training stops
     and the run saves its last.ckpt as at the end of its budget, so ``--resume`` continues
@@ -646,6 +812,7 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     if max_time is None and max_steps is None:
         raise ConfigError("give a budget: --max-time (e.g. 10m) and/or --max-steps")
     check_trainer_options(t)
+    loggers = make_loggers(t["loggers"], out)  # a tracker that is not installed: refused here
 
     seed = int(cfg["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
@@ -714,10 +881,11 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t["num_nodes"]),
         strategy=t["strategy"], precision=t["precision"],
         callbacks=[ckpt, TrainingState(sampler, stream, loader_kw["batch_size"]), stop,
-                   *speed],
+                   *speed, LoggerIds(),
+                   *([BudgetProgressBar(max_steps, max_time)] if progress else [])],
         plugins=[AtomicCheckpointIO()], deterministic=t["deterministic"],
         sync_batchnorm=bool(t["sync_batchnorm"]),  # global BN under DDP (GPUs)
-        logger=RunLogger(out), log_every_n_steps=10,
+        logger=loggers, log_every_n_steps=10,
         val_check_interval=val_every if val_dls else None,
         check_val_every_n_epoch=None if val_dls else 1,
         limit_val_batches=None if val_dls else 0, num_sanity_val_steps=0,
