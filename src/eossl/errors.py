@@ -39,6 +39,11 @@ class WriteError(EosslError):
         super().__init__(f"{path}: write failed ({reason}){'; ' + note if note else ''}")
 
 
+class ExportCheckError(EosslError):
+    """An export, loaded back in a library it claims, does not compute eossl's features (or
+    does not load); the export is not written."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) during a command that can be continued; the message says how. The
     CLI prints it and exits with ``exit_code`` (130 after Ctrl-C, 143 after SIGTERM)."""

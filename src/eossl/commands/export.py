@@ -1,5 +1,6 @@
-"""``eossl export CHECKPOINT --format {safetensors,onnx,torchscript}``: the backbone alone plus a
-JSON sidecar (bands, wavelengths, normalisation, patch size, method, version); eossl.export."""
+"""``eossl export CHECKPOINT --format {timm,torchgeo,onnx,torchscript}``: the encoder in a form
+another library loads as it is, checked in each of them on a real batch before it is kept
+(eossl.export; docs/export.md)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,32 @@ COMMAND = "export"
 def add_parser(subparsers) -> None:
     from ..export import FORMATS
 
-    p = subparsers.add_parser(COMMAND, help="export a pretrained backbone (safetensors, ONNX, "
-                              "TorchScript) with a JSON sidecar of bands and normalisation")
+    p = subparsers.add_parser(COMMAND, help="export a pretrained encoder for timm, torchgeo, "
+                              "terratorch, ONNX or TorchScript, checked in each library")
     p.add_argument("checkpoint", help="eossl pretraining checkpoint (runs/X/checkpoints/last.ckpt)")
-    p.add_argument("--format", default="safetensors", choices=list(FORMATS))
-    p.add_argument("--out", help="output file (default: beside the checkpoint, e.g. "
-                   "last.safetensors); the sidecar is OUT.json")
+    p.add_argument("--format", default="timm", choices=list(FORMATS),
+                   help="timm (default): a folder with config.json + model.safetensors, for "
+                   "timm.create_model('local-dir:FOLDER', pretrained=True) and terratorch; "
+                   "torchgeo: a checkpoint for ClassificationTask / SemanticSegmentationTask "
+                   "(weights=FILE); onnx; torchscript")
+    p.add_argument("--out", help="output folder (timm) or file (default: beside the "
+                   "checkpoint: last-timm/, last-torchgeo.ckpt, last.onnx, last.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
 
 
 def run(args) -> int:
-    from ..export import export, sidecar_path
+    from ..export import export
 
-    out = export(args.checkpoint, args.format, args.out, overwrite=args.overwrite)
-    print(f"exported {args.format}: {out}\nsidecar: {sidecar_path(out)}")
+    print(f"exporting {args.checkpoint} as {args.format}; checking it in each library it "
+          "claims ...", flush=True)
+    res = export(args.checkpoint, args.format, args.out, overwrite=args.overwrite,
+                 cache=args.cache, report=lambda line: print(f"  {line}", flush=True))
+    for s in res.skipped:
+        print(f"  not checked: {s}")
+    meta = res.metadata
+    print(f"checked on {res.batch}")
+    if meta["nonstandard"] and args.format == "timm":
+        print(f"non-standard architecture ({'; '.join(meta['nonstandard'])}): load it with "
+              f"{' or '.join(x.split('  #')[0] for x in meta['load_with'])}")
+    print(f"exported {args.format}: {res.path}")
     return 0
