@@ -18,9 +18,12 @@ else the ``<file>.json`` sidecar), in the form each library reads.
 Standard architectures only load as-is: a ResNet with eossl's small-patch stem (stride 2 or 1,
 no max-pool), a spectral stem or a band-wise encoder would load into a plain timm or torchgeo
 model without a warning and compute other features. Such an export SAYS so and cannot be
-loaded that way: its weight names carry the prefix ``eossl.`` and its ``config.json`` names an
-architecture timm does not have, so plain timm fails loudly; torchgeo exports refuse it. It
-loads through :func:`load_exported` or :func:`timm_model`, which rebuild the architecture.
+loaded that way: its ``config.json`` names an architecture timm does not have, and its tensors
+are stored flattened to (1, n) under timm's names, so every plain load (strict or not, which
+timm's pretrained loading and terratorch are when the classifier is dropped) stops with "size
+mismatch" instead of filling some layers and leaving others random; torchgeo exports refuse
+it. It loads through :func:`load_exported` or :func:`timm_model`, which rebuild the
+architecture.
 
 Nothing is reported as exported before it was checked: :func:`export` writes to temporary
 names, loads the result in every library the format claims, compares its features with
@@ -56,13 +59,13 @@ FORMATS = {"timm": "-timm", "torchgeo": "-torchgeo.ckpt", "onnx": ".onnx", "torc
 EXPORT_VERSION = 2
 ONNX_OPSET = 18
 TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"
-# Weight names of an architecture a plain timm/torchgeo model would compute differently.
-NONSTANDARD_PREFIX = "eossl."
 TIMM_STEM_STRIDE = 4
 # smp's ResNet encoders are torchvision's, whose weight names timm's ResNets share: a timm
 # export of these loads into SemanticSegmentationTask's U-Net encoder.
 SMP_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-CHECK_BATCH, CHECK_SIZE = 4, 64
+# 4 crops at the pretraining crop size (at least 32 px, at most 128: enough for every stage
+# to see a real image, cheap on a CPU)
+CHECK_BATCH, CHECK_SIZE, CHECK_MAX_SIZE = 4, 32, 128
 # Same weights and operations: only float32 summation order differs between libraries.
 CHECK_TOLERANCE = 1e-4
 
@@ -226,8 +229,8 @@ def export(checkpoint: str | os.PathLike, fmt: str = "timm",
     reasons = nonstandard_reasons(encoder)
     _check_format(encoder, fmt, reasons, checkpoint)
     meta = export_metadata(encoder, fmt, checkpoint, reasons)
-    raw, batch_note = check_batch(encoder.bands, encoder.stats,
-                                  max(CHECK_SIZE, int(meta["patch_size"] or 0)), cache=cache)
+    size = min(CHECK_MAX_SIZE, max(CHECK_SIZE, int(meta["patch_size"] or 0)))
+    raw, batch_note = check_batch(encoder.bands, encoder.stats, size, cache=cache)
     say = report or (lambda line: None)
     with ExitStack() as stack:
         if fmt == "timm":
@@ -327,9 +330,11 @@ def _rewrite_metadata(side: Path, meta: dict, fmt: str) -> None:
 
 
 def _export_state(encoder, reasons: list[str]) -> dict[str, torch.Tensor]:
-    prefix = NONSTANDARD_PREFIX if reasons else ""
-    return {prefix + k: v.detach().cpu().contiguous()
-            for k, v in encoder.backbone.model.state_dict().items()}
+    """timm's weight names and shapes; for a non-standard architecture every tensor flattened
+    to (1, n), which no plain model's load_state_dict accepts (see the module docstring)."""
+    state = encoder.backbone.model.state_dict()
+    return {k: (v.reshape(1, -1) if reasons else v).detach().cpu().contiguous()
+            for k, v in state.items()}
 
 
 def _write_timm(encoder, meta: dict, folder: Path) -> None:
@@ -547,25 +552,33 @@ def _terratorch_last_map(arch, in_chans, weights, timm_kwargs, x):
 
 
 def _plain_timm_refuses(path: Path, meta: dict, out: Path) -> Check:
-    """A non-standard export must not load into a plain timm model: neither by its folder
-    (unknown architecture) nor its weights (their names carry NONSTANDARD_PREFIX)."""
+    """A non-standard export must not load into a plain timm model, by any of timm's ways:
+    its folder (unknown architecture), its weights file as pretrained weights (timm loads
+    those non-strictly once the classifier is dropped) or as a checkpoint, or a plain
+    ``load_state_dict`` (its tensors are stored flattened)."""
     import timm
 
     from .checkpoint import read_weights_file
 
+    weights = str(path / TIMM_WEIGHTS)
+    plain = dict(in_chans=meta["in_chans"], num_classes=0, **meta["timm_kwargs"])
+    tries = {
+        "local-dir": lambda: timm.create_model(f"local-dir:{path}", pretrained=True),
+        "pretrained_cfg_overlay": lambda: timm.create_model(
+            meta["timm_model"], pretrained=True, pretrained_cfg_overlay=dict(file=weights),
+            **plain),
+        "checkpoint_path": lambda: timm.create_model(meta["timm_model"],
+                                                     checkpoint_path=weights, **plain),
+        "load_state_dict": lambda: timm.create_model(meta["timm_model"], **plain)
+        .load_state_dict(read_weights_file(weights), strict=False),
+    }
     loaded = []
-    try:
-        timm.create_model(f"local-dir:{path}", pretrained=True)
-        loaded.append("local-dir")
-    except Exception:  # timm: RuntimeError("Unknown model (...)")
-        pass
-    try:
-        plain = timm.create_model(meta["timm_model"], in_chans=meta["in_chans"], num_classes=0,
-                                  **meta["timm_kwargs"])
-        plain.load_state_dict(read_weights_file(path / TIMM_WEIGHTS))
-        loaded.append("load_state_dict")
-    except Exception:  # missing and unexpected keys
-        pass
+    for name, attempt in tries.items():
+        try:
+            attempt()
+            loaded.append(name)
+        except Exception:  # timm's "Unknown model", torch's "size mismatch": the point
+            pass
     if loaded:
         raise ExportCheckError(f"{out}: a plain timm model loads this non-standard export "
                                f"({', '.join(loaded)}) and would compute other features; "
@@ -730,19 +743,26 @@ def _jit_load(path: Path):
 
 
 def _export_weights(path: Path, meta: dict) -> dict[str, torch.Tensor]:
-    """The backbone's weights under timm's own names (prefix and torchgeo's "model." off)."""
+    """The backbone's weights under timm's names and in their own shapes (torchgeo's
+    "model." prefix off; a non-standard export's flattened tensors reshaped)."""
     from .checkpoint import read_weights_file
+    from .models.backbones import build_backbone
 
     if meta["format"] == "timm":
         state = read_weights_file(path / TIMM_WEIGHTS)
     else:
         state = {k[len("model."):]: v for k, v in read_weights_file(path).items()
                  if k.startswith("model.")}
-    prefix = NONSTANDARD_PREFIX if meta["nonstandard"] else ""
-    if prefix and not all(k.startswith(prefix) for k in state):
-        raise DataError(f"{path}: weight names lack the {prefix!r} prefix that its metadata "
-                        "announces; the export was changed after it was written")
-    return {k[len(prefix):]: v for k, v in state.items()}
+    if not meta["nonstandard"]:
+        return state
+    shapes = {k: v.shape for k, v in build_backbone(
+        meta["timm_model"], in_chans=meta["in_chans"], stem_stride=meta["stem_stride"],
+        **meta["timm_kwargs"]).model.state_dict().items()}
+    bad = [k for k in shapes if k not in state or state[k].numel() != shapes[k].numel()]
+    if bad or len(state) != len(shapes):
+        raise DataError(f"{path}: its weights do not fit the {meta['architecture']} its "
+                        f"metadata names (first: {(bad or sorted(set(state) - set(shapes)))[0]})")
+    return {k: state[k].reshape(shapes[k]) for k in shapes}
 
 
 def _rebuild_encoder(path: Path, meta: dict) -> nn.Module:
