@@ -416,7 +416,25 @@ def check_resume_checkpoint(out: Path, cfg: dict, path: Path | None = None) -> d
         raise ConfigError(f"{path}: written by method {meta.get('method')!r}, but the run in "
                           f"{out} is {cfg['method']!r} (config.yaml); resume with the method "
                           "that wrote it, or start a new run")
+    _check_same_stem(path, meta, cfg)
     return {**meta, "global_step": int(ckpt.get("global_step") or 0)}
+
+
+def _check_same_stem(path: Path, meta: dict, cfg: dict) -> None:
+    """A run whose config.yaml leaves model.stem_stride to the default (methods.base.
+    DEFAULT_STEM_STRIDE) must not resume with another stem after that default changed: the
+    weights would load (the stem changes strides, not shapes) and train another network."""
+    from .config import model_schema
+
+    field = model_schema(cfg["method"]).model_fields.get("stem_stride")
+    if field is None or "stem_stride" not in meta:
+        return
+    now = cfg["model"].get("stem_stride", field.default)
+    if int(meta["stem_stride"]) != int(now):
+        raise ConfigError(f"{path} was trained with stem stride {meta['stem_stride']}, but the "
+                          f"run's configuration now gives {now} (the default changed); add "
+                          f"'stem_stride: {meta['stem_stride']}' under model: in its "
+                          "config.yaml to resume it")
 
 
 # What --resume may change: the budget. Everything else would make the checkpoint and the run

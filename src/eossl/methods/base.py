@@ -23,6 +23,13 @@ from ..models.encoder import Encoder
 from ..normalization import BandStats, Normalizer
 
 OPTIMIZERS = ("sgd", "adamw")
+# The ResNet stem of every recipe for small patches (the -cpu recipes, dense, spectral: none
+# sets model.stem_stride itself), the ONE place to change it. 2 = timm's stem without its
+# max-pool: a 16 px probe patch keeps a 2x2 map at the last stage where timm's own stem
+# (4) leaves 1x1. 4 = timm's standard stem: exports then load as-is in timm, torchgeo and
+# terratorch (docs/export.md); with 2 they load through eossl's loaders only.
+# benchmarks/stem_stride.py measures what the choice costs in probe accuracy.
+DEFAULT_STEM_STRIDE = 2
 # The collapse monitor's verdict: the mean per-dimension std of L2-normalised embeddings over
 # the last COLLAPSE_WINDOW logged steps, as a share of a healthy spread (1/sqrt(D)), below
 # COLLAPSE_RATIO. A MoCo run that collapsed on a small scene sat at 0.06 (std 0.0056 against
@@ -40,7 +47,8 @@ class PretextMethod(L.LightningModule):
     method_name = "pretext"  # set by @register_method
 
     def __init__(self, bands: list[str], stats: dict | BandStats, backbone: str = "resnet18",
-                 stem_stride: int = 2, crop_size: int = 32, optimizer: str = "sgd",
+                 stem_stride: int = DEFAULT_STEM_STRIDE, crop_size: int = 32,
+                 optimizer: str = "sgd",
                  lr: float = 0.03, weight_decay: float = 1e-4, momentum: float = 0.9,
                  warmup_fraction: float = 0.05, max_steps: int | None = None,
                  max_time_s: float | None = None, knn_k: int = 20,
