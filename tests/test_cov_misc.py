@@ -11,7 +11,7 @@ import yaml
 from eossl.cli import main
 from eossl.config import DEFAULTS, load_config, parse_duration
 from eossl.errors import BandError, ConfigError, DataError, load_failure
-from eossl.export import export, load_exported, match_bands, sidecar_path, stem_recipe
+from eossl.export import export, load_exported, match_bands, sidecar_path
 
 
 # ------------------------------------------------------------------ config
@@ -80,19 +80,13 @@ def exported(tmp_path_factory, brandenburg):
     d = tmp_path_factory.mktemp("covexp")
     ckpt = d / "last.ckpt"
     torch.save({"state_dict": m.state_dict(), "eossl": m.eossl_metadata()}, ckpt)
-    return ckpt, export(ckpt, "safetensors", d / "m.safetensors"), m.encoder().eval()
+    return ckpt, export(ckpt, "onnx", d / "m.onnx").path, m.encoder().eval()
 
 
-def test_stem_recipes():
-    assert stem_recipe(4) == []
-    assert stem_recipe(2) == ["model.maxpool = torch.nn.Identity()"]
-    assert stem_recipe(1)[-1] == "model.conv1.stride = (1, 1)"
-
-
-def test_stride_one_export_matches_and_loader_checks_shapes(exported, brandenburg):
+def test_stride_one_export_matches_and_loader_checks_shapes(exported, brandenburg, tmp_path):
     ckpt, out, encoder = exported
     meta = json.loads(sidecar_path(out).read_text())
-    assert meta["stem_stride"] == 1 and len(meta["stem_recipe"]) == 2
+    assert meta["stem_stride"] == 1 and "stride-1 first convolution" in meta["nonstandard"][0]
     loaded = load_exported(out)
     raw = brandenburg.scenes[0].read((50, 50, 32, 32), bands=loaded.bands)
     with torch.no_grad():
@@ -101,6 +95,8 @@ def test_stride_one_export_matches_and_loader_checks_shapes(exported, brandenbur
     np.testing.assert_allclose(loaded(torch.from_numpy(raw[None].copy())), want, atol=1e-5)
     with pytest.raises(DataError, match=r"expected input \(N, C, H, W\)"):
         loaded(raw[0])
+    folder = export(ckpt, "timm", tmp_path / "t").path  # rebuilt with the stride-1 stem
+    np.testing.assert_allclose(load_exported(folder)(raw), want, atol=1e-5)
 
 
 def test_loader_errors_name_the_file(exported, tmp_path):
@@ -109,23 +105,28 @@ def test_loader_errors_name_the_file(exported, tmp_path):
         load_exported(tmp_path / "nope.onnx")
     lone = tmp_path / "lone.onnx"
     lone.write_bytes(b"x")
-    with pytest.raises(DataError, match="sidecar lone.onnx.json not found"):
+    with pytest.raises(DataError, match="lone.onnx.json not found"):
         load_exported(lone)
     sidecar_path(lone).write_text("{not json")
-    with pytest.raises(DataError, match="not an eossl export sidecar"):
+    with pytest.raises(DataError, match="not an eossl export's metadata"):
         load_exported(lone)
-    for fmt in ("onnx", "torchscript", "safetensors"):  # junk bytes behind a valid sidecar
+    for fmt in ("onnx", "torchscript", "torchgeo"):  # junk bytes behind a valid sidecar
         sidecar_path(lone).write_text(json.dumps({**json.loads(sidecar_path(out).read_text()),
                                                   "format": fmt}))
         with pytest.raises(DataError, match=f"lone.onnx: cannot load the {fmt} export"):
             load_exported(lone)
-    cut = tmp_path / "cut.safetensors"
+    cut = tmp_path / "cut.onnx"
     cut.write_bytes(out.read_bytes()[:5000])
     sidecar_path(cut).write_text(sidecar_path(out).read_text())
-    with pytest.raises(DataError, match="cut.safetensors: cannot load .* corrupt"):
+    with pytest.raises(DataError, match="cut.onnx: cannot load .* corrupt"):
         load_exported(cut)
-    sidecar_path(lone).write_text(json.dumps({"format": "keras", "bands": ["B02"]}))
-    with pytest.raises(DataError, match="unknown format 'keras'"):
+    old = {**json.loads(sidecar_path(out).read_text()), "eossl_export": 1}
+    sidecar_path(lone).write_text(json.dumps(old))
+    with pytest.raises(DataError, match="an export of an older eossl .* export the checkpoint "
+                                        "again"):
+        load_exported(lone)
+    sidecar_path(lone).write_text(json.dumps({**old, "eossl_export": 2, "format": "keras"}))
+    with pytest.raises(DataError, match="unknown export format 'keras'"):
         load_exported(lone)
     with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
         export(ckpt, "tflite", tmp_path / "m.tflite")

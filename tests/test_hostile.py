@@ -178,7 +178,7 @@ def test_unwritable_output(capsys, ckpt, tmp_path, monkeypatch):
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, m, **k: False if str(p) == str(ro)
                         else real_access(p, m, **k))  # root ignores chmod; simulate 0o555
-    code, err = cli(capsys, "export", ckpt, "--out", ro / "m.safetensors")
+    code, err = cli(capsys, "export", ckpt, "--out", ro / "m")
     assert code == 2 and one_line(err, ro, "permission denied")
 
 
@@ -189,7 +189,7 @@ def test_disk_full_during_writes(capsys, ckpt, tmp_path, monkeypatch, brandenbur
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
-    out = tmp_path / "m.safetensors"
+    out = tmp_path / "m"
     code, err = cli(capsys, "export", ckpt, "--out", out)
     assert code == 2 and one_line(err, out, "No space left on device", "nothing was written")
     assert list(tmp_path.iterdir()) == []  # no partial export, no temporary file
@@ -340,7 +340,7 @@ def test_label_ids_out_of_range(capsys, ckpt, tmp_path, ben_dir):
 
 def test_export_refuses_a_band_wise_method(capsys, tmp_path, brandenburg):
     """A checkpoint of another kind of method (RS-BYOL encodes one band per view) is refused by
-    export with the method named, not half-exported."""
+    a traced (ONNX) export with the method named, not half-exported."""
     from eossl.methods import get_method
 
     bands = ["B02", "B03", "B04", "B08"]
@@ -349,7 +349,7 @@ def test_export_refuses_a_band_wise_method(capsys, tmp_path, brandenburg):
     path = tmp_path / "rsbyol.ckpt"
     torch.save({"state_dict": m.state_dict(), "eossl": m.eossl_metadata()}, path)
     code, err = cli(capsys, "export", path, "--out", tmp_path / "m.onnx", "--format", "onnx")
-    assert code == 2 and one_line(err, path, "'rsbyol'", "one view at a time")
+    assert code == 2 and one_line(err, path, "'rsbyol'", "one band at a time", "--format timm")
     assert not list(tmp_path.glob("m.onnx*"))
 
 

@@ -120,11 +120,10 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
     ``min_valid`` share of valid pixels (finite, not nodata) are skipped; invalid pixels of the
     others are set to 0 before encoding.
     """
-    from tqdm.auto import tqdm
-
     from .checkpoint import load_encoder
     from .data.readers import SceneStack
     from .export import match_bands
+    from .progress import bar as progress_bar
 
     if not 0.0 <= float(min_valid) <= 1.0:
         raise ConfigError(f"--min-valid {min_valid} must be a share between 0 and 1")
@@ -186,8 +185,7 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
         done = set(prev_done)
     resumed = len(done)
     encoder.eval()
-    bar = tqdm(total=len(wins), initial=resumed, desc="embed windows", unit="win",
-               disable=not progress)
+    bar = progress_bar(len(wins), "embed windows", "win", initial=resumed, enabled=progress)
     for i, (r, c, h, w) in enumerate(wins):
         if i in done:
             continue

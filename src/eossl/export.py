@@ -51,8 +51,8 @@ from torch import nn
 
 from . import __version__
 from .errors import (BandError, ConfigError, DataError, EosslError, ExportCheckError,
-                     OutputExistsError, load_failure)
-from .io import PART, atomic_path
+                     OutputExistsError, WriteError, load_failure)
+from .io import PART, atomic_path, write_failure
 
 # format -> what is written: a folder (timm), or a file with this suffix beside the checkpoint
 FORMATS = {"timm": "-timm", "torchgeo": "-torchgeo.ckpt", "onnx": ".onnx", "torchscript": ".pt"}
@@ -288,9 +288,11 @@ def _check_format(encoder, fmt: str, reasons: list[str], checkpoint: Path) -> No
                           f"arguments {encoder.backbone.timm_kwargs}, which torchgeo's tasks "
                           "cannot pass on; export --format timm instead")
     if fmt in ("onnx", "torchscript") and kind != "plain":
-        raise ConfigError(f"checkpoint {checkpoint}: a {kind} encoder runs its backbone on "
-                          f"one band at a time, which a traced {fmt} backbone does not; export "
-                          "--format timm (loaded by eossl.export.load_exported)")
+        raise ConfigError(f"checkpoint {checkpoint}: method "
+                          f"{encoder.metadata.get('method')!r} has a {kind} encoder, which "
+                          f"runs its backbone on one band at a time; a traced {fmt} backbone "
+                          "would not: export --format timm (loaded by "
+                          "eossl.export.load_exported)")
 
 
 class _atomic_folder:
@@ -309,6 +311,9 @@ class _atomic_folder:
     def __exit__(self, kind, exc, tb) -> None:
         if kind is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            why = write_failure(exc) if isinstance(exc, Exception) else None
+            if why is not None and not isinstance(exc, WriteError):  # a full disk, ...
+                raise WriteError(self.out, why, "nothing was written") from exc
             return
         old = None
         if self.out.exists():
@@ -726,11 +731,12 @@ def _load(path: Path, meta: dict, index: list[int] | None = None) -> ExportedMod
                     return net(norm(raw))
             else:
                 raise DataError(f"{path}: unknown export format {fmt!r}")
-    except EosslError:
+    except (DataError, BandError):
         raise
     except Exception as e:  # onnxruntime, safetensors and torch.jit each raise their own types
-        raise DataError(f"{path}: cannot load the {fmt} export ({load_failure(e)}); the file "
-                        "is truncated, corrupt or not what its metadata says") from None
+        why = str(e) if isinstance(e, EosslError) else load_failure(e)
+        raise DataError(f"{path}: cannot load the {fmt} export ({why}); the file is "
+                        "truncated, corrupt or not what its metadata says") from None
     return ExportedModel(path, meta, run, index)
 
 
