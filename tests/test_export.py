@@ -244,7 +244,7 @@ def test_spectral_and_bandwise_encoders_load_through_eossl(tiny_checkpoints, met
     if method == "rsbyol":
         with pytest.raises(ConfigError, match="no single timm model"):
             timm_model(res.path)
-        with pytest.raises(ConfigError, match="bandwise encoder runs its backbone on one band"):
+        with pytest.raises(ConfigError, match="bandwise encoder, which runs its backbone on one"):
             export(ckpt, "onnx", tmp_path / "m.onnx")
 
 
