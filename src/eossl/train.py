@@ -548,17 +548,22 @@ class BudgetProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self._bar is None or self.is_disabled:
             return
+        self._bar.update(int(trainer.global_step), _train_seconds(trainer),
+                         self._metrics(trainer, pl_module))
+
+    def _metrics(self, trainer, pl_module) -> str:
         metrics = self.get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        extra = ", ".join(f"{k}={v}" for k, v in metrics.items())
-        self._bar.update(int(trainer.global_step), _train_seconds(trainer), extra)
+        return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in metrics.items())
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         pass  # the bar lives until the end of training
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._bar is not None and not self.is_disabled:
-            self._bar.update(int(trainer.global_step), _train_seconds(trainer))
+            self._bar.update(int(trainer.global_step), _train_seconds(trainer),
+                             self._metrics(trainer, pl_module))
         super().on_train_end(trainer, pl_module)
 
 
