@@ -150,8 +150,12 @@ class ChipDataset(Dataset):
         return self.reader.bands
 
     @property
-    def targets(self) -> list[str]:  # regression: the target names
+    def target_names(self) -> list[str]:  # regression: the target columns
         return list(self.classes)
+
+    @property
+    def targets(self) -> np.ndarray:  # regression: (N, T) float targets
+        return np.asarray(self.labels, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.index)
