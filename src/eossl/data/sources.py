@@ -371,7 +371,9 @@ class SceneSource:
         masks = self.pretraining_masks() or [None] * len(self.scenes)
         for s, m in zip(self.scenes, masks):
             step = max(1, int(np.ceil(np.sqrt(s.height * s.width / 4e6))))  # <= 4 Mpx per scene
-            a = s.load() if s._array is not None or s.nbytes <= 512 << 20 else None
+            # a loaded scene as it is; a small one read whole (not kept); a large one decimated
+            a = s._array if s._array is not None else (
+                s.read() if s.nbytes <= 512 << 20 else None)
             if a is None:  # a large scene: a decimated read (GDAL's overviews when it has them)
                 a = s._handle().read(s.indexes, out_shape=(len(s.bands), s.height // step,
                                                            s.width // step)).astype(np.float32)
