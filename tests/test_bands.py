@@ -93,6 +93,9 @@ def test_usgs_landsat_names_map_by_sensor():
 def test_ambiguous_names_without_sensor_are_refused_with_the_choices():
     from eossl.bands import resolve_band_names
 
+    with pytest.raises(BandError) as e:  # USGS names: TM or OLI numbering, never Sentinel-2
+        resolve_band_names(["SR_B2", "SR_B3"], where="l.tif")
+    assert "landsat5-tm" in str(e.value) and "sentinel2" not in str(e.value)
     with pytest.raises(BandError) as e:
         resolve_band_names(["B1", "B2", "B3", "B4"], where="stack.tif")
     msg = str(e.value)

@@ -109,3 +109,21 @@ def test_pretrain_then_probe_on_a_chip_folder(chips, tmp_path, capfd):
                  str(chips), "--fractions", "1", "--seeds", "0"])
     out = capfd.readouterr().out
     assert code == 0 and "| tiny |" in out and "random 5-fold of chips" in out
+    assert "tiny: pretraining excluded these test chips" in out
+    # the same chips as a table of numeric targets (regression) and of 0/1 columns (multi-label)
+    files = sorted(chips.rglob("*.tif"))
+    rel = [str(f.relative_to(chips)) for f in files]
+    nir = [float(np.mean(open_data(DataRequest(data=str(f))).scenes[0].read(bands=["B08"])))
+           for f in files]
+    pd.DataFrame({"path": rel, "nir": nir}).to_csv(chips / "reg.csv", index=False)
+    ckpt = f"tiny={run / 'checkpoints' / 'last.ckpt'}"
+    assert main(["evaluate", "regress", "--checkpoint", ckpt, "--data", str(chips / "reg.csv"),
+                 "--label-column", "nir", "--no-finetune", "--seeds", "0"]) == 0
+    out = capfd.readouterr().out
+    assert "chip targets nir" in out and "spectral baseline" in out
+    green = [int(f.parent.name != "farm") for f in files]
+    pd.DataFrame({"path": rel, "green": green, "farm": [1 - g for g in green]}).to_csv(
+        chips / "ml.csv", index=False)
+    assert main(["evaluate", "multilabel", "--checkpoint", ckpt, "--data", str(chips / "ml.csv"),
+                 "--label-column", "green,farm", "--no-finetune", "--seeds", "0"]) == 0
+    assert "micro" in capfd.readouterr().out.lower()

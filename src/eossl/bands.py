@@ -67,9 +67,11 @@ class Sensor:
         if i is not None:
             return self.bands[i]
         number = _band_number(n)
-        if number is not None and number[2] and not any(b.startswith("B0") for b in
-                                                        self.band_names):
+        padded_family = any(b.startswith("B0") for b in self.band_names)  # Sentinel-2
+        if number is not None and number[2] and not padded_family:
             number = None  # 'B04' is Sentinel-2's spelling; no Landsat product pads numbers
+        if number is not None and padded_family and re.match(r"(SR|ST|TOA)_", n, re.I):
+            number = None  # SR_B4 / ST_B10 are USGS Landsat product names, never Sentinel-2
         if number is not None:
             hits = [b for b in self.bands if b.number == number[0]
                     and (number[1] or "") == ("A" if b.name.upper().endswith("8A") else "")]

@@ -278,8 +278,14 @@ def _cmd_probe(a) -> int:
         ckpts[name] = path
     _check_probe_args(a, ckpts)  # every argument before any work
     source = open_from_args(a)
-    for note in [source.split_note] if hasattr(source, "split_note") else []:
-        print(f"split: {note}")
+    seen = {}
+    if hasattr(source, "split_note"):
+        print(f"split: {source.split_note}")
+        from .checkpoint import checkpoint_metadata
+
+        for name, path in ckpts.items():  # whether each pretraining saw these test areas
+            seen[name] = source.pretraining_note(checkpoint_metadata(path))
+            print(f"{name}: {seen[name]}")
     from .evaluate.perband import describe_band_use, per_band_report
     if a.per_band:  # one probe per band (RS-BYOL's main figure), evaluate/perband.py
         print(per_band_report(source, ckpts, patch_size=a.patch_size, seeds=a.seeds[:1],
@@ -296,6 +302,7 @@ def _cmd_probe(a) -> int:
         out = Path(a.out)
         header = {"command": "eossl " + " ".join(sys.argv[1:]), "data": a.data,
                   "split": getattr(source, "split_note", "-"),
+                  **{f"pretraining of {n}": v for n, v in seen.items()},
                   "seeds": ", ".join(map(str, a.seeds))}
         path = write_report(out, records, title="eossl probe", header=header)
         print(f"report: {path}")

@@ -36,7 +36,11 @@ def run(args) -> int:
     # Labels are only needed by the built-in task, so a --table run works on unlabelled data.
     source = open_from_args(args)
     info = {}
-    if args.table:
+    if getattr(source, "task", None) == "regression":  # a chip table with numeric targets
+        fold = source.folds()[0]
+        train, test = fold.train, fold.test
+        task = f"chip targets {', '.join(source.classes)} ({source.split_note})"
+    elif args.table:
         targets = [t for t in args.targets.split(",") if t.strip()] if args.targets else None
         train, test, info = read_target_table(args.table, source.scenes[0], args.patch_size,
                                               targets)

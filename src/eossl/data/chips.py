@@ -150,8 +150,12 @@ class ChipDataset(Dataset):
         return self.reader.bands
 
     @property
-    def targets(self) -> list[str]:  # regression: the target names
+    def target_names(self) -> list[str]:  # regression: the target columns
         return list(self.classes)
+
+    @property
+    def targets(self) -> np.ndarray:  # regression: (N, T) float targets
+        return np.asarray(self.labels, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -319,13 +323,6 @@ def column_split(values, column: str) -> ChipSplit:
 
 
 # ------------------------------------------------------------------------------ the source
-@dataclass
-class PatchFold:
-    index: int
-    train: object
-    test: object
-
-
 class ChipSource:
     """Labelled chips as a data source (see the module docstring)."""
 
@@ -380,8 +377,11 @@ class ChipSource:
                                     "fewer folds or another split")
 
     def folds(self, patch_size: int | None = None, min_share: float | None = None
-              ) -> list[PatchFold]:
-        """Train/test chip datasets of every fold (chips are used at their own size)."""
+              ) -> list:
+        """Train/test chip datasets of every fold (sources.PatchFold; chips are used at their
+        own size)."""
+        from .sources import PatchFold
+
         if self._folds is None:
             self._folds = [PatchFold(f, ChipDataset(self.reader, tr, self.targets, self.classes,
                                                     self.task),
@@ -433,17 +433,9 @@ class ChipSource:
                 "split": self.split.spec(), "excluded_test_areas": bool(self.exclude_test_areas)}
 
     def pretraining_note(self, meta: dict | None) -> str:
-        pd = (meta or {}).get("pretrain_data") if isinstance(meta, dict) else None
-        if not pd:
-            return "pretraining data not recorded (older checkpoint): it may have seen the test chips"
-        if pd.get("data") != self.data_id:
-            return f"pretrained on other data ({pd.get('data')})"
-        if not pd.get("excluded_test_areas"):
-            return "pretraining SAW the test chips"
-        if pd.get("split") == self.split.spec():
-            return "pretraining excluded these test chips"
-        return (f"pretraining excluded the test chips of another split ({pd.get('split')}); it "
-                "may have seen some of these")
+        from .sources import pretraining_note
+
+        return pretraining_note(meta, self.pretrain_data(), "test chips")
 
     def __repr__(self) -> str:
         return (f"ChipSource({self.name!r}, {len(self.reader)} chips, {self.task}, "

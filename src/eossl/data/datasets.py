@@ -43,7 +43,7 @@ class RandomCropDataset(Dataset):
                  length: int = 10_000, seed: int | None = None,
                  region: tuple[int, int] | None = None, max_nodata: float = 0.1,
                  allowed: Sequence[np.ndarray | None] | None = None,
-                 memory_limit: int = 512 << 20) -> None:
+                 memory_limit: int = 2 << 30) -> None:
         self.scenes = [scenes] if isinstance(scenes, SceneStack) else list(scenes)
         if not self.scenes:
             raise DataError("no scenes given to RandomCropDataset; expected at least one")
@@ -55,6 +55,7 @@ class RandomCropDataset(Dataset):
         self.region = region
         allowed = list(allowed) if allowed is not None else [None] * len(self.scenes)
         self._corners: list[np.ndarray | None] = []
+        loaded = 0
         for s, a in zip(self.scenes, allowed):
             if s.bands != self.bands:
                 raise DataError(f"{s.path}: bands {s.bands} differ from {self.bands}; all scenes "
@@ -72,8 +73,11 @@ class RandomCropDataset(Dataset):
                 self._corners.append(ok)
             else:
                 self._corners.append(None)
-            if s.nbytes <= memory_limit:  # small scenes in memory; large ones read by window
+            # scenes in memory while they fit in memory_limit (all of them together), the
+            # others read by window: a folder of many large scenes must not fill the RAM
+            if s._array is None and s.nbytes <= memory_limit - loaded:
                 s.load()
+            loaded += s.nbytes if s._array is not None else 0
         self._weights = np.array([
             (len(k) if k is not None else (s.height - size + 1) * (
                 (region[1] - region[0] if region else s.width) - size + 1))

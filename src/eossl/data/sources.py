@@ -38,6 +38,27 @@ class PatchFold:
     test: object
 
 
+def pretraining_note(meta: dict | None, mine: dict, what: str = "test areas") -> str:
+    """One line for reports: did the pretraining recorded in a checkpoint's metadata (its
+    ``pretrain_data``) see the test ``what`` of the data described by ``mine`` (a source's
+    ``pretrain_data()``)? Splits that differ only in their gap test the same blocks."""
+    pd = (meta or {}).get("pretrain_data") if isinstance(meta, dict) else None
+    if not pd:
+        return f"pretraining data not recorded (older checkpoint): it may have seen the {what}"
+    if pd.get("data") != mine["data"]:
+        return f"pretrained on other data ({pd.get('data')})"
+    if not pd.get("excluded_test_areas"):
+        return f"pretraining SAW the {what} (pretrained on all the data)"
+    if pd.get("labels") != mine.get("labels"):
+        return (f"pretraining excluded the {what} of other labels ({pd.get('labels')}); it may "
+                "have seen some of these")
+    theirs, ours = pd.get("split"), mine.get("split")
+    if theirs == ours or (theirs and ours and dict(theirs, gap=0) == dict(ours, gap=0)):
+        return f"pretraining excluded these {what}"
+    return (f"pretraining excluded the {what} of another split ({theirs}); it may have seen "
+            "some of these")
+
+
 @dataclass
 class SceneSource:
     """Scenes for pretraining, with optional labels for patch classification and segmentation.
@@ -212,25 +233,9 @@ class SceneSource:
                 else None, "excluded_test_areas": bool(excluded)}
 
     def pretraining_note(self, meta: dict | None) -> str:
-        """Whether a checkpoint's pretraining saw this source's test areas, from its
-        ``pretrain_data`` metadata."""
-        pd = (meta or {}).get("pretrain_data") if isinstance(meta, dict) else None
-        if not pd:
-            return "pretraining data not recorded (older checkpoint): it may have seen the test areas"
-        if pd.get("data") != self.data_id:
-            return f"pretrained on other data ({pd.get('data')})"
-        mine_labels = self.pretrain_data()["labels"]
-        if pd.get("excluded_test_areas") and pd.get("labels") != mine_labels:
-            return (f"pretraining excluded the test areas of other labels ({pd.get('labels')}); "
-                    "it may have seen some of these")
-        if not pd.get("excluded_test_areas"):
-            return "pretraining SAW the test areas (pretrained on the whole scene)"
-        mine = self.split.spec() if self.split is not None else None
-        if pd.get("split") == mine or (mine and pd.get("split") and
-                                       dict(pd["split"], gap=0) == dict(mine, gap=0)):
-            return "pretraining excluded these test areas"
-        return (f"pretraining excluded the test areas of another split ({pd.get('split')}); "
-                "it may have seen some of these")
+        """Whether a checkpoint's pretraining saw this source's test areas (its
+        ``pretrain_data`` metadata against this source's)."""
+        return pretraining_note(meta, self.pretrain_data(), "test areas")
 
     # ----------------------------------------------------------------- labelled patches
     def _candidates(self, size: int, min_share: float) -> list[list[tuple[int, int, int]]]:
@@ -366,7 +371,9 @@ class SceneSource:
         masks = self.pretraining_masks() or [None] * len(self.scenes)
         for s, m in zip(self.scenes, masks):
             step = max(1, int(np.ceil(np.sqrt(s.height * s.width / 4e6))))  # <= 4 Mpx per scene
-            a = s.load() if s._array is not None or s.nbytes <= 512 << 20 else None
+            # a loaded scene as it is; a small one read whole (not kept); a large one decimated
+            a = s._array if s._array is not None else (
+                s.read() if s.nbytes <= 512 << 20 else None)
             if a is None:  # a large scene: a decimated read (GDAL's overviews when it has them)
                 a = s._handle().read(s.indexes, out_shape=(len(s.bands), s.height // step,
                                                            s.width // step)).astype(np.float32)
