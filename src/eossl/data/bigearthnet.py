@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..bands import SENTINEL1, SENTINEL2_L2A, band_indices
+from ..bands import SENTINEL1, SENTINEL2_L2A, band_indices, resolve_band_names
 from ..errors import BandError, ConfigError, DataError
 
 # The 19-class BigEarthNet nomenclature (Sumbul et al. 2021, "BigEarthNet-MM", Table 1; used
@@ -148,6 +148,9 @@ class BigEarthNetV2(Dataset):
             else list(bands)
         if not wanted and not sar:
             raise ConfigError("bands is empty; name at least one band or pass sar=True")
+        # the sensors are known here, so any of their spellings ('B4', 'b8a') is unambiguous
+        wanted = resolve_band_names(wanted, [SENTINEL2_L2A, SENTINEL1],
+                                    where="BigEarthNet v2 (Sentinel-2 L2A + S1)").names
         idx = band_indices(_ALL_BANDS, wanted, source="BigEarthNet v2 (Sentinel-2 L2A + S1)")
         names = [_ALL_BANDS[i] for i in idx]
         if sar:
