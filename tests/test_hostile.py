@@ -387,3 +387,208 @@ def test_disk_full_during_pretraining(capsys, tmp_path, sample_cache, monkeypatc
     code, err = cli(capsys, *args[:-3], "--out", run, "--resume", "--no-progress")
     assert code == 0, err
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+# ------------------------------------------------------- runs that never lose work (items 6-13)
+def test_file_size_limit_is_one_line_in_export_and_pretrain(ckpt, tmp_path, sample_cache):
+    """Item 6: a real file-size limit (ulimit -f, EFBIG) was an internal error in export and
+    pretrain; now one line naming the file, exit 2, nothing half-written, no run folder."""
+    import resource
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom eossl.cli import main\n"
+        "ckpt, out, cache = sys.argv[1:4]\n"
+        "for fmt in ('safetensors', 'onnx', 'torchscript'):\n"
+        "    print(main(['export', ckpt, '--format', fmt, '--out', f'{out}/m.{fmt}']))\n"
+        "print(main(['--cache', cache, 'pretrain', '--max-steps', '1', '--batch-size', '4',\n"
+        "            '--crop-size', '16', '--out', f'{out}/run', '--no-progress']))\n")
+    limit = 1 << 20  # 1 MiB: every export and checkpoint here is larger
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    res = subprocess.run([sys.executable, "-c", script, str(ckpt), str(out), str(sample_cache)],
+                         capture_output=True, text=True, timeout=600, preexec_fn=small_files)
+    assert res.stdout.split() == ["2", "2", "2", "2"], res.stderr[-3000:]
+    errors = [e for e in res.stderr.splitlines() if e.startswith("eossl:")]
+    assert len(errors) == 4, res.stderr[-3000:]
+    for err, name in zip(errors, ("m.safetensors", "m.onnx", "m.torchscript", "run")):
+        assert one_line(err, name, "File too large", "ulimit -f")
+    assert "is kept" not in errors[3] and "rerun the command" in errors[3]
+    assert list(out.iterdir()) == []  # no export, no temporary, no run folder
+
+
+def test_out_naming_an_existing_file(capsys, ckpt, tmp_path, sample_cache):
+    """Item 7: --out naming an existing file was an internal error (NotADirectoryError) in
+    pretrain, collect, benchmark and probe; refused in one line before any work."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    for args in (["pretrain", "--max-steps", "1"],
+                 ["collect", "--locations", "1", "--preset", "earth-search-s2l2a"],
+                 ["benchmark", "--methods", "moco", "--seeds", "1", "--budget", "2-steps"],
+                 ["probe", "--checkpoint", ckpt, "--seeds", "0", "--fractions", "1"],
+                 ["embed", ckpt, "brandenburg"]):
+        code, err = cli(capsys, "--cache", sample_cache, *args, "--out", afile)
+        assert code == 2 and one_line(err, afile, "is a file, not a folder"), args
+    assert afile.read_text() == "mine"
+
+
+def test_junk_given_as_checkpoint(capsys, tmp_path):
+    """Item 7: a 5-byte text file as a checkpoint was 'internal error: KeyError: 101'."""
+    junk = tmp_path / "five.ckpt"
+    junk.write_text("hello")
+    for args in (["export", junk, "--out", tmp_path / "m.safetensors"],
+                 ["embed", junk, tmp_path / "s.tif", "--out", tmp_path / "e"],
+                 ["probe", "--checkpoint", junk, "--seeds", "0"]):
+        code, err = cli(capsys, *args)
+        assert code == 2 and one_line(err, junk, "not a PyTorch checkpoint"), args
+
+
+def test_chunk_bytes_and_pack_option_ranges(capsys, tmp_path):
+    """Items 7 and 12: --chunk-bytes lots was an internal error; --max-nodata 7 was accepted.
+    Both are refused before any input is read, and no folder is left."""
+    for args, needle in ((["--chunk-bytes", "lots"], "--chunk-bytes 'lots'"),
+                         (["--max-nodata", "7"], "--max-nodata 7"),
+                         (["--max-nodata", "-0.5"], "--max-nodata -0.5")):
+        code, err = cli(capsys, "data", "pack", "brandenburg", "--out", tmp_path / "p", *args)
+        assert code == 2 and one_line(err, needle), args
+        assert not (tmp_path / "p").exists()
+
+
+def _stacks(folder, *specs):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, crs, res, arr in specs:
+        arr = rng.integers(100, 3000, (3, 64, 64)).astype("float32") if arr is None else arr
+        _tif(folder / name, arr, crs=crs, transform=from_origin(300000, 5800000, res, res))
+    return folder
+
+
+def test_pack_refuses_mixed_crs_and_resolution_and_skips_nan_chips(capsys, tmp_path):
+    """Item 12: data pack mixed CRSs and 10 m / 20 m stacks silently and packed all-NaN chips
+    (--max-nodata ignored NaN); a failed pack leaves no folder that blocks the corrected
+    command."""
+    mixed = _stacks(tmp_path / "crs", ("a.tif", "EPSG:32633", 10, None),
+                    ("b.tif", "EPSG:32632", 10, None))
+    code, err = cli(capsys, "data", "pack", mixed, "--out", tmp_path / "p1")
+    assert code == 2 and one_line(err, "b.tif", "CRS EPSG:32632 differs", "a.tif")
+    res = _stacks(tmp_path / "res", ("a.tif", "EPSG:32633", 10, None),
+                  ("b.tif", "EPSG:32633", 20, None))
+    code, err = cli(capsys, "data", "pack", res, "--out", tmp_path / "p2")
+    assert code == 2 and one_line(err, "b.tif", "pixel size 20 x 20", "10 x 10")
+    assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+    nan = np.full((3, 64, 64), np.nan, "float32")
+    nan[:, :16, :16] = 700.0  # one chip of 16 px is valid, 15 are NaN
+    folder = _stacks(tmp_path / "nan", ("a.tif", "EPSG:32633", 10, nan))
+    code, err = cli(capsys, "data", "pack", folder, "--out", tmp_path / "p3", "--chip-size",
+                    "16", "--no-progress")
+    assert code == 0, err
+    import json
+
+    assert json.loads((tmp_path / "p3" / "eossl.json").read_text())["count"] == 1
+    only_nan = _stacks(tmp_path / "allnan", ("a.tif", "EPSG:32633", 10,
+                                             np.full((3, 64, 64), np.nan, "float32")))
+    code, err = cli(capsys, "data", "pack", only_nan, "--out", tmp_path / "p4", "--no-progress")
+    assert code == 2 and one_line(err, "nothing to pack", "NaN")
+    assert not (tmp_path / "p4").exists()  # the corrected command is not blocked
+
+
+def test_a_failed_collection_start_does_not_block(capsys, tmp_path):
+    """Item 5: collect with a STAC URL that cannot be reached left an eossl.json that refused
+    the corrected command (plain: "already holds a collection"; --resume: other settings)."""
+    out = tmp_path / "c"
+    args = ["collect", "--out", out, "--locations", "2", "--collection", "x", "--assets",
+            "red", "--retries", "1", "--no-progress"]
+    code, err = cli(capsys, *args, "--stac-url", "http://127.0.0.1:9/")
+    assert code == 2 and one_line(err, "127.0.0.1:9", "Nothing was collected")
+    assert not out.exists()
+    out.mkdir()  # an eossl.json from such a start, by an older eossl: replaced, not refused
+    (out / "eossl.json").write_text('{"format": "eossl-shards/1", "progress": '
+                                    '{"next_index": 0, "collected": 0}}')
+    code, err = cli(capsys, *args, "--stac-url", "http://127.0.0.1:9/x")
+    assert code == 2 and "already holds" not in err and one_line(err, "Nothing was collected")
+    assert list(out.iterdir()) == []
+
+
+def test_bigearthnet_metadata_without_labels(capsys, ckpt, tmp_path, ben_dir):
+    """Item 7: metadata without a 'labels' column was 'internal error: TypeError' (the second
+    table filled the column with NaN)."""
+    import pandas as pd
+
+    from eossl.data.bigearthnet import METADATA
+
+    root = _ben_copy(ben_dir, tmp_path / "ben")
+    pd.read_parquet(root / METADATA).drop(columns=["labels"]).to_parquet(root / METADATA)
+    code, err = cli(capsys, "evaluate", "multilabel", "--checkpoint", ckpt, "--root", root,
+                    "--no-finetune", "--no-random-init", "--seeds", "0")
+    assert code == 2 and one_line(err, root / METADATA, "lacks column(s) labels")
+
+
+def test_resume_with_another_band_list(capsys, ckpt, tmp_path, sample_cache):
+    """Item 7: a checkpoint trained on other bands than the data now gives was a multi-line
+    wall of size-mismatch errors on resume; now one line naming both band lists."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(ckpt.read_bytes())  # B02 B03 B04 B08
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": "moco", "trainer": {
+        "max_steps": 5}}))  # all 13 bands of the scene
+    code, err = cli(capsys, "--cache", sample_cache, "pretrain", "--out", run, "--resume",
+                    "--no-progress")
+    assert code == 2 and one_line(err, "trained on bands B02, B03, B04, B08",
+                                  "now gives B01, B02")
+
+
+def test_probe_and_demo_check_arguments_before_any_work(capsys, ckpt, tmp_path, monkeypatch):
+    """Item 10: probe --out was checked only after every probe had run, and demo --seeds ",,"
+    only after pretraining; both are refused before any work."""
+    from eossl.evaluate import compare
+
+    def no_work(*a, **k):
+        raise AssertionError("the probe ran before its arguments were checked")
+
+    monkeypatch.setattr(compare, "probe_checkpoints", no_work)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "results.json").write_text("{}")
+    code, err = cli(capsys, "probe", "--checkpoint", ckpt, "--out", used)
+    assert code == 2 and one_line(err, used, "already holds results.json")
+    code, err = cli(capsys, "probe", "--checkpoint", ckpt, "--fractions", "0,1")
+    assert code == 2 and one_line(err, "--fractions 0")
+    from eossl.data import samples
+
+    monkeypatch.setattr(samples, "fetch_all", no_work)
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--seeds", ",,", "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and one_line(err, "--seeds", "at least one")
+    assert not (tmp_path / "d").exists()
+
+
+def test_pickled_checkpoint_refused_by_evaluate(capsys, tmp_path):
+    """Item 11: evaluate (like probe) refused a pickled checkpoint with PyTorch's advice to set
+    weights_only=False; now eossl's own reason."""
+    class Payload:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "eossl": {"method": "moco", "x": Payload()}}, evil)
+    for task in ("segment", "regress"):
+        code, err = cli(capsys, "evaluate", task, "--checkpoint", evil)
+        assert code == 2 and one_line(err, evil.name, "pickled Python objects"), task
+        assert "weights_only" not in err
+
+
+def test_a_mostly_nodata_scene_is_not_called_empty(capsys, ckpt, tmp_path):
+    """Item 13: a scene with 10% valid pixels was reported as "all nodata or NaN"."""
+    arr = np.full((4, 64, 64), np.nan, "float32")
+    arr[:, :, :6] = 800.0  # about 10% valid, no 16 px patch half valid
+    path = _tif(tmp_path / "thin.tif", arr, names=["B02", "B03", "B04", "B08"])
+    code, err = cli(capsys, "embed", ckpt, path, "--out", tmp_path / "o", "--no-progress",
+                    "--no-dense")
+    assert code == 2 and one_line(err, "9% valid pixels overall", "--min-valid")
+    assert "all nodata" not in err and not (tmp_path / "o").exists()

@@ -402,7 +402,11 @@ def _write_file(encoder, meta: dict, fmt: str, path: Path, raw: np.ndarray) -> N
     else:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, not gone
-            torch.jit.save(torch.jit.trace(model, example), str(path))
+            traced = torch.jit.trace(model, example)
+            # through a Python file object: given a path, torch's archive writer fails on a
+            # full disk (or ulimit -f) with an exception from a destructor, aborting Python
+            with open(path, "wb") as f:
+                torch.jit.save(traced, f)
 
 
 # -------------------------------------------------------------------------------- the checks

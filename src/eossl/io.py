@@ -42,14 +42,16 @@ _TEXT = [(re.compile(p, re.I), why) for p, why in (
     (r"file too large|os error 27", _why(errno.EFBIG)),
     (r"permission denied|os error 13", _why(errno.EACCES)),
     (r"read-only file system|os error 30", _why(errno.EROFS)),
-    (r"file write failed|failed writing file|unexpected pos",
-     "the write did not complete: the disk may be full or a file-size limit reached"),
+    (r"file write failed|failed writing file|unexpected pos", None),
 )]
+_VAGUE = "the write did not complete: the disk may be full or a file-size limit reached"
+_TEXT = [(p, why or _VAGUE) for p, why in _TEXT]
 
 
-def write_failure(e: BaseException) -> str | None:
+def write_failure(e: BaseException, path: str | os.PathLike | None = None) -> str | None:
     """Why a write failed, when the cause is the disk or permissions; None for anything else
-    (a bug, or bad data, that must not be reported as a disk problem)."""
+    (a bug, or bad data, that must not be reported as a disk problem). ``path``, when known,
+    turns a library's vague "write did not complete" into the likely cause."""
     if isinstance(e, WriteError):
         return e.reason
     if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
@@ -58,8 +60,25 @@ def write_failure(e: BaseException) -> str | None:
         text = str(e)
         for pattern, why in _TEXT:
             if pattern.search(text):
-                return why
+                return _likely(path) if why is _VAGUE and path is not None else why
     return None
+
+
+def _likely(path) -> str:
+    """The probable cause of a write that stopped short without an errno (PyTorch's archive
+    writer): a full disk, or a file-size limit; else the vague words."""
+    import resource
+    import shutil
+
+    folder = Path(path).parent
+    try:
+        if shutil.disk_usage(folder).free < (1 << 20):
+            return _why(errno.ENOSPC)
+    except OSError:
+        pass
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return _why(errno.EFBIG)
+    return _VAGUE
 
 
 @contextmanager
@@ -81,7 +100,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except Exception as e:  # OSError, or a library's own error type (safetensors, torch)
-        why = write_failure(e)
+        why = write_failure(e, path)
         if why is None or isinstance(e, WriteError):
             raise
         raise WriteError(path, why, "the previous file is unchanged" if path.exists() else

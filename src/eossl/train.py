@@ -115,7 +115,7 @@ def check_run_dir(out: str | os.PathLike, resume: bool) -> str:
     out = Path(out)
     state = run_state(out)
     if state == "file":
-        raise OutputExistsError(f"{out} is a file, not a run folder; choose another --out")
+        raise OutputExistsError(f"{out} is a file, not a folder; choose another --out")
     if state in ("absent", "empty") or (state == "unstarted" and not resume):
         check_writable_folder(out)
     if resume:

@@ -85,7 +85,10 @@ def run(a) -> int:
     from ..bench.plan import QUICK, Plan, resolve_methods
     from ..bench.runner import run_benchmark
     from ..errors import ConfigError
+    from ..io import check_writable_folder
 
+    if a.out:
+        check_writable_folder(a.out)  # a file, or a folder under one: refused before any work
     stored = _stored_plan(a)
     if stored is not None:
         out = a.out

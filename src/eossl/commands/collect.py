@@ -66,24 +66,57 @@ def run(args) -> int:
             raise ConfigError(f"collect needs {', '.join(missing)} (or --preset "
                               "earth-search-s2l2a)")
         cfg = CollectConfig(**given)
-    _check_resume(Path(args.out), args.resume)
-    prog = collect(cfg, args.out, args.locations, progress=not args.no_progress)
+    if args.locations < 1:
+        raise ConfigError(f"--locations must be >= 1, got {args.locations}")
+    out = Path(args.out)
+    existed = _check_resume(out, args.resume)
+    try:
+        prog = collect(cfg, out, args.locations, progress=not args.no_progress)
+    except BaseException:
+        _forget_empty_start(out, existed)
+        raise
     print(f"collected {prog['collected']} of {prog['next_index']} locations "
-          f"({len(prog['failed'])} gave up after {cfg.max_tries} draws) into {args.out}; "
+          f"({len(prog['failed'])} gave up after {cfg.max_tries} draws) into {out}; "
           f"cloud filter: {prog['filter_mode']}")
     return 0
 
 
-def _check_resume(out: Path, resume: bool) -> None:
-    """A folder holding a collection is only continued when asked (--resume), like pretrain's
-    run folders; --resume on a folder with no collection is a mistake worth saying."""
+def _progress(out: Path) -> dict | None:
+    """The collection progress recorded in ``out`` (None: no collection there)."""
     import json
 
-    from ..errors import ConfigError, OutputExistsError
+    from ..errors import DataError
 
     meta = out / "eossl.json"
-    if meta.is_file():
-        prog = (json.loads(meta.read_text()).get("progress") or {})
+    if not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("progress") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise DataError(f"{meta}: unreadable ({e}); it is not the eossl.json eossl wrote") \
+            from None
+
+
+def _started(prog: dict | None) -> bool:
+    """Whether a collection got anywhere (a failed first request leaves next_index 0)."""
+    return bool(prog) and (prog.get("next_index") or 0) > 0
+
+
+def _check_resume(out: Path, resume: bool) -> bool:
+    """Refuse an --out this collection may not use, before any request; returns whether the
+    folder existed. A folder holding a collection is only continued when asked (--resume),
+    like pretrain's run folders; --resume on a folder with no collection is a mistake worth
+    saying. A collection that never got past its first location (a wrong URL, no network)
+    holds nothing: a plain rerun replaces it."""
+    from ..errors import ConfigError, OutputExistsError
+    from ..io import check_writable_folder
+
+    check_writable_folder(out)
+    prog = _progress(out)
+    if prog is not None and not resume and not _started(prog):
+        _clear_collection(out)
+        prog = None
+    if prog is not None:
         if not resume:
             raise OutputExistsError(
                 f"{out} already holds a collection ({prog.get('collected', '?')} locations "
@@ -94,3 +127,33 @@ def _check_resume(out: Path, resume: bool) -> None:
     elif out.exists() and any(out.iterdir()):
         raise OutputExistsError(f"{out} exists, is not empty and is not a collection; choose "
                                 "another --out")
+    return out.exists()
+
+
+def _forget_empty_start(out: Path, existed: bool) -> None:
+    """After a failure: a collection that recorded no location is removed (the folder too if
+    this command made it), so the corrected command runs as if nothing happened."""
+    try:
+        if _started(_progress(out)):
+            return
+    except Exception:  # an unreadable record is not ours to delete
+        return
+    _clear_collection(out)
+    if not existed and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def _clear_collection(out: Path) -> None:
+    """Remove the files of a shard corpus that holds no sample (eossl.json, index.json, a
+    commit's temporary folder); anything else in the folder is left alone."""
+    import shutil
+
+    from ..data.shards import INDEX, META
+
+    for name in (META, INDEX):
+        (out / name).unlink(missing_ok=True)
+    for tmp in out.glob(".commit-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    from ..io import remove_stale_parts
+
+    remove_stale_parts(out)

@@ -18,18 +18,33 @@ def add_data_parser(data_subparsers) -> None:
     p.add_argument("--out", required=True, help="new corpus folder (must not exist)")
     p.add_argument("--chip-size", type=int, default=64, help="chip size in px (64)")
     p.add_argument("--stride", type=int, help="tile stride in px (default: chip size)")
-    p.add_argument("--max-nodata", type=float, default=0.1, help="nodata share allowed (0.1)")
+    p.add_argument("--max-nodata", type=float, default=0.1, help="share of nodata pixels "
+                   "(nodata value or NaN in any band) a chip may hold (0.1)")
     p.add_argument("--chunk-bytes", default="64MB", help="shard size (64MB)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run_data(args) -> int:
     from tqdm.auto import tqdm
 
     from ..data import shards
-    from ..errors import ConfigError
+    from ..errors import ConfigError, OutputExistsError
+    from ..io import check_writable_folder
 
+    # every argument is checked before any input is read
     if args.chip_size < 8:
         raise ConfigError(f"--chip-size must be >= 8, got {args.chip_size}")
+    if args.stride is not None and args.stride < 1:
+        raise ConfigError(f"--stride must be >= 1, got {args.stride}")
+    if not 0 <= args.max_nodata < 1:
+        raise ConfigError(f"--max-nodata {args.max_nodata:g}: expected a share of nodata "
+                          "pixels in [0, 1), e.g. 0.1")
+    shards.check_chunk_bytes(args.chunk_bytes)
+    out = check_writable_folder(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise OutputExistsError(f"{out} already exists and is not empty; choose another --out "
+                                "(a new corpus folder)")
+    existed = out.exists()
     from ..data.timeseries_source import MultiDateSource
     from ._data_options import open_from_args
 
@@ -44,14 +59,35 @@ def run_data(args) -> int:
         gen = shards.landsat_chips(src.series.root, args.chip_size, **kw)
         meta = {"sensor": src.sensor}
     elif hasattr(src, "scenes"):
+        shards.check_scenes_share_grid(src.scenes)
         gen = shards.scene_chips(src, args.chip_size, **kw)
         meta = {"sensor": src.sensor, "nodata": src.scenes[0].nodata}
     else:
         raise ConfigError(f"{inp}: a {type(src).__name__} cannot be packed; pack scenes, "
                           "rasters or the Landsat series")
-    with tqdm(unit="chip", desc="pack") as bar:
-        m = shards.pack(gen, args.out, names, description=f"eossl data pack {inp}",
-                        chunk_bytes=args.chunk_bytes, progress=bar, **meta)
+    try:
+        with tqdm(unit="chip", desc="pack", disable=args.no_progress) as bar:
+            m = shards.pack(gen, out, names, description=f"eossl data pack {inp}",
+                            chunk_bytes=args.chunk_bytes, progress=bar, **meta)
+    except BaseException:
+        _remove_failed_pack(out, existed)  # a rerun of the corrected command starts clean
+        raise
     print(f"packed {m['count']} chips of {m['shape']} {m['dtype']} into {len(m['chunks'])} "
-          f"shard(s) in {args.out}\ntrain: eossl pretrain --data {args.out} --max-steps 100")
+          f"shard(s) in {out}\ntrain: eossl pretrain --data {out} --max-steps 100")
     return 0
+
+
+def _remove_failed_pack(out, existed: bool) -> None:
+    """Undo a pack that failed: its folder was new or empty, so all it holds is the pack's."""
+    import shutil
+
+    if not out.is_dir():
+        return
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for e in out.iterdir():
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e, ignore_errors=True)
+        else:
+            e.unlink(missing_ok=True)

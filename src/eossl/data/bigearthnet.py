@@ -191,18 +191,22 @@ class BigEarthNetV2(Dataset):
     def _load_metadata(self, meta_path: Path, exclude_snow_cloud: bool):
         import pandas as pd
 
-        tables = [_read_table(meta_path)]
+        paths = [meta_path]
         # The full release ships the snow/cloud/shadow patches in a table of their own; they are
         # part of the data set (and of its splits) unless excluded.
         extra = meta_path.parent / METADATA_SNOW_CLOUD
         if extra.is_file() and not exclude_snow_cloud:
-            tables.append(_read_table(extra))
-        meta = pd.concat(tables, ignore_index=True)
+            paths.append(extra)
         need = {"patch_id", "labels", "split"} | ({"s1_name"} if self._s1 else set())
-        missing = need - set(meta.columns)
-        if missing:
-            raise DataError(f"{meta_path} lacks column(s) {', '.join(sorted(missing))}; "
-                            f"found {', '.join(meta.columns)}")
+        tables = []
+        for path in paths:  # each table on its own: concat would fill a missing column with NaN
+            table = _read_table(path)
+            missing = need - set(table.columns)
+            if missing:
+                raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}; "
+                                f"found {', '.join(map(str, table.columns))}")
+            tables.append(table)
+        meta = pd.concat(tables, ignore_index=True)
         if "s1_name" not in meta.columns:
             meta["s1_name"] = None
         meta = meta.drop_duplicates("patch_id")
@@ -222,6 +226,9 @@ class BigEarthNetV2(Dataset):
         out = torch.zeros(len(self.metadata), len(CLASSES_19), dtype=torch.float32)
         n = len(CLASSES_19)
         for row, (pid, labels) in enumerate(zip(self.patch_ids, self.metadata["labels"])):
+            if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
+                raise DataError(f"{meta_path}: patch {pid} has labels {labels!r}; expected a "
+                                "list of class names or class ids")
             for name in labels:
                 # class names (the reBEN release) or class ids 0..18 (CLASSES_19 order)
                 if isinstance(name, (int, np.integer)) and not isinstance(name, bool):

@@ -450,6 +450,9 @@ class Collector:
             # Locations finished before the fault are complete; keep them. prog["next_index"]
             # already points past the last finished one, so a rerun starts where this stopped.
             writer.commit(prog)
+            if isinstance(e, CollectError) and not prog["next_index"]:
+                raise CollectError(f"{e}. Nothing was collected: fix the cause and rerun the "
+                                   "command") from None
             if isinstance(e, CollectError):
                 raise CollectError(f"{e}. The corpus in {self.out} holds {writer.count} "
                                    f"locations (next index {prog['next_index']}) and is valid; "

@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ..errors import ConfigError, DataError, OutputExistsError
+from ..io import atomic_write_json
 from .stats import BandStats, StatsAccumulator, default_log_flags
 
 META = "eossl.json"
@@ -55,16 +56,7 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 
 def _atomic_write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, obj, indent=1)
 
 
 def _crc32(path: Path) -> int:
@@ -150,7 +142,7 @@ class ShardWriter:
                  description: str = "", resume: bool = False, chunk_bytes: str = "64MB",
                  extra: dict | None = None) -> None:
         self.out = Path(out)
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = check_chunk_bytes(chunk_bytes)
         self._pending: list[dict] = []
         if resume and (self.out / META).is_file():
             self.meta = json.loads((self.out / META).read_text())
@@ -280,7 +272,9 @@ def pack(samples: Iterable[dict], out: str | os.PathLike, bands: Sequence[str], 
             w.commit()
     w.commit()
     if w.count == 0:
-        raise DataError(f"nothing to pack into {out}: the input gave no samples")
+        raise DataError(f"nothing to pack into {out}: the input gave no chips (each one held "
+                        "more nodata or NaN pixels than --max-nodata allows, or the input is "
+                        "smaller than one chip)")
     return w.meta
 
 
@@ -311,15 +305,18 @@ def _as_integer_dtype(a: np.ndarray) -> np.ndarray:
 
 def tile(image: np.ndarray, size: int, stride: int | None = None, nodata=None,
          max_nodata: float = 0.1, mask: np.ndarray | None = None) -> Iterator[tuple[int, int]]:
-    """Top-left corners of ``size`` px tiles of a (C, H, W) image with little nodata."""
+    """Top-left corners of ``size`` px tiles of a (C, H, W) image with at most ``max_nodata``
+    share of nodata pixels (``nodata`` or NaN in any band, or masked)."""
     stride = stride or size
     _, h, w = image.shape
     for r in range(0, h - size + 1, stride):
         for c in range(0, w - size + 1, stride):
             win = image[:, r:r + size, c:c + size]
             bad = np.zeros((size, size), bool)
-            if nodata is not None:
-                bad |= (win == nodata).all(axis=0)
+            if win.dtype.kind == "f":  # NaN in any band: the pixel is nodata too
+                bad |= np.isnan(win).any(axis=0)
+            if nodata is not None:  # as SceneStack: nodata in any band makes a pixel invalid
+                bad |= (win == nodata).any(axis=0)
             if mask is not None:
                 bad |= mask[r:r + size, c:c + size] == 255
             if bad.mean() <= max_nodata:
@@ -383,6 +380,44 @@ def geotiff_chips(folder, size: int, stride: int | None = None, max_nodata: floa
                        "info": {"file": f.name, "row": r, "col": c}}
 
     return list(bands), gen()
+
+
+def check_scenes_share_grid(scenes) -> None:
+    """Refuse, before anything is written, scenes that cannot share a corpus: another CRS,
+    pixel size or band count than the first (one corpus holds chips of one kind, and a 20 m
+    chip beside 10 m chips covers four times the ground)."""
+    first = None
+    for s in scenes:
+        kind = (s.crs.to_string() if s.crs else None,
+                (round(abs(s.transform.a), 9), round(abs(s.transform.e), 9)), len(s.bands))
+        if first is None:
+            first = (s, kind)
+            continue
+        (s0, (crs0, res0, n0)), (crs, res, n) = first, kind
+        name0 = Path(s0.path).name
+        if crs != crs0:
+            raise DataError(f"{s.path}: CRS {crs} differs from {name0} ({crs0}); pack scenes of "
+                            "one CRS together (reproject them first)")
+        if res != res0:
+            raise DataError(f"{s.path}: pixel size {res[0]:g} x {res[1]:g} differs from {name0} "
+                            f"({res0[0]:g} x {res0[1]:g}); pack scenes of one resolution "
+                            "together (resample them first)")
+        if n != n0:
+            raise DataError(f"{s.path}: {n} bands; {name0} has {n0}")
+
+
+def check_chunk_bytes(text) -> str:
+    """A LitData chunk size (64MB, 1GB, 500kb, or a number of bytes), checked."""
+    from litdata.utilities.format import _convert_bytes_to_int
+
+    try:
+        n = int(text) if str(text).strip().isdigit() else _convert_bytes_to_int(str(text))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--chunk-bytes {text!r}: expected a size such as 64MB, 1GB or a "
+                          "number of bytes")
+    return str(text)
 
 
 # ----------------------------------------------------------------------------- reading
