@@ -10,11 +10,13 @@ from eossl.cli import main
 from eossl.config import (DEFAULTS, RECIPES_DIR, load_config, model_schema, packaged_recipes,
                           validate_config)
 from eossl.errors import ConfigError
+from test_hostile import log
 
 
 def cli(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
+    log(args, code, err)
     return code, out, err.strip()
 
 

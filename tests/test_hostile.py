@@ -17,12 +17,18 @@ from rasterio.transform import from_origin
 from eossl.cli import main
 
 
+def log(args, code, err) -> None:
+    """Collect command, exit code and message for docs/hostile-input.md (EOSSL_HOSTILE_LOG);
+    test_config and test_lifecycle log through here too."""
+    if os.environ.get("EOSSL_HOSTILE_LOG"):
+        with open(os.environ["EOSSL_HOSTILE_LOG"], "a") as f:
+            f.write(f"{' '.join(str(a) for a in args)}\t{code}\t{err.strip()}\n")
+
+
 def cli(capsys, *args):
     code = main([str(a) for a in args])
     err = capsys.readouterr().err
-    if os.environ.get("EOSSL_HOSTILE_LOG"):  # collects the messages for docs/hostile-input.md
-        with open(os.environ["EOSSL_HOSTILE_LOG"], "a") as f:
-            f.write(f"{' '.join(str(a) for a in args)}\t{code}\t{err.strip()}\n")
+    log(args, code, err)
     return code, err.strip()
 
 

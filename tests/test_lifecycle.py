@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from eossl.cli import main
+from test_hostile import log
 
 SMALL = ["--batch-size", "4", "--crop-size", "16", "--set", "data.crops_per_epoch=32",
          "--no-progress"]
@@ -22,6 +23,7 @@ SMALL = ["--batch-size", "4", "--crop-size", "16", "--set", "data.crops_per_epoc
 def cli(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
+    log(args, code, err)
     return code, out, err.strip()
 
 

@@ -29,13 +29,19 @@ def _floats(text: str) -> list[float]:
     return vals
 
 
-def _ints(text: str) -> list[int]:
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2``: at least one seed, each a non-negative 32-bit integer (what numpy
+    and scikit-learn accept). The one parser of seed lists for every command."""
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
     if not vals:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    bad = [v for v in vals if not 0 <= v < 2**32]
+    if bad:
+        raise argparse.ArgumentTypeError(f"seed {bad[0]} is out of range; expected integers "
+                                         "from 0 to 4294967295")
     return vals
 
 
@@ -114,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(pr, default="brandenburg")
     pr.add_argument("--patch-size", type=int, default=16)
     pr.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0])
-    pr.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    pr.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     pr.add_argument("--out", help="write results.json, report.md and plots here")
     pr.add_argument("--per-band", action="store_true", help="band-wise encoders (rsbyol): "
                     "probe the frozen encoder on each band alone; table + heat map in --out")
@@ -122,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the main job: fetch, pretrain MoCo v2, probe, report")
     dm.add_argument("--max-time", default="10m", help="pretraining budget (default 10m)")
     dm.add_argument("--max-steps", type=int)
-    dm.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    dm.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     dm.add_argument("--config", help="YAML recipe overriding the MoCo defaults")
     dm.add_argument("--out", help="output folder (default runs/demo-TIMESTAMP)")
     dm.add_argument("--no-progress", action="store_true")
@@ -270,12 +276,9 @@ def _cmd_probe(a) -> int:
     from .evaluate.compare import probe_checkpoints
     from .report import markdown_table, write_report
 
-    ckpts = {}
-    for item in a.checkpoint:
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = Path(item).parent.parent.name or Path(item).stem, item
-        ckpts[name] = path
+    from .commands.evaluate_pixel_probe import parse_checkpoints
+
+    ckpts = parse_checkpoints(a.checkpoint)
     _check_probe_args(a, ckpts)  # every argument before any work
     source = open_from_args(a)
     seen = {}

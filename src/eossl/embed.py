@@ -125,6 +125,8 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
     from .export import match_bands
     from .progress import bar as progress_bar
 
+    if int(window) < 1:
+        raise ConfigError(f"--window {window}: expected a window size of at least 1 px")
     if not 0.0 <= float(min_valid) <= 1.0:
         raise ConfigError(f"--min-valid {min_valid} must be a share between 0 and 1")
     out = check_writable_folder(out)

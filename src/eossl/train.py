@@ -1,9 +1,21 @@
 """Pretraining runs: data source + method + Lightning Trainer, in a run folder of their own.
 
-A run folder holds the resolved ``config.yaml``, ``checkpoints/`` (periodic and ``last.ckpt``,
-each carrying bands and normalisation statistics), ``metrics.csv`` (loss, kNN probe, collapse
-monitor) and ``summary.json``. An existing run folder is never overwritten: it is resumed
-(``resume=True``) or refused.
+A run folder holds the checked ``config.yaml`` (exactly what ran), ``checkpoints/`` (periodic
+and ``last.ckpt``, each carrying bands and normalisation statistics), ``logs/metrics.csv``
+(loss, kNN probe, collapse monitor) and ``summary.json``.
+
+Its lifecycle, so that no run loses work and no mistake leaves a folder in the way:
+
+- the folder is made only after every check passed (configuration, folder, device options,
+  data, the method's own arguments);
+- a new run that fails or is interrupted before its first checkpoint removes what it made, so
+  the same command can simply be run again; a folder a killed start left behind (config.yaml
+  and logs, no checkpoint) is taken over by a plain rerun, or restarted by ``--resume``;
+- an existing run is never overwritten: it is resumed (``resume=True``) with its own
+  config.yaml, only a new budget may change, and nothing in it is deleted or truncated
+  (metrics.csv is appended to);
+- Ctrl-C finishes the step, saves ``last.ckpt`` and says how to continue; temporary files a
+  SIGKILL left during a checkpoint write are removed when the run starts again.
 """
 
 from __future__ import annotations

@@ -12,16 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import seed_list
+
 TASK = "ensemble"
-
-
-def _ints(text: str) -> list[int]:
-    import argparse
-
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
 def add_parser(tsub) -> None:
@@ -33,7 +26,7 @@ def add_parser(tsub) -> None:
 
     add_data_options(p, default="brandenburg")
     p.add_argument("--patch-size", type=int, default=16)
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=int, default=32)

@@ -12,21 +12,31 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import seed_list
+
 TASK = "pixel-probe"
 
 
 # ------------------------------------------------------------------ shared helpers
-def ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+ints = seed_list  # --seeds of every evaluate task (cli.seed_list)
 
 
 def parse_checkpoints(items) -> dict[str, str]:
     """``NAME=PATH`` or ``PATH`` (named after its run folder) -> {name: path}."""
+    from ..errors import ConfigError
+
     out = {}
     for item in items or []:
         name, sep, path = item.partition("=")
-        if not sep:
-            name, path = Path(item).parent.parent.name or Path(item).stem, item
+        if not sep or not name.strip():
+            path = path if sep else item
+            name = Path(path).parent.parent.name or Path(path).stem
+        if not path.strip():
+            raise ConfigError(f"--checkpoint {item!r}: no path after '='; expected NAME=PATH "
+                              "or PATH")
+        if name in out:
+            raise ConfigError(f"--checkpoint: two checkpoints are named {name!r}; name them "
+                              "with NAME=PATH")
         out[name] = path
     return out
 
