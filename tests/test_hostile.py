@@ -598,3 +598,48 @@ def test_a_mostly_nodata_scene_is_not_called_empty(capsys, ckpt, tmp_path):
                     "--no-dense")
     assert code == 2 and one_line(err, "9% valid pixels overall", "--min-valid")
     assert "all nodata" not in err and not (tmp_path / "o").exists()
+
+
+def test_pretraining_on_a_mostly_nodata_scene_is_not_called_empty(capsys, tmp_path):
+    """Item 13: pretraining crops on a scene with about 10% valid pixels failed with "is the
+    scene empty?"; the message now gives the best crop's share, and no run folder is left."""
+    folder = tmp_path / "thin"
+    folder.mkdir()
+    arr = np.zeros((1, 64, 64), "uint16")
+    arr[:, :, :6] = 900  # 9% valid (0 is the nodata value of band files)
+    for band in ("B02", "B03"):
+        _tif(folder / f"T33UUU_20170216T102101_{band}.tif", arr)
+    run = tmp_path / "run"
+    code, err = cli(capsys, "--cache", tmp_path / "c", "pretrain", "--data", folder, "--bands",
+                    "B02,B03", "--crop-size", "16", "--batch-size", "2", "--max-steps", "1",
+                    "--out", run, "--no-progress")
+    assert code == 2 and one_line(err, "16 px crops", "invalid pixels", "best")
+    assert "is the scene empty" not in err and not run.exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["probe", "--checkpoint", "{ckpt}", "--seeds", "-1"], "seed -1 is out of range"),
+    (["probe", "--checkpoint", "A="], "no path after '='"),
+    (["evaluate", "regress", "--checkpoint", "{ckpt}", "--patch-size", "0"], "--patch-size 0"),
+    (["evaluate", "pixel-probe", "--checkpoint", "{ckpt}", "--tile", "0"], "--tile 0"),
+    (["evaluate", "segment", "--checkpoint", "{ckpt}", "--out", "{file}"], "is a file"),
+    (["benchmark", "--methods", "moco", "--seeds", "1", "--budget", "2-steps", "--backbone",
+      "resnet81", "--out", "{tmp}/b"], "model.backbone='resnet81'"),
+    (["collect", "--out", "{tmp}/c", "--locations", "1", "--preset", "earth-search-s2l2a",
+      "--resolution", "-10"], "resolution must be > 0"),
+    (["embed", "{ckpt}", "brandenburg", "--window", "0", "--out", "{tmp}/e"], "--window 0"),
+])
+def test_odd_option_values_are_refused_before_any_work(capsys, ckpt, tmp_path, args, needle):
+    """Found by trying odd values for every option (beyond the 13 items): these were internal
+    errors (a zero --patch-size / --tile, a negative seed), ran a whole computation before
+    failing on --out, ran a benchmark whose every run failed on a misspelt backbone, or sent
+    requests with a negative resolution."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    args = [a.format(ckpt=ckpt, file=afile, tmp=tmp_path) for a in args]
+    try:
+        code, err = cli(capsys, *args)
+    except SystemExit as e:  # argparse's own check, printed on one line
+        code, err = e.code, capsys.readouterr().err.strip()
+    assert code == 2 and one_line(err, needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

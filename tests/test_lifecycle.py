@@ -82,9 +82,10 @@ def test_resume_restores_its_own_method_and_refuses_changes(capsys, simclr_run, 
     "pretrained moco" for a SimCLR run, and ignored --max-time)."""
     run = tmp_path / "copy"
     shutil.copytree(simclr_run, run)
-    for args, needle in ((["--method", "byol"], "method='simclr', asked for 'byol'"),
-                         (["--bands", "B02,B03"], "data.bands=null, asked for B02,B03"),
-                         (["--lr", "0.5"], "model.lr")):
+    for args, needle in ((["--method", "byol"], "method='simclr', asked for method='byol'"),
+                         (["--bands", "B02,B03"], "data.bands unset, asked for "
+                                                  "data.bands=B02,B03"),
+                         (["--lr", "0.5"], "model.lr unset, asked for model.lr=0.5")):
         code, _, err = cli(capsys, "pretrain", "--out", run, "--resume", "--max-time", "60s",
                            *args)
         assert code == 2 and one_line(err, needle, "--max-time and --max-steps can change")

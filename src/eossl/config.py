@@ -34,11 +34,11 @@ import inspect
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
-                      field_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      create_model, field_validator)
 
 from .errors import ConfigError
 
@@ -295,12 +295,25 @@ def model_schema(method: str) -> type[BaseModel]:
             kind = _annotation(init, name)
             if name == "optimizer":
                 kind = Literal[OPTIMIZERS]
+            elif name == "backbone":
+                kind = Annotated[str, AfterValidator(_backbone_name)]
             default = ... if p.default is p.empty else p.default
             fields[name] = (kind, Field(default, **LIMITS.get(name, {})))
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             break  # this constructor takes no further keyword arguments
     return create_model(f"{method}_model", __config__=ConfigDict(
         extra="forbid", arbitrary_types_allowed=True), **fields)
+
+
+def _backbone_name(name: str) -> str:
+    """A timm model name (the backbone registry's own check, with its suggestions)."""
+    from .models.backbones import _check_name
+
+    try:
+        _check_name(name)
+    except ConfigError as e:
+        raise ValueError(str(e).replace(f"unknown backbone {name!r}: ", "")) from None
+    return name
 
 
 def _annotation(func, name: str):

@@ -326,11 +326,11 @@ def _assemble(stack, parts, wins, p, stride, dense, patches_path, dense_path, di
                         dst.write(f[:, :fh, :fw], window=Window(fc, fr, fw, fh))
             if n == 0:
                 share = valid_px / pixels if pixels else 0.0
-                what = ("no valid pixel (all nodata or NaN)" if valid_px == 0 else
-                        f"{share:.0%} valid pixels overall; lower --min-valid to embed "
-                        "patches with fewer")
+                what = ("the scene has no valid pixel (all nodata or NaN)" if valid_px == 0
+                        else f"the scene has {share:.0%} valid pixels overall, so lower "
+                        "--min-valid to embed patches with fewer")
                 raise DataError(f"{stack.path}: no {p} px patch has {min_valid:.0%} valid "
-                                f"pixels (the scene has {what}); nothing to embed")
+                                f"pixels: {what}; nothing to embed")
         finally:
             writer.close()
             if dst is not None:

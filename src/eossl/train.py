@@ -482,8 +482,8 @@ def resume_config(out: Path, requested: dict | None = None,
         if key in RESUMABLE or old.get(key) == new.get(key):
             continue
         where = f" (from {origins[key]})" if origins and key in origins else ""
-        raise ConfigError(f"{out} is a run with {key}={_shown(old.get(key))}, asked for "
-                          f"{_shown(new.get(key))}{where}; --resume continues a run as it was "
+        raise ConfigError(f"{out} is a run with {key}{_shown(old.get(key))}, asked for "
+                          f"{key}{_shown(new.get(key))}{where}; --resume continues a run as it was "
                           "configured (only --max-time and --max-steps can change): start a "
                           "new run with another --out to change it")
     cfg = copy.deepcopy(saved)
@@ -493,8 +493,10 @@ def resume_config(out: Path, requested: dict | None = None,
 
 
 def _shown(value) -> str:
-    return "null" if value is None else ",".join(map(str, value)) if isinstance(
-        value, list) else repr(value)
+    """`` unset`` or ``=VALUE``, as a key's value reads in a message."""
+    if value is None:
+        return " unset"
+    return "=" + (",".join(map(str, value)) if isinstance(value, list) else repr(value))
 
 
 class AppendingExperimentWriter(ExperimentWriter):

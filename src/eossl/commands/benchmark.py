@@ -117,6 +117,10 @@ def run(a) -> int:
                 seeds=a.seeds or (QUICK["seeds"] if a.quick else [0, 1, 2]),
                 budget=a.budget or (QUICK["budget"] if a.quick else "2m"), data=a.data,
                 backbone=a.backbone, fractions=fractions, evaluations=evals, quick=a.quick)
+    from ..bench.runner import run_config
+
+    for method in plan.methods:  # a mistake common to every run is refused before any work
+        run_config(plan, method, plan.seeds[0])
     out = a.out or f"runs/benchmark-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     report = run_benchmark(plan, out, cache=a.cache, progress=not a.no_progress,
                            quick=a.quick, command=_command_line(a))

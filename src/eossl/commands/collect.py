@@ -11,6 +11,16 @@ def _list(text):
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _int_list(text):
+    import argparse
+
+    try:
+        return [int(v) for v in _list(text) or []]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got "
+                                         f"{text!r}") from None
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "collect", help="SeCo collection from a STAC API into a shard corpus (resumable)",
@@ -28,7 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--assets", type=_list, help="comma-separated asset keys to read, in order")
     p.add_argument("--band-names", type=_list, help="band names for the assets (default: keys)")
     p.add_argument("--mask-asset", help="cloud/scene-classification asset (e.g. scl, fmask)")
-    p.add_argument("--mask-bad", type=lambda t: [int(v) for v in _list(t)],
+    p.add_argument("--mask-bad", type=_int_list,
                    help="mask values that reject a patch (e.g. 0,1,3,8,9,10 for SCL)")
     p.add_argument("--patch-px", type=int, help="patch size in px (paper: 264 at 10 m)")
     p.add_argument("--resolution", type=float, help="patch pixel size in m (default 10)")

@@ -29,7 +29,36 @@ def add_parser(sub) -> None:
         mod.add_parser(tsub)
 
 
+# Options several tasks share, checked here once before any task starts work: sizes and
+# counts must be positive, rates positive, --out a folder that can be written.
+POSITIVE = ("patch_size", "tile", "tile_size", "size", "epochs", "steps", "probe_steps",
+            "batch_size", "per_class", "test_per_class", "crop", "patches")
+RATES = ("lr", "backbone_lr_factor")
+SHARES = ("min_labelled",)
+
+
+def check_common(args) -> None:
+    from ..errors import ConfigError
+    from ..io import check_writable_folder
+
+    for name in POSITIVE:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: expected at least 1")
+    for name in RATES:
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: expected a number > 0")
+    for name in SHARES:
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: expected a share in [0, 1]")
+    if getattr(args, "out", None):
+        check_writable_folder(args.out)
+
+
 def run(args) -> int:
+    check_common(args)
     for mod in _task_modules():
         if mod.TASK == args.evaluate_task:
             return mod.run(args)

@@ -108,6 +108,15 @@ class CollectConfig:
         for name in ("patch_px", "n_dates", "max_tries", "commit_every", "retries"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"collect: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("resolution", "window_days"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"collect: {name} must be > 0, got {getattr(self, name)}")
+        for name in ("spacing_days", "top_cities"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"collect: {name} must be >= 1, got {getattr(self, name)}")
+        if float(self.sigma_km) < 0 or not 0 <= float(self.max_scene_cloud) <= 100:
+            raise ConfigError(f"collect: need sigma_km >= 0 and max_scene_cloud in [0, 100] "
+                              f"(percent); got {self.sigma_km}, {self.max_scene_cloud}")
         if not 0 <= self.max_patch_bad < 1:
             raise ConfigError(f"collect: max_patch_bad must be in [0, 1), got "
                               f"{self.max_patch_bad}")
