@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError, OutputExistsError, WriteError
-from .io import atomic_path, atomic_write_text, check_writable_folder, write_failure
+from .io import (atomic_path, atomic_write_text, check_writable_folder, remove_stale_parts,
+                 write_failure)
 
 PARTS = ".embed-parts"
 PROGRESS = "progress.json"
@@ -169,6 +170,8 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
         parts.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputExistsError(f"{out}: cannot write there ({e.strerror})") from None
+    for folder in (out, parts):  # temporaries of a write a SIGKILL cut short
+        remove_stale_parts(folder)
     prog_file = parts / PROGRESS
     done: set[int] = set()
     if prog_file.exists():

@@ -152,14 +152,6 @@ def check_run_dir(out: str | os.PathLike, resume: bool) -> str:
     return state
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Refuse a folder this run may not use (see check_run_dir); for a new run, create it
-    (clearing what a start that died before its first checkpoint left)."""
-    state = check_run_dir(out, resume)
-    if not resume:
-        _start_run_dir(Path(out), state)
-
-
 def _start_run_dir(out: Path, state: str) -> bool:
     """Create the folder of a new run; True if it did not exist before (then a failed start
     removes it whole, else only what it put inside)."""
@@ -1012,8 +1004,8 @@ def _failed_run(e: BaseException, out: Path, resume: bool, created: bool,
         return WriteError(getattr(e, "path", None) or out, why, note=then)
     if resume and isinstance(e, RuntimeError) and "state_dict" in str(e):
         first = str(e).strip().splitlines()[0]
-        return DataError(f"{last or out}: does not fit the run's model ({first}); resume with the run's "
-                         "own settings, or start a new run")
+        return DataError(f"{last or out}: does not fit the run's model ({first}); resume with "
+                         "the run's own settings, or start a new run")
     return e
 
 

@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ..errors import ConfigError, DataError, OutputExistsError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, remove_stale_parts
 from .stats import BandStats, StatsAccumulator, default_log_flags
 
 META = "eossl.json"
@@ -179,6 +179,9 @@ class ShardWriter:
         for f in self.out.glob("chunk-*.bin"):
             if f.name not in listed:  # written by a commit that never reached eossl.json
                 f.unlink()
+        for tmp in self.out.glob(".commit-*"):  # a commit's folder that a kill left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+        remove_stale_parts(self.out)
 
     def _write_index(self) -> None:
         if self.meta["litdata_config"] is None:
