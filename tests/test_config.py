@@ -105,6 +105,13 @@ def test_misspelt_keys_and_wrong_types_are_one_line(capsys, tmp_path, recipe, ne
     (["--devices", "lots"], ["trainer.devices='lots' (from --devices)"]),
     (["--max-time", "ten minutes"], ["trainer.max_time='ten minutes'", "cannot read duration"]),
     (["--set", "trainer.compile=fast"], ["trainer.compile='fast' (from --set"]),
+    (["--max-steps", "0"], ["trainer.max_steps=0 (from --max-steps)"]),
+    (["--max-time", "0s"], ["trainer.max_time='0s' (from --max-time)", "must be positive"]),
+    (["--seed", "-5"], ["seed=-5 (from --seed)"]),
+    (["--backbone", "resnet81"], ["model.backbone='resnet81' (from --backbone)",
+                                  "did you mean: resnet18"]),
+    (["--method", "mocoo"], ["method='mocoo' (from --method): unknown method",
+                             "did you mean moco"]),
 ])
 def test_bad_option_values_leave_no_folder(capsys, tmp_path, args, needles):
     """Item 5: a start refused for a bad option leaves no folder behind (a plain rerun with the

@@ -70,6 +70,10 @@ def load_failure(e: BaseException) -> str:
     m = re.search(r"PytorchStreamReader failed reading (?:zip archive|file [^:]*): ([^.]+)", text)
     if m:  # a checkpoint cut short (interrupted copy or write) or not a zip archive at all
         return f"not a complete PyTorch archive: {m.group(1).strip()}"
+    if "mmap can only be used with files saved with" in text:
+        # torch.load(mmap=True) on a file that is no zip archive: junk, or PyTorch's legacy
+        # format, which eossl never writes
+        return "not a PyTorch checkpoint (not a zip archive; eossl checkpoints are)"
     if isinstance(e, EOFError):
         return "the file is empty or cut short"
     if isinstance(e, (KeyError, IndexError)) or "invalid load key" in text:

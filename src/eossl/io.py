@@ -86,7 +86,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block ends
     without error. ``suffix`` keeps an extension for writers that dispatch on it (matplotlib,
     GDAL). A disk or permission failure, in the block or in the rename, is a WriteError naming
-    ``path``; the temporary file never survives."""
+    ``path``; the temporary file never survives.
+
+    Nested writes (a model file and its sidecar, renamed together): a failure is blamed on the
+    file being written, i.e. an inner block whose temporary file is still empty lets the
+    failure pass to the outer one."""
     path = Path(path)
     tmp = None
     try:
@@ -94,6 +98,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                    suffix=suffix + PART)
         os.close(fd)
+        _ACTIVE.append(tmp)
         yield Path(tmp)
         # mkstemp makes 0600 files; results, reports and checkpoints are for sharing, so they
         # get the permissions a plain open() would have given them.
@@ -101,13 +106,30 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
         os.replace(tmp, path)
     except Exception as e:  # OSError, or a library's own error type (safetensors, torch)
         why = write_failure(e, path)
-        if why is None or isinstance(e, WriteError):
+        if why is None or isinstance(e, WriteError) or _not_mine(tmp):
             raise
         raise WriteError(path, why, "the previous file is unchanged" if path.exists() else
                          "nothing was written") from e
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None:
+            if tmp in _ACTIVE:
+                _ACTIVE.remove(tmp)
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+_ACTIVE: list[str] = []  # temporary files of the atomic writes in progress, outermost first
+
+
+def _not_mine(tmp: str | None) -> bool:
+    """Whether a failure inside this write's block belongs to an outer write: this one's
+    temporary file is empty (nothing written to it yet) and an outer write is in progress."""
+    if tmp is None or tmp not in _ACTIVE or _ACTIVE.index(tmp) == 0:
+        return False
+    try:
+        return os.path.getsize(tmp) == 0
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

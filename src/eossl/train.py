@@ -82,7 +82,7 @@ def new_run_dir(root: str | os.PathLike, method: str) -> Path:
 # ------------------------------------------------------------------------- run folder states
 # What a run folder may hold before its first checkpoint: a start that died there (SIGKILL,
 # power loss) left only these, and a plain rerun may replace them.
-_UNSTARTED_ENTRIES = {"config.yaml", "logs", "checkpoints"}
+_UNSTARTED_ENTRIES = {"config.yaml", "logs", "checkpoints", "tensorboard", "mlruns", "wandb"}
 
 
 def _checkpoints(out: Path) -> list[Path]:
