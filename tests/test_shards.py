@@ -297,3 +297,20 @@ def test_pretrain_on_shards_resumes_the_stream_exactly(packed, tmp_path):
     # steps 3 and 4 did train (the comparison covers steps taken after the resume)
     c = torch.load(full / "checkpoints" / "step000002.ckpt", weights_only=True)["state_dict"]
     assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("backbone."))
+
+
+def test_chunk_statistics_leave_out_pixels_invalid_in_any_band():
+    """A pixel that is nodata (or NaN) in one band only must not enter the corpus statistics:
+    the crop filter and tile() treat it as invalid, so the normaliser must too."""
+    from eossl.data.shards import _chunk_stats
+
+    a = np.full((2, 4, 4), 100.0, np.float32)
+    a[1] = 200.0
+    a[0, 0, :] = 0.0  # nodata in band 0 only, on the first row
+    a[1, 1, 0] = np.nan  # NaN in band 1 only
+    st = _chunk_stats([{"image": a}], ["B02", "B03"], nodata=0.0)
+    assert st["n"] == 16 - 4 - 1
+    # the optical bands' statistics are of log1p(reflectance); with the bad pixels left out
+    # every remaining pixel holds exactly 100 (band 0) and 200 (band 1)
+    assert np.allclose(np.expm1(st["mean"]), [100.0, 200.0])
+    assert np.allclose(st["m2"], 0.0)

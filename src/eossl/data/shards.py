@@ -82,9 +82,10 @@ def _chunk_stats(samples: Sequence[dict], bands: Sequence[str], nodata) -> dict:
         imgs = img if img.ndim == 4 else img[None]
         masks = s.get("mask")
         for t, a in enumerate(imgs):
-            valid = np.ones(a.shape[1:], bool)
+            # as SceneStack and tile(): NaN or nodata in ANY band makes the pixel invalid
+            valid = np.isfinite(a).all(axis=0)
             if nodata is not None:
-                valid &= ~(a == nodata).all(axis=0)
+                valid &= ~(a == nodata).any(axis=0)
             if masks is not None:
                 m = np.asarray(masks)
                 valid &= (m[t] if m.ndim == 3 else m) != 255
