@@ -177,7 +177,7 @@ class DenseContrast(PretextMethod):
     """Embedding Earth: per-pixel InfoNCE on a U-Net (backbone encoder + smp decoder).
 
     ``crop_size`` is the view side; source crops are ``crop_size + max_shift`` px, so two views
-    overlap by at least ``1 - max_shift / crop_size`` per axis. Defaults follow methods.md:
+    overlap by at least ``1 - max_shift / crop_size`` per axis. Defaults follow the paper:
     128-d embeddings, up to 1024 pixel pairs per image, temperature 0.1.
     """
 
