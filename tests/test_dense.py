@@ -84,6 +84,26 @@ def test_unet_embeds_every_pixel_and_keeps_backbone_keys():
         UNet(bb, 4, decoder_channels=(8, 8))
 
 
+def _scene_window(brandenburg, folder, window=(320, 0, 384, 768)):
+    """A (row, col, height, width) window of the real scene (all bands, same grid, same OSM
+    labels) as a source of its own. The run's picture and the CLI's embed every pixel of the
+    scene through the U-Net, which on the whole scene took most of this test's time; this
+    quarter of it still holds patches of all eight classes (the probe loaders need them)."""
+    from affine import Affine
+
+    from eossl.data.readers import SceneStack
+    from eossl.data.sources import SceneSource
+    from userdata import write_tif
+
+    scene = brandenburg.scenes[0]
+    r, c, h, w = window
+    path = write_tif(folder / "window.tif", scene.read(window).astype(scene.dtype),
+                     crs=scene.crs, transform=scene.transform @ Affine.translation(c, r),
+                     names=scene.bands, nodata=0)
+    return SceneSource("brandenburg", [SceneStack(path, list(scene.bands))], brandenburg.labels,
+                       brandenburg.cache)
+
+
 def test_dense_pretrain_on_the_real_scene(brandenburg, tmp_path, monkeypatch):
     """Three steps through the real pretraining entry point; the checkpoint gives both the
     encoder and, through it, the whole pretrained U-Net, and the run draws its picture."""
@@ -91,13 +111,14 @@ def test_dense_pretrain_on_the_real_scene(brandenburg, tmp_path, monkeypatch):
     from eossl.checkpoint import load_encoder
     from eossl.train import pretrain
 
+    window = _scene_window(brandenburg, tmp_path)
     cfg = load_config(None, {"method": "dense", "data.crop_size": 32, "data.batch_size": 4,
                              "data.crops_per_epoch": 16, "trainer.max_steps": 3,
                              "trainer.max_time": None, "trainer.val_every_n_steps": 1000,
                              "model.num_pairs": 64, "model.cross_negatives": 32,
                              "model.lr": 0.01})
     from eossl.data import sources
-    monkeypatch.setitem(sources.SOURCES, "brandenburg", lambda cache, bands: brandenburg)
+    monkeypatch.setitem(sources.SOURCES, "brandenburg", lambda cache, bands: window)
     res = pretrain(cfg, tmp_path / "run", progress=False)
     assert res.steps == 3
     assert (tmp_path / "run" / "embedding_pca.png").stat().st_size > 10_000

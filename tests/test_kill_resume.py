@@ -41,30 +41,39 @@ def _final(run):
 
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(sample_cache, tmp_path):
     cfg = _config(tmp_path)
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    # One thread per process, in every run (the same arithmetic throughout): the uninterrupted
+    # run goes on beside the killed one and its resumption, on the other core, so the test
+    # pays for two process lifetimes in a row instead of three.
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
     full = tmp_path / "full"
-    subprocess.run(_cmd(sample_cache, cfg, full), check=True, env=env, timeout=300,
-                   capture_output=True)
-
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(sample_cache, cfg, run), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert last.exists() and not (run / "summary.json").exists(), "run was not killed mid-way"
-    killed_at = torch.load(last, weights_only=True)["global_step"]
-    assert 4 <= killed_at < STEPS and killed_at % 6, killed_at  # mid-epoch
-    # no half-written checkpoint left behind by the kill is ever trusted
-    assert not list((run / "checkpoints").glob("*.part"))
+    with open(tmp_path / "full.log", "w") as log:
+        full_proc = subprocess.Popen(_cmd(sample_cache, cfg, full), env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        try:
+            proc = subprocess.Popen(_cmd(sample_cache, cfg, run), env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 300
+            while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert proc.returncode == -signal.SIGKILL
+            assert last.exists() and not (run / "summary.json").exists(), \
+                "run was not killed mid-way"
+            killed_at = torch.load(last, weights_only=True)["global_step"]
+            assert 4 <= killed_at < STEPS and killed_at % 6, killed_at  # mid-epoch
+            # no half-written checkpoint left behind by the kill is ever trusted
+            assert not list((run / "checkpoints").glob("*.part"))
 
-    res = subprocess.run(_cmd(sample_cache, cfg, run, "--resume"), env=env, timeout=300,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
+            res = subprocess.run(_cmd(sample_cache, cfg, run, "--resume"), env=env,
+                                 timeout=300, capture_output=True, text=True)
+            assert res.returncode == 0, res.stderr[-2000:]
+            full_proc.wait(timeout=300)
+        finally:
+            full_proc.kill()  # no-op when it has ended
+    assert full_proc.returncode == 0, (tmp_path / "full.log").read_text()[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["resumed_from_step"] == killed_at
 

@@ -71,6 +71,7 @@ def test_classes_without_usable_patch_are_said_not_dropped_silently(brandenburg,
              classes="arable,vineyard").folds(16)
 
 
+@pytest.mark.filterwarnings("ignore:'crs' was not provided")  # written without one on purpose
 def test_label_file_without_crs_and_labels_elsewhere(brandenburg, l8, tmp_path):
     path = own_labels(brandenburg, tmp_path / "l.gpkg")
     gdf = gpd.read_file(path)

@@ -49,6 +49,9 @@ def simclr_run(tmp_path_factory, sample_cache):
     return run
 
 
+# Each test resumes a copy of the module's run in another folder; Lightning notes that the
+# checkpoint folder moved (what the copy is).
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
 def test_resume_keeps_metrics_and_cleans_part_files(capsys, simclr_run, tmp_path, sample_cache):
     """Items 2 and 9: --resume never deletes or truncates logs/metrics.csv (Lightning's CSV
     logger did, even when the resume had nothing to do), and a checkpoint temporary left by a
@@ -75,6 +78,7 @@ def test_resume_keeps_metrics_and_cleans_part_files(capsys, simclr_run, tmp_path
     assert _step(run) == 22
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # a copy, as above
 def test_resume_restores_its_own_method_and_refuses_changes(capsys, simclr_run, tmp_path,
                                                           sample_cache):
     """Item 3: --resume continues the run with its own method and options, takes a new budget,

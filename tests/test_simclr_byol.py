@@ -186,7 +186,7 @@ def test_pretrain_on_real_scene_writes_loadable_encoder(brandenburg, sample_cach
     from eossl.train import pretrain
 
     cfg = load_config(CONFIGS / f"{method}-cpu.yaml", {
-        "data.crop_size": 32, "data.batch_size": 16, "data.crops_per_epoch": 64,
+        "data.crop_size": 16, "data.batch_size": 8, "data.crops_per_epoch": 64,
         "trainer.max_steps": 3, "trainer.max_time": None, "trainer.accelerator": "cpu"})
     cfg["trainer"]["max_time"] = None
     out = tmp_path / method
