@@ -131,19 +131,22 @@ def test_data_pack_a_folder_of_geotiffs(capsys, tmp_path, brandenburg):
                            count=4, dtype="uint16", crs=scene.crs,
                            transform=scene.transform) as dst:
             dst.write(arr)
-    out = _run(capsys, "data", "pack", folder, "--out", tmp_path / "corpus", "--chip-size", "32",
-               "--band-names", ",".join(BANDS))
+    out = _run(capsys, "data", "pack", "--data", folder, "--out", tmp_path / "corpus",
+               "--patch-size", "32", "--band-names", ",".join(BANDS))
     assert out.startswith("packed 8 chips")  # 2 files x (64 / 32)^2
     meta = json.loads((tmp_path / "corpus" / "eossl.json").read_text())
     assert meta["count"] == 8 and meta["bands"] == BANDS
-    code = main(["data", "pack", str(folder), "--out", str(tmp_path / "x"), "--chip-size", "4"])
-    assert code == 2 and "--chip-size must be >= 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's check, on one line
+        main(["data", "pack", "--data", str(folder), "--out", str(tmp_path / "x"),
+              "--patch-size", "4"])
+    assert e.value.code == 2
+    assert "--patch-size: expected a size in px of at least 8, got 4" in capsys.readouterr().err
 
 
 def test_data_pack_landsat_series(capsys, tmp_path, sample_cache):
     """The real Landsat series (dates stored as int16 and as uint16) packs into one corpus."""
-    out = _run(capsys, "--cache", sample_cache, "data", "pack", "landsat", "--out",
-               tmp_path / "corpus", "--chip-size", "32")
+    out = _run(capsys, "--cache", sample_cache, "data", "pack", "--data", "landsat", "--out",
+               tmp_path / "corpus", "--patch-size", "32")
     n = int(out.split("packed ")[1].split()[0])
     meta = json.loads((tmp_path / "corpus" / "eossl.json").read_text())
     assert n > 0 and meta["count"] == n and meta["sensor"] == "landsat5-tm,landsat7-etm"

@@ -132,10 +132,12 @@ def test_interrupted_run_resumes_and_matches(setup, tmp_path, monkeypatch):
 def test_cli_embed_and_its_errors(setup, tmp_path, capsys):
     ckpt, tif, _, _ = setup
     out = tmp_path / "cli"
-    assert main(["embed", str(ckpt), str(tif), "--out", str(out), "--no-dense",
+    assert main(["embed", "--checkpoint", str(ckpt), "--data", str(tif), "--out", str(out),
+                 "--no-dense",
                  "--no-progress", "--patch-size", "32"]) == 0
     assert "patch embeddings" in capsys.readouterr().out
-    assert main(["embed", str(ckpt), str(tif), "--out", str(out), "--no-progress"]) == 2
+    assert main(["embed", "--checkpoint", str(ckpt), "--data", str(tif), "--out", str(out),
+                 "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
     # a stack without the encoder's bands
     with rasterio.open(tif) as src:
@@ -145,7 +147,8 @@ def test_cli_embed_and_its_errors(setup, tmp_path, capsys):
     with rasterio.open(two, "w", **prof) as dst:
         dst.write(data)
         dst.descriptions = ("B01", "B02")
-    assert main(["embed", str(ckpt), str(two), "--out", str(tmp_path / "x"),
+    assert main(["embed", "--checkpoint", str(ckpt), "--data", str(two), "--out",
+                 str(tmp_path / "x"),
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "lack B03, B04, B08" in err and err.count("\n") == 1
@@ -197,7 +200,8 @@ def test_folder_of_band_files_with_only_the_encoders_bands(setup, tmp_path, bran
     with rasterio.open(stack, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint16",
                        crs=scene.crs, transform=tr, nodata=0) as dst:
         dst.write(arr)
-    code = main(["--cache", str(tmp_path / "cache"), "embed", str(ckpt), str(folder), "--out",
+    code = main(["--cache", str(tmp_path / "cache"), "embed", "--checkpoint", str(ckpt), "--data",
+                 str(folder), "--out",
                  str(tmp_path / "f"), "--no-dense", "--no-progress"])
     assert code == 0
     a = gpd.read_parquet(tmp_path / "f" / "patches.parquet")

@@ -156,7 +156,7 @@ def test_a_silent_mismatch_is_an_error_and_leaves_nothing(small_stem, tmp_path, 
     with pytest.raises(ExportCheckError, match="timm local-dir computes other features"):
         export(ckpt, "timm", tmp_path / "m")
     out = tmp_path / "cli"
-    assert main(["export", str(ckpt), "--out", str(out)]) == 2
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nothing was written" in err
     assert list(tmp_path.iterdir()) == []  # no folder, no temporary .part left
@@ -285,22 +285,22 @@ def test_loader_checks_bands_by_name(small_stem, brandenburg, raw, tmp_path):
 def test_cli_export_never_overwrites(small_stem, tmp_path, capsys):
     ckpt, _ = small_stem
     out = tmp_path / "e"
-    assert main(["export", str(ckpt), "--out", str(out)]) == 0
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "plain timm: refuses it" in printed and f"exported timm: {out}" in printed
     before = (out / TIMM_WEIGHTS).read_bytes()
-    assert main(["export", str(ckpt), "--out", str(out)]) == 2
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "already exists" in err and "--overwrite" in err and str(out) in err
     assert (out / TIMM_WEIGHTS).read_bytes() == before
     with pytest.raises(OutputExistsError):
         export(ckpt, "timm", out)
-    assert main(["export", str(ckpt), "--out", str(out), "--overwrite"]) == 0
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # no temporary files left
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    assert main(["export", str(ckpt), "--out", str(mine), "--overwrite"]) == 2
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(mine), "--overwrite"]) == 2
     assert "not an eossl timm export" in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep"
 
@@ -308,6 +308,6 @@ def test_cli_export_never_overwrites(small_stem, tmp_path, capsys):
 def test_foreign_checkpoint_is_refused(tmp_path, capsys):
     bad = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {}}, bad)
-    assert main(["export", str(bad)]) == 2
+    assert main(["export", "--checkpoint", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "not an eossl pretraining checkpoint" in err and str(bad) in err

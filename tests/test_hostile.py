@@ -66,7 +66,7 @@ def _tif(path, arr, crs="EPSG:32633", transform=None, names=None, nodata=None):
 def test_random_bytes_geotiff_and_jp2(capsys, ckpt, tmp_path, sample_cache):
     junk = tmp_path / "junk.tif"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
-    code, err = cli(capsys, "embed", ckpt, junk, "--out", tmp_path / "o")
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", junk, "--out", tmp_path / "o")
     assert code == 2 and one_line(err, junk, "cannot open as a raster")
     folder = tmp_path / "jp2"
     folder.mkdir()
@@ -85,7 +85,8 @@ def test_truncated_geotiff_stack(capsys, ckpt, tmp_path, brandenburg):
     cut = tmp_path / "cut.tif"
     data = full.read_bytes()
     cut.write_bytes(data[: len(data) // 3])
-    code, err = cli(capsys, "embed", ckpt, cut, "--out", tmp_path / "o", "--no-progress")
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", cut, "--out", tmp_path / "o",
+                    "--no-progress")
     assert code == 2 and one_line(err, cut)
     assert not (tmp_path / "o" / "patches.parquet").exists()
 
@@ -93,23 +94,26 @@ def test_truncated_geotiff_stack(capsys, ckpt, tmp_path, brandenburg):
 def test_wrong_band_count_and_unknown_band_names(capsys, ckpt, tmp_path):
     arr = np.full((3, 32, 32), 1000, "uint16")
     no_names = _tif(tmp_path / "three.tif", arr)
-    code, err = cli(capsys, "embed", ckpt, no_names, "--out", tmp_path / "o")
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", no_names, "--out",
+                    tmp_path / "o")
     assert code == 2 and one_line(err, no_names, "holds 3 bands", "--band-names")
     odd = _tif(tmp_path / "odd.tif", arr, names=["B02", "B03", "B99"])
-    code, err = cli(capsys, "embed", ckpt, odd, "--out", tmp_path / "o")
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", odd, "--out", tmp_path / "o")
     assert code == 2 and one_line(err, "lack B04, B08")
 
 
 def test_nan_and_all_nodata(capsys, ckpt, tmp_path):
     names = ["B02", "B03", "B04", "B08"]
     empty = _tif(tmp_path / "nodata.tif", np.zeros((4, 48, 48), "float32"), names=names, nodata=0)
-    code, err = cli(capsys, "embed", ckpt, empty, "--out", tmp_path / "o", "--no-progress")
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", empty, "--out",
+                    tmp_path / "o", "--no-progress")
     assert code == 2 and one_line(err, empty, "no 16 px patch", "no valid pixel")
     assert not (tmp_path / "o").exists()  # nothing left, no .embed-parts/ to trip --resume
     nan = np.full((4, 48, 48), np.nan, "float32")
     nan[:, :16, :16] = 900.0  # one valid patch among NaN
     path = _tif(tmp_path / "nan.tif", nan, names=names)
-    code, err = cli(capsys, "embed", ckpt, path, "--out", tmp_path / "n", "--no-progress",
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", path, "--out",
+                    tmp_path / "n", "--no-progress",
                     "--no-dense")
     assert code == 0, err
     import geopandas as gpd
@@ -138,14 +142,18 @@ def test_mismatched_crs_and_grid(capsys, tmp_path):
 
 def test_empty_folder_to_embed_and_patch_sizes(capsys, ckpt, tmp_path, brandenburg):
     (tmp_path / "empty").mkdir()
-    code, err = cli(capsys, "embed", ckpt, tmp_path / "empty", "--out", tmp_path / "o")
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", tmp_path / "empty", "--out",
+                    tmp_path / "o")
     assert code == 2 and one_line(err, "holds no imagery")
     stack = _tif(tmp_path / "s.tif", np.full((4, 40, 40), 800, "uint16"),
                  names=["B02", "B03", "B04", "B08"])
-    for size in ("0", "5000"):
-        code, err = cli(capsys, "embed", ckpt, stack, "--out", tmp_path / "o", "--patch-size",
-                        size)
-        assert code == 2 and one_line(err, f"patch size {size} px")
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", stack, "--out",
+                    tmp_path / "o", "--patch-size", "5000")
+    assert code == 2 and one_line(err, "patch size 5000 px", "scene size (40 x 40 px)")
+    with pytest.raises(SystemExit) as e:  # argparse's check of every size option
+        cli(capsys, "embed", "--checkpoint", ckpt, "--data", stack, "--patch-size", "0")
+    assert e.value.code == 2 and one_line(capsys.readouterr().err.strip(),
+                                          "--patch-size: expected a size in px of at least 1")
     code, err = cli(capsys, "pretrain", "--crop-size", "0", "--max-steps", "1", "--out",
                     tmp_path / "r")
     assert code == 2 and one_line(err, "data.crop_size=0 (from --crop-size)", "greater than or "
@@ -175,7 +183,7 @@ def test_wrong_checksum_download_via_cli(capsys, tmp_path):
 def test_unwritable_output(capsys, ckpt, tmp_path, monkeypatch):
     afile = tmp_path / "file"
     afile.write_text("x")
-    code, err = cli(capsys, "export", ckpt, "--out", afile / "m.onnx")
+    code, err = cli(capsys, "export", "--checkpoint", ckpt, "--out", afile / "m.onnx")
     assert code == 2 and one_line(err, afile, "not a folder")
     code, err = cli(capsys, "pretrain", "--max-steps", "1", "--out", afile / "run")
     assert code == 2 and one_line(err, afile, "is a file, not a folder")
@@ -184,7 +192,7 @@ def test_unwritable_output(capsys, ckpt, tmp_path, monkeypatch):
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, m, **k: False if str(p) == str(ro)
                         else real_access(p, m, **k))  # root ignores chmod; simulate 0o555
-    code, err = cli(capsys, "export", ckpt, "--out", ro / "m")
+    code, err = cli(capsys, "export", "--checkpoint", ckpt, "--out", ro / "m")
     assert code == 2 and one_line(err, ro, "permission denied")
 
 
@@ -196,14 +204,15 @@ def test_disk_full_during_writes(capsys, ckpt, tmp_path, monkeypatch, brandenbur
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     out = tmp_path / "m"
-    code, err = cli(capsys, "export", ckpt, "--out", out)
+    code, err = cli(capsys, "export", "--checkpoint", ckpt, "--out", out)
     assert code == 2 and one_line(err, out, "No space left on device", "nothing was written")
     assert list(tmp_path.iterdir()) == []  # no partial export, no temporary file
     # embed: the window parts hit a full disk; finished windows survive for --resume
     stack = _tif(tmp_path / "s.tif", np.full((4, 64, 64), 800, "uint16"),
                  names=["B02", "B03", "B04", "B08"])
     monkeypatch.setattr(np, "savez", full)
-    code, err = cli(capsys, "embed", ckpt, stack, "--out", tmp_path / "e", "--no-progress",
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", stack, "--out",
+                    tmp_path / "e", "--no-progress",
                     "--window", "32")
     assert code == 2 and one_line(err, "No space left on device", "--resume")
     # an atomic report write that fails leaves the previous file intact
@@ -232,7 +241,7 @@ def test_checkpoint_from_another_method_or_corrupt(capsys, ckpt, tmp_path):
     (run / "checkpoints" / "last.ckpt").write_bytes(ckpt.read_bytes()[:1000])
     code, err = cli(capsys, "pretrain", "--out", run, "--resume")
     assert code == 2 and one_line(err, "last.ckpt", "corrupt")
-    code, err = cli(capsys, "export", run / "checkpoints" / "last.ckpt")
+    code, err = cli(capsys, "export", "--checkpoint", run / "checkpoints" / "last.ckpt")
     assert code == 2 and one_line(err, "last.ckpt", "corrupt")
 
 
@@ -242,7 +251,8 @@ def test_debug_shows_the_traceback(ckpt, tmp_path):
     from eossl.errors import DataError
 
     with pytest.raises(DataError, match="cannot open as a raster"):  # raised, not printed
-        main(["--debug", "embed", str(ckpt), str(junk), "--out", str(tmp_path / "o")])
+        main(["--debug", "embed", "--checkpoint", str(ckpt), "--data", str(junk), "--out",
+              str(tmp_path / "o")])
 
 
 def test_truncated_jpeg2000_band_file(capsys, tmp_path, sample_cache):
@@ -269,7 +279,8 @@ def test_unknown_band_asked_for_and_oversize_crop(capsys, ckpt, tmp_path, sample
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     # a stack named with --band-names that lacks the encoder's bands
     stack = _tif(tmp_path / "s.tif", np.full((4, 32, 32), 800, "uint16"))
-    code, err = cli(capsys, "embed", ckpt, stack, "--band-names", "B02,B03,B04,B13", "--out",
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", stack, "--band-names",
+                    "B02,B03,B04,B13", "--out",
                     tmp_path / "o")
     assert code == 2 and one_line(err, "B13", "lack B08", "moco.ckpt")
 
@@ -354,7 +365,8 @@ def test_export_refuses_a_band_wise_method(capsys, tmp_path, brandenburg):
                              crop_size=16, pool=bands)
     path = tmp_path / "rsbyol.ckpt"
     torch.save({"state_dict": m.state_dict(), "eossl": m.eossl_metadata()}, path)
-    code, err = cli(capsys, "export", path, "--out", tmp_path / "m.onnx", "--format", "onnx")
+    code, err = cli(capsys, "export", "--checkpoint", path, "--out", tmp_path / "m.onnx",
+                    "--format", "onnx")
     assert code == 2 and one_line(err, path, "'rsbyol'", "one band at a time", "--format timm")
     assert not list(tmp_path.glob("m.onnx*"))
 
@@ -407,7 +419,8 @@ def test_file_size_limit_is_one_line_in_export_and_pretrain(ckpt, tmp_path, samp
         "import sys\nfrom eossl.cli import main\n"
         "ckpt, out, cache = sys.argv[1:4]\n"
         "for fmt in ('timm', 'onnx', 'torchscript'):\n"
-        "    print(main(['export', ckpt, '--format', fmt, '--out', f'{out}/m.{fmt}']))\n"
+        "    print(main(['export', '--checkpoint', ckpt, '--format', fmt,\n"
+        "                '--out', f'{out}/m.{fmt}']))\n"
         "print(main(['--cache', cache, 'pretrain', '--max-steps', '1', '--batch-size', '4',\n"
         "            '--crop-size', '16', '--out', f'{out}/run', '--no-progress']))\n")
     limit = 1 << 20  # 1 MiB: every export and checkpoint here is larger
@@ -438,7 +451,7 @@ def test_out_naming_an_existing_file(capsys, ckpt, tmp_path, sample_cache):
                  ["collect", "--locations", "1", "--preset", "earth-search-s2l2a"],
                  ["benchmark", "--methods", "moco", "--seeds", "1", "--budget", "2-steps"],
                  ["probe", "--checkpoint", ckpt, "--seeds", "0", "--fractions", "1"],
-                 ["embed", ckpt, "brandenburg"]):
+                 ["embed", "--checkpoint", ckpt, "--data", "brandenburg"]):
         code, err = cli(capsys, "--cache", sample_cache, *args, "--out", afile)
         assert code == 2 and one_line(err, afile, "is a file, not a folder"), args
     assert afile.read_text() == "mine"
@@ -448,8 +461,9 @@ def test_junk_given_as_checkpoint(capsys, tmp_path):
     """Item 7: a 5-byte text file as a checkpoint was 'internal error: KeyError: 101'."""
     junk = tmp_path / "five.ckpt"
     junk.write_text("hello")
-    for args in (["export", junk, "--out", tmp_path / "m.onnx"],
-                 ["embed", junk, tmp_path / "s.tif", "--out", tmp_path / "e"],
+    for args in (["export", "--checkpoint", junk, "--out", tmp_path / "m.onnx"],
+                 ["embed", "--checkpoint", junk, "--data", tmp_path / "s.tif", "--out",
+                  tmp_path / "e"],
                  ["probe", "--checkpoint", junk, "--seeds", "0"]):
         code, err = cli(capsys, *args)
         assert code == 2 and one_line(err, junk, "not a PyTorch checkpoint"), args
@@ -461,7 +475,8 @@ def test_chunk_bytes_and_pack_option_ranges(capsys, tmp_path):
     for args, needle in ((["--chunk-bytes", "lots"], "--chunk-bytes 'lots'"),
                          (["--max-nodata", "7"], "--max-nodata 7"),
                          (["--max-nodata", "-0.5"], "--max-nodata -0.5")):
-        code, err = cli(capsys, "data", "pack", "brandenburg", "--out", tmp_path / "p", *args)
+        code, err = cli(capsys, "data", "pack", "--data", "brandenburg", "--out", tmp_path / "p",
+                        *args)
         assert code == 2 and one_line(err, needle), args
         assert not (tmp_path / "p").exists()
 
@@ -481,17 +496,18 @@ def test_pack_refuses_mixed_crs_and_resolution_and_skips_nan_chips(capsys, tmp_p
     command."""
     mixed = _stacks(tmp_path / "crs", ("a.tif", "EPSG:32633", 10, None),
                     ("b.tif", "EPSG:32632", 10, None))
-    code, err = cli(capsys, "data", "pack", mixed, "--out", tmp_path / "p1")
+    code, err = cli(capsys, "data", "pack", "--data", mixed, "--out", tmp_path / "p1")
     assert code == 2 and one_line(err, "b.tif", "CRS EPSG:32632 differs", "a.tif")
     res = _stacks(tmp_path / "res", ("a.tif", "EPSG:32633", 10, None),
                   ("b.tif", "EPSG:32633", 20, None))
-    code, err = cli(capsys, "data", "pack", res, "--out", tmp_path / "p2")
+    code, err = cli(capsys, "data", "pack", "--data", res, "--out", tmp_path / "p2")
     assert code == 2 and one_line(err, "b.tif", "pixel size 20 x 20", "10 x 10")
     assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
     nan = np.full((3, 64, 64), np.nan, "float32")
     nan[:, :16, :16] = 700.0  # one chip of 16 px is valid, 15 are NaN
     folder = _stacks(tmp_path / "nan", ("a.tif", "EPSG:32633", 10, nan))
-    code, err = cli(capsys, "data", "pack", folder, "--out", tmp_path / "p3", "--chip-size",
+    code, err = cli(capsys, "data", "pack", "--data", folder, "--out", tmp_path / "p3",
+                    "--patch-size",
                     "16", "--no-progress")
     assert code == 0, err
     import json
@@ -499,7 +515,8 @@ def test_pack_refuses_mixed_crs_and_resolution_and_skips_nan_chips(capsys, tmp_p
     assert json.loads((tmp_path / "p3" / "eossl.json").read_text())["count"] == 1
     only_nan = _stacks(tmp_path / "allnan", ("a.tif", "EPSG:32633", 10,
                                              np.full((3, 64, 64), np.nan, "float32")))
-    code, err = cli(capsys, "data", "pack", only_nan, "--out", tmp_path / "p4", "--no-progress")
+    code, err = cli(capsys, "data", "pack", "--data", only_nan, "--out", tmp_path / "p4",
+                    "--no-progress")
     assert code == 2 and one_line(err, "nothing to pack", "NaN")
     assert not (tmp_path / "p4").exists()  # the corrected command is not blocked
 
@@ -595,7 +612,8 @@ def test_a_mostly_nodata_scene_is_not_called_empty(capsys, ckpt, tmp_path):
     arr = np.full((4, 64, 64), np.nan, "float32")
     arr[:, :, :6] = 800.0  # about 10% valid, no 16 px patch half valid
     path = _tif(tmp_path / "thin.tif", arr, names=["B02", "B03", "B04", "B08"])
-    code, err = cli(capsys, "embed", ckpt, path, "--out", tmp_path / "o", "--no-progress",
+    code, err = cli(capsys, "embed", "--checkpoint", ckpt, "--data", path, "--out",
+                    tmp_path / "o", "--no-progress",
                     "--no-dense")
     assert code == 2 and one_line(err, "9% valid pixels overall", "--min-valid")
     assert "all nodata" not in err and not (tmp_path / "o").exists()
@@ -628,7 +646,8 @@ def test_pretraining_on_a_mostly_nodata_scene_is_not_called_empty(capsys, tmp_pa
       "resnet81", "--out", "{tmp}/b"], "model.backbone='resnet81'"),
     (["collect", "--out", "{tmp}/c", "--locations", "1", "--preset", "earth-search-s2l2a",
       "--resolution", "-10"], "resolution must be > 0"),
-    (["embed", "{ckpt}", "brandenburg", "--window", "0", "--out", "{tmp}/e"], "--window 0"),
+    (["embed", "--checkpoint", "{ckpt}", "--data", "brandenburg", "--window", "0", "--out",
+      "{tmp}/e"], "--window: expected a size in px of at least 1, got 0"),
 ])
 def test_odd_option_values_are_refused_before_any_work(capsys, ckpt, tmp_path, args, needle):
     """Found by trying odd values for every option (beyond the 13 items): these were internal

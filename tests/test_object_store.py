@@ -50,7 +50,7 @@ def s3(sample_cache, tmp_path_factory):
     try:
         corpus = tmp_path_factory.mktemp("s3") / "bb"
         # small chunks (about 9 chips each), so a run fetches them as it goes
-        assert main(["--cache", str(sample_cache), "data", "pack", "brandenburg", "--out",
+        assert main(["--cache", str(sample_cache), "data", "pack", "--data", "brandenburg", "--out",
                      str(corpus), "--chunk-bytes", "1MB"]) == 0
         import boto3
 

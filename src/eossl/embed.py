@@ -92,9 +92,14 @@ def _file_stamp(path: Path) -> list[int]:
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 def _feature_stride(encoder, n_bands: int, probe: int = 64) -> int:
     with torch.no_grad():
-        f = encoder.forward_features(torch.zeros(1, n_bands, probe, probe))
+        f = encoder.forward_features(torch.zeros(1, n_bands, probe, probe,
+                                                 device=_device(encoder)))
     if f.ndim != 4:
         raise ConfigError("dense embeddings need a convolutional backbone with a spatial "
                           "feature map; pass --no-dense")
@@ -111,15 +116,16 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
                 patch_size: int | None = None, window: int = 512, dense: bool = True,
                 min_valid: float = 0.5, batch_size: int = 256, resume: bool = False,
                 overwrite: bool = False, cache=None, progress: bool = True,
-                bands: list[str] | None = None, data_options: dict | None = None
-                ) -> EmbedResult:
+                bands: list[str] | None = None, data_options: dict | None = None,
+                device: str | torch.device = "cpu") -> EmbedResult:
     """Patch (and dense) embeddings of ``scene`` with the encoder in ``checkpoint``.
 
     ``scene``: a SceneStack or anything :func:`open_scene` takes (``bands``: the names of a
     GeoTIFF stack's bands in file order, when its band descriptions do not say). Patches with
     less than
     ``min_valid`` share of valid pixels (finite, not nodata) are skipped; invalid pixels of the
-    others are set to 0 before encoding.
+    others are set to 0 before encoding. ``device``: where the encoder runs (the outputs
+    do not depend on it beyond float rounding).
     """
     from .checkpoint import load_encoder
     from .data.readers import SceneStack
@@ -143,7 +149,7 @@ def embed_scene(checkpoint: str | os.PathLike, scene, out: str | os.PathLike, *,
                                 "nothing to resume: pass --overwrite to redo it, or another --out")
     if overwrite and not resume and parts.exists():
         shutil.rmtree(parts)
-    encoder = load_encoder(checkpoint)
+    encoder = load_encoder(checkpoint).to(device)
     meta = encoder.metadata
     stack = scene if isinstance(scene, SceneStack) else open_scene(
         scene, cache, bands, need=list(encoder.bands), **(data_options or {}))
@@ -252,8 +258,10 @@ def _embed_patches(encoder, raw, valid, r0, c0, p, grid_h, grid_w, min_valid, ba
     emb = np.zeros((0, encoder.out_dim), np.float32)
     if tiles:
         x = torch.from_numpy(np.stack(tiles))
+        dev = _device(encoder)
         with torch.no_grad():
-            emb = torch.cat([encoder(b) for b in x.split(batch_size)]).float().numpy()
+            emb = torch.cat([encoder(b.to(dev)).cpu() for b in x.split(batch_size)])
+        emb = emb.float().numpy()
     return {"row": np.asarray(rows, np.int64), "col": np.asarray(cols, np.int64),
             "valid": np.asarray(shares, np.float32), "embedding": emb}
 
@@ -265,7 +273,8 @@ def _embed_dense(encoder, raw, stride):
     x = np.zeros((1, c, ph, pw), np.float32)
     x[0, :, :h, :w] = raw
     with torch.no_grad():
-        f = encoder.forward_features(torch.from_numpy(x))[0].float().numpy()
+        f = encoder.forward_features(torch.from_numpy(x).to(_device(encoder)))[0]
+    f = f.float().cpu().numpy()
     return f
 
 

@@ -11,43 +11,51 @@ DATA_HELP = ("imagery: a sample name (brandenburg), a raster file (GeoTIFF/COG/V
 
 
 def add_data_options(p, *, default: str | None = None, labels: bool = True,
-                     pretrain: bool = False, positional: str | None = None,
-                     data_help: str | None = None, root: bool = True) -> None:
-    """Add ``--data`` (or a positional), ``--root``, ``--sensor``, ``--bands``,
-    ``--band-names``, ``--nodata`` and, with ``labels``, ``--labels``, ``--label-column``,
-    ``--classes``, ``--min-share``, ``--split`` (and ``--pretrain-on-test-areas`` for
-    pretraining)."""
+                     pretrain: bool = False, data_help: str | None = None,
+                     root: bool = True):
+    """Add ``--data``, ``--root``, ``--sensor``, ``--bands``, ``--band-names``, ``--nodata``
+    and, with ``labels``, ``--labels``, ``--label-column``, ``--classes``, ``--min-share``,
+    ``--split`` (and ``--pretrain-on-test-areas`` for pretraining). Returns the group, so a
+    command's own data options join it."""
+    from ._options import document_default
+
     g = p.add_argument_group("data")
-    if positional:
-        g.add_argument(positional, metavar=positional.upper(), help=data_help or DATA_HELP)
-    else:
-        g.add_argument("--data", default=default, help=(data_help or DATA_HELP)
-                       + (f" (default {default})" if default else ""))
+    g.add_argument("--data", default=default, metavar="DATA", help=data_help or DATA_HELP)
     if root:
         g.add_argument("--root", help="the dataset folder of --data torchgeo:NAME")
     g.add_argument("--sensor", help="band-name preset the file's band names are read against "
                    "(sentinel2-l1c, sentinel2-l2a, sentinel1, landsat5, landsat7, landsat8, "
                    "landsat9; several joined by commas)")
-    g.add_argument("--bands", help="bands to use, in order, by name (default: all)")
+    g.add_argument("--bands", help="bands to use, in order, by name (default: all of the "
+                   "imagery's)")
     g.add_argument("--band-names", help="names of a raster's bands in file order, for files "
                    "without band descriptions")
-    g.add_argument("--nodata", type=float, help="nodata value of the imagery (default: the "
-                   "file's; NaN is always invalid)")
+    g.add_argument("--nodata", type=float, help="nodata value of the imagery; NaN is always "
+                   "invalid (default: the file's)")
     if labels:
         g.add_argument("--labels", help="labels: a vector file (GeoPackage, GeoJSON, Shapefile, "
                        "GeoParquet; polygons or points) or a label raster of class codes")
         g.add_argument("--label-column", help="the labels' class column")
         g.add_argument("--classes", help="classes to use, in order (corn,soy); for a label "
-                       "raster CODE=NAME pairs (1=corn,5=soy). Default: every value found")
-        g.add_argument("--min-share", type=float, help="share of a patch its majority class "
-                       "must cover to label it (default 0.8)")
-        g.add_argument("--split", help="kfold (default; kfold:k=5,block=128,gap=16,seed=0,"
-                       "eval_share=0.5), west-east, column:NAME (train/test or fold numbers in "
-                       "the label file) or a polygon file of test areas")
+                       "raster CODE=NAME pairs (1=corn,5=soy) (default: every value found)")
+        document_default(g.add_argument(
+            "--min-share", type=float, help="share of a patch its majority class must cover "
+            "to label it"), _default_min_share)
+        g.add_argument("--split", help="kfold (spatial blocks; kfold:k=5,block=128,gap=16,"
+                       "seed=0,eval_share=0.5 spells out its settings), west-east, column:NAME "
+                       "(train/test or fold numbers in the label file) or a polygon file of "
+                       "test areas (default: kfold)")
     if pretrain:
         g.add_argument("--pretrain-on-test-areas", action="store_const", const=True,
                        default=None, help="pretrain on the whole imagery, test areas included "
-                       "(reports then say so); default: they are left out")
+                       "(reports then say so); without it they are left out")
+    return g
+
+
+def _default_min_share() -> float:
+    from ..data.sources import DEFAULT_MIN_SHARE
+
+    return DEFAULT_MIN_SHARE
 
 
 FIELDS = ("root", "sensor", "bands", "band_names", "nodata", "labels", "label_column",

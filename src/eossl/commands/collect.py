@@ -27,55 +27,92 @@ def add_parser(subparsers) -> None:
         description="Sample locations around large cities, find five dates 12 weeks apart with "
         "clear patches in a STAC API, and read only the patch from each cloud-optimised "
         "GeoTIFF. Rerun it with --resume to continue an interrupted collection.")
-    p.add_argument("--out", required=True, help="corpus folder (new, or with --resume one that "
-                   "holds an interrupted collection)")
+    from ._options import add_out, add_patch_size, add_progress, document_default
+
+    add_out(p, "corpus folder (new, or with --resume one that holds an interrupted "
+            "collection)", required=True)
     p.add_argument("--resume", action="store_true", help="continue the collection in --out "
                    "(same settings; no duplicates, no gaps)")
-    p.add_argument("--locations", type=int, required=True, help="locations to draw in total")
-    p.add_argument("--preset", default=None, help="earth-search-s2l2a (Sentinel-2 L2A on AWS)")
+    p.add_argument("--locations", type=int, required=True, metavar="N",
+                   help="locations to draw in total")
+    p.add_argument("--preset", metavar="NAME", help="STAC API, collection, assets "
+                   "and cloud mask of a known source (earth-search-s2l2a: Sentinel-2 L2A on "
+                   "AWS); the other options override its values")
     p.add_argument("--stac-url", help="STAC API root URL")
     p.add_argument("--collection", help="STAC collection id")
     p.add_argument("--assets", type=_list, help="comma-separated asset keys to read, in order")
-    p.add_argument("--band-names", type=_list, help="band names for the assets (default: keys)")
+    p.add_argument("--band-names", type=_list, help="band names for the assets (default: the "
+                   "asset keys)")
     p.add_argument("--mask-asset", help="cloud/scene-classification asset (e.g. scl, fmask)")
     p.add_argument("--mask-bad", type=_int_list,
                    help="mask values that reject a patch (e.g. 0,1,3,8,9,10 for SCL)")
-    p.add_argument("--patch-px", type=int, help="patch size in px (paper: 264 at 10 m)")
-    p.add_argument("--resolution", type=float, help="patch pixel size in m (default 10)")
-    p.add_argument("--max-scene-cloud", type=float, help="eo:cloud_cover below this (default 10)")
-    p.add_argument("--max-patch-bad", type=float, help="share of masked pixels allowed (0)")
-    p.add_argument("--dates", type=int, dest="n_dates", help="dates per location (5)")
+    add_patch_size(p, old=("--patch-px",), help="side of the collected patches in px (the "
+                   "paper: 264 at 10 m)")
+    p.add_argument("--resolution", type=float, help="patch pixel size in m")
+    p.add_argument("--max-scene-cloud", type=float, help="largest eo:cloud_cover (percent) "
+                   "of a scene")
+    p.add_argument("--max-patch-bad", type=float, help="share of masked pixels a patch may "
+                   "hold")
+    p.add_argument("--dates", type=int, dest="n_dates", help="dates per location")
     p.add_argument("--spacing-days", type=int, help="days between dates (84 = 12 weeks)")
-    p.add_argument("--window-days", type=float, help="half window around each date (7.5)")
-    p.add_argument("--sigma-km", type=float, help="Gaussian offset from the city (50)")
+    p.add_argument("--window-days", type=float, help="half window around each date in days")
+    p.add_argument("--sigma-km", type=float, help="Gaussian offset from the city in km")
     p.add_argument("--reference-date", help="latest possible first date, YYYY-MM-DD")
-    p.add_argument("--cities", help="CSV of name,lat,lon,population (default: shipped list)")
-    p.add_argument("--top-cities", type=int, help="draw among the N most populous (10000)")
-    p.add_argument("--max-tries", type=int, help="redraws per location before giving up (50)")
-    p.add_argument("--seed", type=int, help="random seed (0)")
-    p.add_argument("--commit-every", type=int, help="locations per atomic commit (16)")
-    p.add_argument("--retries", type=int, help="tries per request on timeouts/5xx (5)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--cities", help="CSV of name,lat,lon,population (default: the shipped "
+                   "list)")
+    p.add_argument("--top-cities", type=int, help="draw among the N most populous cities")
+    p.add_argument("--max-tries", type=int, help="redraws per location before giving up")
+    p.add_argument("--seed", type=int, help="random seed of the draws")
+    p.add_argument("--commit-every", type=int, help="locations per atomic commit")
+    p.add_argument("--retries", type=int, help="tries per request on timeouts/5xx")
+    add_progress(p)
+    for action in p._actions:  # the defaults are CollectConfig's (a preset may change some)
+        if action.dest in CONFIG_KEYS and action.default is None:
+            document_default(action, _config_default(CONFIG_KEYS[action.dest]))
+
+
+# option dest -> CollectConfig field (--patch-size is the field patch_px)
+CONFIG_KEYS = {k: k for k in (
+    "stac_url", "collection", "assets", "band_names", "mask_asset", "mask_bad", "resolution",
+    "max_scene_cloud", "max_patch_bad", "n_dates", "spacing_days", "window_days", "sigma_km",
+    "reference_date", "cities", "top_cities", "max_tries", "seed", "commit_every", "retries")}
+CONFIG_KEYS["patch_size"] = "patch_px"
+
+
+def _config_default(field: str):
+    def get():
+        import dataclasses
+
+        from ..data.collect import CollectConfig
+
+        f = {f.name: f for f in dataclasses.fields(CollectConfig)}[field]
+        return None if f.default is dataclasses.MISSING else f.default
+
+    return get
+
+
+def collect_config(args):
+    """The CollectConfig the options describe (a preset's values, then the options given)."""
+    from ..data.collect import CollectConfig
+    from ..errors import ConfigError
+
+    given = {field: getattr(args, dest) for dest, field in CONFIG_KEYS.items()
+             if getattr(args, dest, None) is not None}
+    if args.preset:
+        return CollectConfig.preset(args.preset, **given)
+    missing = [f"--{k.replace('_', '-')}" for k in ("stac_url", "collection", "assets")
+               if k not in given]
+    if missing:
+        raise ConfigError(f"collect needs {', '.join(missing)} (or --preset "
+                          "earth-search-s2l2a)")
+    return CollectConfig(**given)
 
 
 def run(args) -> int:
-    from ..data.collect import CollectConfig, collect
+    from ..data.collect import collect
     from ..errors import ConfigError
 
-    keys = ("stac_url", "collection", "assets", "band_names", "mask_asset", "mask_bad",
-            "patch_px", "resolution", "max_scene_cloud", "max_patch_bad", "n_dates",
-            "spacing_days", "window_days", "sigma_km", "reference_date", "cities", "top_cities",
-            "max_tries", "seed", "commit_every", "retries")
-    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    if args.preset:
-        cfg = CollectConfig.preset(args.preset, **given)
-    else:
-        missing = [f"--{k.replace('_', '-')}" for k in ("stac_url", "collection", "assets")
-                   if k not in given]
-        if missing:
-            raise ConfigError(f"collect needs {', '.join(missing)} (or --preset "
-                              "earth-search-s2l2a)")
-        cfg = CollectConfig(**given)
+    cfg = collect_config(args)
     if args.locations < 1:
         raise ConfigError(f"--locations must be >= 1, got {args.locations}")
     out = Path(args.out)

@@ -1,30 +1,37 @@
-"""``eossl export CHECKPOINT --format {timm,torchgeo,onnx,torchscript}``: the encoder in a form
+"""``eossl export --checkpoint CKPT --format {timm,torchgeo,onnx,torchscript}``: the encoder in a form
 another library loads as it is, checked in each of them on a real batch before it is kept
 (eossl.export; docs/export.md)."""
 
 from __future__ import annotations
 
 COMMAND = "export"
+POSITIONALS = ("checkpoint",)  # the old form was ``eossl export CHECKPOINT``
 
 
 def add_parser(subparsers) -> None:
     from ..export import FORMATS
+    from ._options import add_checkpoint, add_out, legacy_positionals
 
     p = subparsers.add_parser(COMMAND, help="export a pretrained encoder for timm, torchgeo, "
                               "terratorch, ONNX or TorchScript, checked in each library")
-    p.add_argument("checkpoint", help="eossl pretraining checkpoint (runs/X/checkpoints/last.ckpt)")
+    add_checkpoint(p, required=False)  # required, but an old positional may give it
+    legacy_positionals(p, POSITIONALS)
     p.add_argument("--format", default="timm", choices=list(FORMATS),
-                   help="timm (default): a folder with config.json + model.safetensors, for "
+                   help="timm: a folder with config.json + model.safetensors, for "
                    "timm.create_model('local-dir:FOLDER', pretrained=True) and terratorch; "
                    "torchgeo: a checkpoint for ClassificationTask / SemanticSegmentationTask "
                    "(weights=FILE); onnx; torchscript")
-    p.add_argument("--out", help="output folder (timm) or file (default: beside the "
-                   "checkpoint: last-timm/, last-torchgeo.ckpt, last.onnx, last.pt)")
+    add_out(p, "output folder (timm) or file (default: beside the checkpoint: last-timm/, "
+            "last-torchgeo.ckpt, last.onnx, last.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
 
 
 def run(args) -> int:
     from ..export import export
+    from ._options import require, take_positionals
+
+    take_positionals(args, COMMAND, POSITIONALS)
+    require(args, COMMAND, *POSITIONALS)
 
     print(f"exporting {args.checkpoint} as {args.format}; checking it in each library it "
           "claims ...", flush=True)

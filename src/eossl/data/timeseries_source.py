@@ -518,6 +518,7 @@ def timeseries_folder(root: str | os.PathLike, bands=None,
 
 @register_source("timeseries")
 def _timeseries(cache=None, bands=None, root=None) -> MultiDateSource:
+    """Dated GeoTIFFs at ``--root`` (ROOT/LOCATION/YYYY-MM-DD.tif) as a multi-date series."""
     if not root:
         raise ConfigError("--data timeseries needs --root ROOT (dated GeoTIFFs: "
                           "ROOT/LOCATION/YYYY-MM-DD.tif); or give the folder itself: --data ROOT")
@@ -680,6 +681,8 @@ def ssl4eo_s12_source(root: str | os.PathLike, split: str = "s2c", bands=None,
 
 @register_source("seco")
 def _seco(cache=None, bands=None, root=None) -> MultiDateSource:
+    """The SeasonalContrastS2 (SeCo) release at ``--root``, in its own layout (a few dates
+    per location)."""
     if not root:
         raise ConfigError("--data seco needs --root ROOT, the SeasonalContrastS2 folder "
                           "(ROOT/seasonal_contrast_100k/000000/...); or --data "
