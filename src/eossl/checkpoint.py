@@ -38,6 +38,10 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist")
+    from .models.external import is_external, read_external
+
+    if is_external(path):  # weights from elsewhere, described (docs/external-encoders.md)
+        return read_external(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # junk fails in many ways (KeyError, IndexError, EOFError, ...)
@@ -45,7 +49,9 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict:
                         f"{load_failure(e)}") from None
     if not isinstance(ckpt, dict) or "eossl" not in ckpt or "state_dict" not in ckpt:
         raise DataError(f"checkpoint {path} is not an eossl pretraining checkpoint (no 'eossl' "
-                        "metadata); expected a file from 'eossl pretrain' (checkpoints/*.ckpt)")
+                        "metadata); expected a file from 'eossl pretrain' (checkpoints/*.ckpt), or "
+                        f"weights from elsewhere with a sidecar {path.name}.json "
+                        "(docs/external-encoders.md)")
     return ckpt
 
 
@@ -123,11 +129,11 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_timm_weights(backbone, path: str | os.PathLike) -> None:
-    """Load a local timm/torchvision weights file into an eossl Backbone of the same
-    architecture, dropping the ImageNet classifier. ConfigError naming the file when its
-    weights do not fit."""
-    state = read_weights_file(path)
+def load_timm_weights(backbone, path: str | os.PathLike, state: dict | None = None) -> None:
+    """Load a local timm/torchvision weights file (``state``: its contents, already read)
+    into an eossl Backbone of the same architecture, dropping the ImageNet classifier.
+    ConfigError naming the file when its weights do not fit."""
+    state = read_weights_file(path) if state is None else state
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}
     own = backbone.model.state_dict()
     bad = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
