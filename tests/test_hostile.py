@@ -580,8 +580,10 @@ def test_probe_and_demo_check_arguments_before_any_work(capsys, ckpt, tmp_path, 
     (used / "results.json").write_text("{}")
     code, err = cli(capsys, "probe", "--checkpoint", ckpt, "--out", used)
     assert code == 2 and one_line(err, used, "already holds results.json")
-    code, err = cli(capsys, "probe", "--checkpoint", ckpt, "--fractions", "0,1")
-    assert code == 2 and one_line(err, "--fractions 0")
+    with pytest.raises(SystemExit) as e:  # the parser's check, on one line
+        cli(capsys, "probe", "--checkpoint", ckpt, "--fractions", "0,1")
+    assert e.value.code == 2 and one_line(capsys.readouterr().err.strip(), "--fractions",
+                                          "0: expected label shares in (0, 1]")
     from eossl.data import samples
 
     monkeypatch.setattr(samples, "fetch_all", no_work)

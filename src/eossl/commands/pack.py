@@ -29,8 +29,6 @@ def add_data_parser(data_subparsers) -> None:
 
 
 def run_data(args) -> int:
-    from tqdm.auto import tqdm
-
     from ..data import shards
     from ..errors import ConfigError, OutputExistsError
     from ..io import check_writable_folder
@@ -72,7 +70,9 @@ def run_data(args) -> int:
         raise ConfigError(f"{inp}: a {type(src).__name__} cannot be packed; pack scenes, "
                           "rasters or the Landsat series")
     try:
-        with tqdm(unit="chip", desc="pack", disable=args.no_progress) as bar:
+        from ..progress import bar as progress_bar
+
+        with progress_bar(unit="chip", desc="pack", enabled=not args.no_progress) as bar:
             m = shards.pack(gen, out, names, description=f"eossl data pack {inp}",
                             chunk_bytes=args.chunk_bytes, progress=bar, **meta)
     except BaseException:

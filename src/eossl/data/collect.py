@@ -430,9 +430,9 @@ class Collector:
             return prog
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from ..progress import bar as progress_bar
 
-            bar = tqdm(total=locations, initial=start, unit="loc", desc="collect")
+            bar = progress_bar(total=locations, initial=start, unit="loc", desc="collect")
         since = 0
         i = start
         try:
