@@ -36,9 +36,10 @@ NATIVE_STEM_STRIDE = 4
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """``WEIGHTS.json`` beside ``WEIGHTS`` (the same convention as eossl's own exports)."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
+    """``WEIGHTS.json`` beside ``WEIGHTS``: the convention of eossl's own exports."""
+    from ..export import sidecar_path as export_sidecar
+
+    return export_sidecar(path)
 
 
 def _read_sidecar(path: Path) -> dict | None:
