@@ -217,7 +217,8 @@ def add_patch_size(p, help: str, *, default=None, minimum: int = 1,
 def add_budget(p, *, max_time_default=None, what: str = "pretraining") -> list:
     return [p.add_argument("--max-time", default=max_time_default, metavar="DURATION",
                            help=f"{what} wall-clock budget: 90s, 10m, 1.5h or HH:MM:SS"),
-            p.add_argument("--max-steps", type=int_at_least(1, "a step count"), metavar="N",
+            # checked by the configuration schema (config.py), the one place budgets are
+            p.add_argument("--max-steps", type=int, metavar="N",
                            help=f"{what} step budget (with --max-time: whichever ends first)")]
 
 
