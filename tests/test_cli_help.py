@@ -152,3 +152,29 @@ def test_methods_prints_whole_sentences(capsys):
     assert len(entries) >= 7
     for entry in entries:
         assert " ".join(entry.split()).endswith("."), entry
+
+
+def test_options_the_user_docs_name_exist():
+    """README.md and the CLI pages name only options some eossl command has (an option
+    renamed in the code cannot stay behind in the docs)."""
+    from pathlib import Path
+
+    known = {o for _, p in PARSERS for a in p._actions for o in a.option_strings}
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "docs/cli.md", "docs/external-encoders.md", "docs/demo.md"):
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", (root / doc).read_text()))
+        assert not named - known, (doc, sorted(named - known))
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    """``eossl data list | head -1``: the reader leaving early is no 'internal error'."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "eossl.cli", "data", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first line (like a quick head)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "internal error" not in err, err
