@@ -134,3 +134,24 @@ def test_data_without_the_encoders_bands_is_refused(tmp_path):
     enc = load_encoder(_write(tmp_path, GOOD))
     with pytest.raises(BandError, match="none of the bands"):
         enc.for_bands(["VV", "VH"])
+
+
+def test_eossl_exports_serve_as_checkpoints(torchgeo_file, tiny_checkpoints, tmp_path,
+                                            brandenburg):
+    """A timm folder and a torchgeo file written by ``eossl export`` are read back as the
+    encoder they came from, wherever a checkpoint is taken; ONNX is refused in one line."""
+    from eossl.export import export
+
+    scene = brandenburg.scenes[0]
+    raw = torch.from_numpy(scene.read((300, 300, 32, 32)))[None]
+    path, _ = torchgeo_file
+    for fmt, src in (("torchgeo", path), ("timm", tiny_checkpoints["moco"])):
+        out = export(src, fmt, tmp_path / f"{fmt}-export").path
+        enc, back = load_encoder(src), load_encoder(out)
+        assert back.bands == enc.bands
+        with torch.no_grad():
+            assert torch.allclose(back.for_bands(scene.bands)(raw),
+                                  enc.for_bands(scene.bands)(raw), atol=1e-5), fmt
+    onnx = export(path, "onnx", tmp_path / "m.onnx").path
+    with pytest.raises(ConfigError, match="an onnx export runs only as itself"):
+        load_encoder(onnx)

@@ -35,13 +35,13 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict:
     ``mmap=True`` maps the file instead of reading it (a cheap look at the metadata of a large
     checkpoint). DataError naming the file when it is missing, corrupt or not eossl's.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
     from .models.external import is_external, read_external
 
-    if is_external(path):  # weights from elsewhere, described (docs/external-encoders.md)
+    path = Path(path)
+    if is_external(path):  # an export, or weights from elsewhere (docs/external-encoders.md)
         return read_external(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # junk fails in many ways (KeyError, IndexError, EOFError, ...)

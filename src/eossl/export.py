@@ -781,15 +781,30 @@ def _rebuild_encoder(path: Path, meta: dict) -> nn.Module:
     """The eossl encoder the export came from (its architecture from the metadata, the
     exported weights, the exported normalisation), through eossl.checkpoint."""
     from .checkpoint import encoder_from_checkpoint
+
+    return encoder_from_checkpoint(export_checkpoint(path, meta), where=f"export {path}")
+
+
+def export_checkpoint(path: str | os.PathLike, meta: dict | None = None) -> dict:
+    """A timm or torchgeo export as the checkpoint dict its encoder came from (eossl
+    metadata + backbone and normaliser weights), so an export serves wherever a checkpoint
+    does (``--checkpoint last-timm/``). ONNX and TorchScript exports hold no weights eossl
+    can rebuild an encoder from: ConfigError."""
     from .normalization import Normalizer
 
+    path = Path(path)
+    meta = meta or read_export_metadata(path)
+    if meta["format"] not in ("timm", "torchgeo"):
+        article = "an" if meta["format"][0] in "aeiou" else "a"
+        raise ConfigError(f"{path}: {article} {meta['format']} export runs only as itself "
+                          "(eossl.export.load_exported); give its checkpoint, or a timm or "
+                          "torchgeo export, to evaluate it")
     enc_meta = dict(meta["encoder"])
     enc_meta["stats"] = _stats_of(meta).to_dict()
     state = {f"backbone.model.{k}": v for k, v in _export_weights(path, meta).items()}
     state.update({f"normalizer.{k}": v for k, v in
                   Normalizer(enc_meta["stats"]).state_dict().items()})
-    return encoder_from_checkpoint({"eossl": enc_meta, "state_dict": state},
-                                   where=f"export {path}")
+    return {"eossl": enc_meta, "state_dict": state}
 
 
 def timm_model(path: str | os.PathLike, meta: dict | None = None) -> nn.Module:

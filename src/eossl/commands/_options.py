@@ -188,7 +188,7 @@ def parse_checkpoints(items) -> dict[str, str]:
         if name in out:
             raise ConfigError(f"--checkpoint: two checkpoints are named {name!r}; name them "
                               "with NAME=PATH")
-        if not Path(path).is_file():
+        if not Path(path).exists():  # a file, or an export's folder
             raise DataError(f"checkpoint {path} ({name}) does not exist")
         out[name] = path
     return out

@@ -58,16 +58,26 @@ def _read_sidecar(path: Path) -> dict | None:
 
 
 def is_external(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a weight file from elsewhere (described by a sidecar or by
-    torchgeo's file name) rather than an eossl checkpoint or export."""
+    """Whether ``path`` is something other than an eossl pretraining checkpoint that holds an
+    encoder: weights from elsewhere (described by a sidecar or by torchgeo's file name), or
+    an eossl export (a timm folder, a torchgeo file with its sidecar)."""
     path = Path(path)
+    if path.is_dir():
+        return (path / "config.json").is_file()  # a timm folder
     if not path.is_file():
         return False
-    side = sidecar_path(path)
-    if side.is_file():
-        spec = _read_sidecar(path)
-        return "eossl_export" not in spec  # an eossl export's sidecar is the export's own
+    if sidecar_path(path).is_file():
+        return True
     return path.suffix == ".safetensors" or torchgeo_weights_for_file(path.name) is not None
+
+
+def _is_eossl_export(path: Path) -> bool:
+    if path.is_dir():
+        try:
+            return "eossl" in json.loads((path / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return False
+    return "eossl_export" in (_read_sidecar(path) or {})
 
 
 # --------------------------------------------------------------------------- torchgeo
@@ -233,6 +243,13 @@ def read_external(path: str | os.PathLike) -> dict:
     from .backbones import build_backbone
 
     path = Path(path)
+    if _is_eossl_export(path):  # eossl's own timm or torchgeo export
+        from ..export import export_checkpoint
+
+        return export_checkpoint(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a timm folder that is not an eossl export names no bands; "
+                          "give its weight file with a sidecar (docs/external-encoders.md)")
     d = describe(path)
     state = read_weights_file(path)
     backbone = build_backbone(d["architecture"], in_chans=len(d["bands"]),
