@@ -178,3 +178,26 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     proc.stdout.close()  # the reader is gone before the first line (like a quick head)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and "internal error" not in err, err
+
+
+def test_one_device_commands_read_lightnings_names():
+    """embed runs on one torch device named the Lightning way (--accelerator, --devices)."""
+    import torch
+
+    from eossl.commands._options import torch_device
+    from eossl.errors import ConfigError
+
+    assert torch_device("cpu") == torch.device("cpu")
+    assert torch_device("CPU", "auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="runs on one device"):
+        torch_device("cpu", "2")
+    with pytest.raises(ConfigError, match="expected auto, cpu, gpu"):
+        torch_device("tpu")
+    if not torch.cuda.is_available():
+        assert torch_device("auto") in (torch.device("cpu"), torch.device("mps"))
+        with pytest.raises(ConfigError, match="no CUDA device is available"):
+            torch_device("gpu", "1,")
+    else:  # a GPU machine: device indices as Lightning writes them
+        assert torch_device("gpu", "0,") == torch.device("cuda", 0)
+        with pytest.raises(ConfigError, match="there is no CUDA device 99"):
+            torch_device("gpu", "[99]")
