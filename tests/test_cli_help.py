@@ -201,3 +201,19 @@ def test_one_device_commands_read_lightnings_names():
         assert torch_device("gpu", "0,") == torch.device("cuda", 0)
         with pytest.raises(ConfigError, match="there is no CUDA device 99"):
             torch_device("gpu", "[99]")
+
+
+def test_checkpoint_rows_are_named_after_their_run_or_file(tmp_path):
+    from eossl.commands._options import parse_checkpoints
+    from eossl.errors import ConfigError
+
+    run = tmp_path / "runs" / "moco-1" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "last.ckpt").write_bytes(b"x")
+    (tmp_path / "ssl4eo.pth").write_bytes(b"x")
+    (tmp_path / "last-timm").mkdir()
+    got = parse_checkpoints([str(run / "last.ckpt"), str(tmp_path / "ssl4eo.pth"),
+                             f"mine={tmp_path / 'last-timm'}"])
+    assert list(got) == ["moco-1", "ssl4eo", "mine"]
+    with pytest.raises(ConfigError, match="two checkpoints are named 'ssl4eo'"):
+        parse_checkpoints([str(tmp_path / "ssl4eo.pth")] * 2)

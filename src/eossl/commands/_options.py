@@ -181,7 +181,7 @@ def parse_checkpoints(items) -> dict[str, str]:
         name, sep, path = item.partition("=")
         if not sep or not name.strip():
             path = path if sep else item
-            name = Path(path).parent.parent.name or Path(path).stem
+            name = _row_name(Path(path))
         if not path.strip():
             raise ConfigError(f"--checkpoint {item!r}: no path after '='; expected NAME=PATH "
                               "or PATH")
@@ -192,6 +192,14 @@ def parse_checkpoints(items) -> dict[str, str]:
             raise DataError(f"checkpoint {path} ({name}) does not exist")
         out[name] = path
     return out
+
+
+def _row_name(path: Path) -> str:
+    """A checkpoint's row name: its run folder's (runs/RUN/checkpoints/last.ckpt -> RUN),
+    else the file's (or an export folder's) own name without its suffix."""
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return path.parent.parent.name
+    return path.stem if path.suffix else path.name
 
 
 def add_out(p, help: str, *, required: bool = False) -> argparse.Action:
