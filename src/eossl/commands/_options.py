@@ -165,7 +165,7 @@ def add_checkpoint(p, *, many: bool = False, required: bool = True) -> argparse.
                               metavar="[NAME=]PATH", help="eossl pretraining checkpoint "
                               "(runs/RUN/checkpoints/last.ckpt) or external weights "
                               "(docs/external-encoders.md); repeatable, NAME=PATH names its "
-                              "row (default: the run folder's name)")
+                              "row (default: the run folder's name, else the file's)")
     return p.add_argument("--checkpoint", required=required, metavar="PATH",
                           help="eossl pretraining checkpoint (runs/RUN/checkpoints/last.ckpt) "
                           "or external weights (docs/external-encoders.md)")
