@@ -50,7 +50,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default:" in text or action.help == argparse.SUPPRESS:
+        # a help that states its default itself keeps it (tests/test_cli_help.py checks it)
+        if re.search(r"\(default\b", text) or action.help == argparse.SUPPRESS:
             return text
         source = getattr(action, "default_source", None)
         if source is not None:
