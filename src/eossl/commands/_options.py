@@ -51,7 +51,7 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         # a help that states its default itself keeps it (tests/test_cli_help.py checks it)
-        if re.search(r"\(default\b", text) or action.help == argparse.SUPPRESS:
+        if re.search(r"\(default[: ]", text) or action.help == argparse.SUPPRESS:
             return text
         source = getattr(action, "default_source", None)
         if source is not None:
