@@ -217,3 +217,14 @@ def test_checkpoint_rows_are_named_after_their_run_or_file(tmp_path):
     assert list(got) == ["moco-1", "ssl4eo", "mine"]
     with pytest.raises(ConfigError, match="two checkpoints are named 'ssl4eo'"):
         parse_checkpoints([str(tmp_path / "ssl4eo.pth")] * 2)
+
+
+def test_readme_opens_with_the_two_commands_and_cites_only_repository_files():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    first = text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert [line.split("#")[0].strip() for line in first[:2]] == ["make demo", "make test"]
+    for link in re.findall(r"\]\(([^)#]+)\)", text):
+        assert (root / link).exists(), link
