@@ -155,3 +155,26 @@ def test_eossl_exports_serve_as_checkpoints(torchgeo_file, tiny_checkpoints, tmp
     onnx = export(path, "onnx", tmp_path / "m.onnx").path
     with pytest.raises(ConfigError, match="an onnx export runs only as itself"):
         load_encoder(onnx)
+
+
+def test_a_torchgeo_name_reads_the_file_torchgeo_would_keep(torchgeo_file, tmp_path,
+                                                            monkeypatch):
+    """--checkpoint torchgeo:NAME is that entry's file in torch's hub cache; a missing file
+    is one line with the URL to fetch (eossl downloads nothing)."""
+    import shutil
+
+    from eossl.commands._options import parse_checkpoints
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    name = "torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO"
+    with pytest.raises(ConfigError) as e:
+        parse_checkpoints([name])
+    assert "resnet18_sentinel2_all_moco-59bfdff9.pth" in str(e.value)
+    assert "https://" in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    shutil.copy(torchgeo_file[0], tmp_path / "hub" / "checkpoints" / TORCHGEO_FILE)
+    got = parse_checkpoints([f"ssl4eo={name}"])
+    assert got == {"ssl4eo": str(tmp_path / "hub" / "checkpoints" / TORCHGEO_FILE)}
+    assert load_encoder(name).bands == S2
+    with pytest.raises(ConfigError, match="torchgeo has no weights 'ResNet18_Weights.NOPE'"):
+        load_encoder("torchgeo:ResNet18_Weights.NOPE")

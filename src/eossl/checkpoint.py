@@ -35,9 +35,9 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict:
     ``mmap=True`` maps the file instead of reading it (a cheap look at the metadata of a large
     checkpoint). DataError naming the file when it is missing, corrupt or not eossl's.
     """
-    from .models.external import is_external, read_external
+    from .models.external import is_external, read_external, weights_path
 
-    path = Path(path)
+    path = weights_path(path)  # torchgeo:NAME -> its file in torch's hub cache
     if is_external(path):  # an export, or weights from elsewhere (docs/external-encoders.md)
         return read_external(path)
     if not path.is_file():

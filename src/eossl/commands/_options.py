@@ -179,13 +179,17 @@ def parse_checkpoints(items) -> dict[str, str]:
 
     out = {}
     for item in items or []:
+        from ..models.external import weights_path
+
         name, sep, path = item.partition("=")
         if not sep or not name.strip():
             path = path if sep else item
-            name = _row_name(Path(path))
+            name = ""
         if not path.strip():
             raise ConfigError(f"--checkpoint {item!r}: no path after '='; expected NAME=PATH "
                               "or PATH")
+        path = str(weights_path(path))  # torchgeo:NAME -> its file (docs/external-encoders.md)
+        name = name or _row_name(Path(path))
         if name in out:
             raise ConfigError(f"--checkpoint: two checkpoints are named {name!r}; name them "
                               "with NAME=PATH")

@@ -110,18 +110,45 @@ def torchgeo_weights_for_file(filename: str):
     return None
 
 
-def _torchgeo_spec(name: str, where: str) -> dict:
-    """A sidecar-like description from a torchgeo weights entry: architecture, bands,
-    normalisation (its transforms' Normalize), dataset."""
+TORCHGEO_PREFIX = "torchgeo:"
+
+
+def weights_path(text: str | os.PathLike) -> Path:
+    """``--checkpoint`` as a path: ``torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO`` is that
+    entry's file in torch's hub cache, where torchgeo itself keeps what it downloads (eossl
+    never downloads weights: a missing file is an error saying where to put it); anything
+    else is the path it names."""
+    text = str(text)
+    if not text.startswith(TORCHGEO_PREFIX):
+        return Path(text)
     import torch
 
+    name = text[len(TORCHGEO_PREFIX):]
+    entry = _torchgeo_entry(name, f"--checkpoint {text}")
+    path = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        raise ConfigError(f"--checkpoint {text}: {path} not found; eossl never downloads "
+                          f"weights: download {entry.url} to that path (or anywhere, and give "
+                          "the file)")
+    return path
+
+
+def _torchgeo_entry(name: str, where: str):
     entries = _torchgeo_weights()
     if name not in entries:
         close = [n for n in entries if name.split(".")[-1].lower() in n.lower()][:5]
         raise ConfigError(f"{where}: torchgeo has no weights {name!r}; expected a full name "
                           f"such as ResNet18_Weights.SENTINEL2_ALL_MOCO"
                           + (f" (close: {', '.join(close)})" if close else ""))
-    w = entries[name]
+    return entries[name]
+
+
+def _torchgeo_spec(name: str, where: str) -> dict:
+    """A sidecar-like description from a torchgeo weights entry: architecture, bands,
+    normalisation (its transforms' Normalize), dataset."""
+    import torch
+
+    w = _torchgeo_entry(name, where)
     meta = w.meta
     if "bands" not in meta or "model" not in meta:
         raise ConfigError(f"{where}: torchgeo weights {name} name no bands or no model in "
