@@ -42,6 +42,9 @@ def run(args) -> int:
 
     take_positionals(args, COMMAND, POSITIONALS)
     require(args, COMMAND, *POSITIONALS)
+    from ..models.external import weights_path
+
+    args.checkpoint = str(weights_path(args.checkpoint))  # torchgeo:NAME -> its file
     device = torch_device(args.accelerator, args.devices)
     out = args.out or f"embeddings-{Path(args.data).stem}"
     res = embed_scene(args.checkpoint, args.data, out, patch_size=args.patch_size,

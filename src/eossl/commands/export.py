@@ -32,6 +32,9 @@ def run(args) -> int:
 
     take_positionals(args, COMMAND, POSITIONALS)
     require(args, COMMAND, *POSITIONALS)
+    from ..models.external import weights_path
+
+    args.checkpoint = str(weights_path(args.checkpoint))  # torchgeo:NAME -> its file
 
     print(f"exporting {args.checkpoint} as {args.format}; checking it in each library it "
           "claims ...", flush=True)
