@@ -178,3 +178,13 @@ def test_a_torchgeo_name_reads_the_file_torchgeo_would_keep(torchgeo_file, tmp_p
     assert load_encoder(name).bands == S2
     with pytest.raises(ConfigError, match="torchgeo has no weights 'ResNet18_Weights.NOPE'"):
         load_encoder("torchgeo:ResNet18_Weights.NOPE")
+
+
+def test_a_folder_that_is_no_export_is_named_as_such(tmp_path):
+    from eossl.errors import DataError
+
+    with pytest.raises(DataError, match="is a folder; expected a checkpoint file"):
+        load_encoder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet18"}))
+    with pytest.raises(ConfigError, match="not an eossl export names no bands"):
+        load_encoder(tmp_path)

@@ -40,6 +40,9 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict:
     path = weights_path(path)  # torchgeo:NAME -> its file in torch's hub cache
     if is_external(path):  # an export, or weights from elsewhere (docs/external-encoders.md)
         return read_external(path)
+    if path.is_dir():
+        raise DataError(f"checkpoint {path} is a folder; expected a checkpoint file "
+                        "(runs/RUN/checkpoints/last.ckpt) or an export's timm folder")
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist")
     try:
