@@ -240,6 +240,9 @@ def describe(path: str | os.PathLike) -> dict:
     if any(s <= 0 for s in std):
         raise ConfigError(f"{where}: normalization.std must be positive, got {std}")
     stem = spec.get("stem_stride", NATIVE_STEM_STRIDE)
+    if not isinstance(stem, int) or isinstance(stem, bool):
+        raise ConfigError(f"{where}: stem_stride must be an integer (4: timm's own stem), got "
+                          f"{stem!r}")
     return {"architecture": str(spec["architecture"]), "bands": bands, "mean": mean,
             "std": std, "stem_stride": int(stem), "timm_kwargs": dict(spec.get("timm_kwargs")
                                                                        or {}),
@@ -281,7 +284,7 @@ def read_external(path: str | os.PathLike) -> dict:
     state = read_weights_file(path)
     backbone = build_backbone(d["architecture"], in_chans=len(d["bands"]),
                               stem_stride=d["stem_stride"], **d["timm_kwargs"])
-    first = backbone.model.pretrained_cfg.get("first_conv") or "conv1"
+    first = (getattr(backbone.model, "pretrained_cfg", None) or {}).get("first_conv") or "conv1"
     first = first if isinstance(first, str) else first[0]
     w = state.get(f"{first}.weight")
     if w is not None and w.ndim == 4 and w.shape[1] != len(d["bands"]):
