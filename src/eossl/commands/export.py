@@ -1,5 +1,5 @@
-"""``eossl export --checkpoint CKPT --format {timm,torchgeo,onnx,torchscript}``: the encoder in a form
-another library loads as it is, checked in each of them on a real batch before it is kept
+"""``eossl export --checkpoint CKPT --format {timm,torchgeo,onnx,torchscript}``: the encoder in
+a form another library loads as it is, checked in each of them on a real batch before it is kept
 (eossl.export; docs/export.md)."""
 
 from __future__ import annotations

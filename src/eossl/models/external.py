@@ -24,7 +24,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from ..errors import BandError, ConfigError, DataError
+from ..errors import BandError, ConfigError
 
 # the keys a sidecar may hold; anything else is a typo we refuse rather than ignore
 SIDECAR_KEYS = {"architecture", "bands", "sensor", "normalization", "stem_stride", "name",
