@@ -77,25 +77,25 @@ def failing_method():
 # The cheapest settings that still run each evaluation end to end on the real data (a test-only
 # override of the class attributes; a real benchmark uses the defaults or --quick).
 TINY = {
-    "probe": {"C": 1.0},
+    "probe": {"C": 1.0, "layers": ("last",)},
     "finetune": {"epochs": 1, "batch_size": 64},
     "pixel-probe": {"per_class": 10, "test_per_class": 10, "tile": 32},
-    "segmentation": {"steps": 2, "batch_size": 4, "probe_steps": 2},
-    "regression": {"epochs": 1, "min_labelled": 0.95},
-    "multilabel": {"epochs": 1, "size": 32},
+    "segment": {"steps": 2, "batch_size": 4, "probe_steps": 2},
+    "regress": {"epochs": 1, "min_labelled": 0.95, "layers": ("last",)},
+    "multilabel": {"epochs": 1, "size": 32, "layers": ("last",)},
     "ensemble": {"epochs": 1, "saliency_patches": 2},
-    "per-band": {"bands": ("B04", "B11")},
+    "per-band": {"probe_bands": ("B04", "B11")},
     "pictures": {"patches": 2, "map_side": 128},
 }
 
 
 @pytest.fixture
 def tiny(monkeypatch):
-    from eossl.bench.evaluations import EVALUATIONS
+    from eossl.evaluate.base import get_evaluation
 
     for name, settings in TINY.items():
         for key, value in settings.items():
-            monkeypatch.setattr(EVALUATIONS[name], key, value)
+            monkeypatch.setitem(get_evaluation(name).settings, key, value)
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +133,15 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
     assert "benchmark" in session["command"] and session["seconds"] > 0
     assert "over 1 session(s)" in md
     # evaluations that do not apply to moco say so, with the reason, for each seed
-    for ev, why in (("ensemble", "colorization encoder"), ("per-band", "not a band-wise"),
-                    ("pictures", "no picture")):
+    for ev, why in (("ensemble", "sees none of the visible bands"),
+                    ("per-band", "not a band-wise"), ("pictures", "no picture")):
         for seed in (0, 1):
             assert st["evals"][f"{ev}/moco/seed{seed}"]["state"] == "not applicable"
             assert why in st["evals"][f"{ev}/moco/seed{seed}"]["reason"]
         assert re.search(rf"- {ev}: not applicable to moco \(seeds 0, 1\) \(.*{why}", md)
-    # per-seed numbers stand beside the claims
-    assert re.search(r"best method \*\*moco\*\* .*seeds 0, 1: [0-9.]+ / [0-9.]+ vs", md)
+    # findings compare moco with its random twin and the spectral baseline unit by unit
+    assert re.search(r"Linear probe \(last stage\), 100% labels, against its random twin: ", md)
+    assert "per unit accuracy (seed, fold: 0, 0, 1, 0)" in md
 
     # The same command again is refused: the folder holds a benchmark and --resume was not asked.
     ckpt = bench_dir / "runs" / "moco" / "seed0" / "checkpoints" / "last.ckpt"
@@ -162,7 +163,7 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
     assert "holds no benchmark to continue" in capsys.readouterr().err
 
 
-def test_report_rerenders_without_recomputing(bench_dir):
+def test_report_rerenders_without_recomputing(bench_dir, tmp_path):
     if not (bench_dir / "plan.json").exists():
         pytest.skip("needs the benchmark run of the previous test")
     (bench_dir / "report.md").unlink()
@@ -172,6 +173,14 @@ def test_report_rerenders_without_recomputing(bench_dir):
     assert (bench_dir / "report.md").exists() and (bench_dir / "report.html").exists()
     assert sorted(p.stat().st_mtime_ns for p in (bench_dir / "evals").rglob("*.json")) == \
         evals_before
+    # a committed report keeps results.json and its figures only: that is enough
+    kept = tmp_path / "committed"
+    kept.mkdir()
+    shutil.copy(bench_dir / "results.json", kept / "results.json")
+    shutil.copytree(bench_dir / "figures", kept / "figures")
+    assert main(["report", str(kept)]) == 0
+    md = (kept / "report.md").read_text()
+    assert "| moco |" in md and "## Findings" in md
 
 
 def _chromium() -> str | None:
@@ -235,7 +244,7 @@ def _check_records(records):
         if r["metric"] in UNIT_RANGE:
             assert 0.0 <= r["value"] <= 1.0, r
         elif r["metric"] == "mean_r2":
-            assert r["value"] <= 1.0, r
+            assert -1.0 <= r["value"] <= 1.0, r
         elif r["metric"] == "mean_rmse":
             assert r["value"] >= 0.0, r
 
@@ -264,7 +273,8 @@ def _check_picture(folder, md, name):
 def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny):
     """Colorization through every evaluation on the real scene and the real BigEarthNet
     sample: each applies where it should, gives finite scores in range next to its reference
-    rows, and its pictures land in the report."""
+    rows (the random twin of the same 10-band encoder, the spectral baseline), and its
+    pictures land in the report."""
     args = ["--cache", str(sample_cache), "benchmark", "--methods", "colorization",
             "--budget", "2-steps", "--seeds", "0,", "--fractions", "0.5,1",
             "--out", str(full_dir), "--no-progress"]
@@ -273,11 +283,13 @@ def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny):
     failed = {k: v["error"] for k, v in st["evals"].items() if v["state"] == "failed"}
     assert not failed
     done = {k for k, v in st["evals"].items() if v["state"] == "done"}
-    for ev in ("probe", "finetune", "pixel-probe", "segmentation", "regression", "multilabel",
+    for ev in ("probe", "finetune", "pixel-probe", "segment", "regress", "multilabel",
                "ensemble", "pictures"):
         assert f"{ev}/colorization/seed0" in done
     assert st["evals"]["per-band/colorization/seed0"]["state"] == "not applicable"
     assert "not a band-wise" in st["evals"]["per-band/colorization/seed0"]["reason"]
+    assert "change" not in {k.split("/")[0] for k in st["evals"]}  # no change labels here
+    assert st["runs"]["colorization/seed0"]["collapse"]["collapsed"] is None  # 2 steps
 
     records = json.loads((full_dir / "results.json").read_text())["records"]
     _check_records(records)
@@ -290,61 +302,67 @@ def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny):
                                                     for m in both}),
         "Segmentation: frozen encoder, linear probe": ("miou", {
             m: {"50% labels", "100% labels"} for m in both}),
-        "Class-share regression": ("mean_r2", {"spectral baseline": {"ridge (frozen)"},
-                                               **{m: {"ridge (frozen)", "fine-tuned"}
-                                                  for m in both}}),
-        "Multi-label (BigEarthNet v2 sample)": ("micro_map", {
-            "spectral baseline": {"linear probe"},
-            **{m: {"linear probe", "fine-tuned"} for m in both}}),
-        "RGB + spectral ensemble": ("accuracy", {m: {"100% labels"} for m in (
-            "rgb", "spectral", "ensemble")}),
+        "Regression": ("mean_r2", {"spectral baseline": {"ridge, last stage"},
+                                   **{m: {"ridge, last stage", "fine-tuned"} for m in both}}),
+        "Multi-label (BigEarthNet v2)": ("micro_map", {
+            "spectral baseline": {"linear, last stage"},
+            **{m: {"linear, last stage", "fine-tuned"} for m in both}}),
+        "RGB + spectral ensemble": ("accuracy", {m: {"rgb", "spectral", "ensemble"}
+                                                 for m in both}),
     })
     # a label budget buys whole tiles: half the labels is fewer tiles than all of them
     seg = [r for r in records if r["table"] == "Segmentation: fine-tuned U-Net"
            and r["model"] == "colorization" and r["metric"] == "miou"]
     tiles = {r["column"]: r["tiles"] for r in seg}
     assert 0 < tiles["50% labels"] < tiles["100% labels"]
-    # the ensemble's spectral member is the colorization encoder
-    ens = [r for r in records if r["table"] == "RGB + spectral ensemble"]
-    assert {r["encoder"] for r in ens} == {"colorization"}
+    # every reference row is the encoder's random twin: same architecture and inputs
+    rows = [r for r in records if r["table"] == "_model"]
+    sig = {(r["evaluation"], r["model"]): r["signature"] for r in rows}
+    for (ev, model), s in sig.items():
+        if model == "random init":
+            assert s == sig[(ev, "colorization")], ev
     # multi-label data are L2A: the cirrus band the L1C-trained encoder takes is filled
-    ml = [r for r in records if r["table"].startswith("Multi-label") and r["model"] ==
-          "colorization"]
-    assert all(r["filled_bands"] == ["B10"] for r in ml)
+    ml = next(r for r in rows if r["evaluation"] == "multilabel" and r["model"] ==
+              "colorization")
+    assert "filled with its training mean: B10" in ml["inputs"]
 
     md = (full_dir / "report.md").read_text()
     _check_picture(full_dir, md, "ensemble-saliency-colorization.png")
     _check_picture(full_dir, md, "colorization-colorization.png")
     # the held-out colour picture replaces the run's picture of training crops
     assert "runs/colorization/seed0/colorization.png" not in md
-    # the protocol that ran (the tiny settings) is printed with each evaluation
-    assert "2 AdamW steps of batch 4" in md and "epochs = 1, batch 64" in md
+    # the protocol that ran (the tiny settings) is printed with each evaluation, and every
+    # row's architecture and inputs
+    assert "2 AdamW steps of batch 4" in md and "about 1 epochs of batch 64" in md
     assert ">= 95% labelled pixels" in md
-    # the ensemble claim is checked seed by seed against each member
-    assert re.search(r"\*\*ensemble\*\* (beats|does not beat) rgb .*seeds 0: ", md)
-    assert re.search(r"Class-share regression: ridge \(frozen\): best method "
-                     r"\*\*colorization\*\* .*mean r2, seeds 0", md)
+    assert "**random init**: the random twin of colorization" in md
+    assert "on 10 bands (B01, B05, B06, B07, B08, B8A, B09, B10, B11, B12)" in md
+    # the ensemble claim is checked unit by unit against each member, in both metrics
+    assert re.search(r"in the \*\*colorization\*\* row, ensemble (beats|does not beat) rgb", md)
+    assert re.search(r"Regression, ridge, last stage, against its random twin: ", md)
     assert re.search(r"- per-band: not applicable to colorization \(seed 0\) \(not a band", md)
     assert "## Evaluation cost" in md
     dom = _render_in_chromium(full_dir)
-    assert "RGB + spectral ensemble" in dom and "Class-share regression" in dom
+    assert "RGB + spectral ensemble" in dom and "Regression" in dom
 
 
 def test_benchmark_per_band_table_of_a_bandwise_encoder(band_dir, sample_cache, tiny):
     """RS-BYOL (its recipe's S1/S2 pairs, not the plan's scene) gets the per-band table and
-    heat map; segmentation does not apply to a band-wise encoder and says why."""
+    heat map and a U-Net on its band-wise encoder; the ensemble does not apply (its pool holds
+    the visible bands) and says why."""
     args = ["--cache", str(sample_cache), "benchmark", "--methods", "rsbyol",
             "--budget", "2-steps", "--seeds", "0,", "--evaluations",
-            "per-band,segmentation,ensemble", "--out", str(band_dir), "--no-progress"]
+            "per-band,segment,ensemble", "--out", str(band_dir), "--no-progress"]
     assert main(args) == 0
     st = json.loads((band_dir / "status.json").read_text())
     assert st["runs"]["rsbyol/seed0"]["data"] == "bigearthnet-pairs"
     assert st["evals"]["per-band/rsbyol/seed0"]["state"] == "done"
-    for key, why in (("segmentation/rsbyol/seed0", "band-wise"),
-                     ("ensemble/rsbyol/seed0", "colorization encoder")):
-        assert st["evals"][key]["state"] == "not applicable" and why in st["evals"][key]["reason"]
-    # nothing applied, so no reference rows were computed for those two
-    assert "segmentation/references/seed0" not in st["evals"]
+    assert st["evals"]["segment/rsbyol/seed0"]["state"] == "done"
+    key = "ensemble/rsbyol/seed0"
+    assert st["evals"][key]["state"] == "not applicable"
+    assert "sees none of the visible bands" in st["evals"][key]["reason"]
+    # nothing applied, so no reference rows were computed for it
+    assert not any(k.startswith("ensemble/_") for k in st["evals"])
     records = json.loads((band_dir / "results.json").read_text())["records"]
     _check_records(records)
     cols = {"B04", "B11", "all used bands"}
@@ -354,26 +372,6 @@ def test_benchmark_per_band_table_of_a_bandwise_encoder(band_dir, sample_cache, 
     assert re.search(r"\| model \| B04 \| B11 \| all used bands \|", md)  # also a table
     _check_picture(band_dir, md, "per-band-heatmap.png")
     assert "Bands probed: B04, B11." in md
-    assert re.search(r"segmentation: not applicable to rsbyol \(seed 0\) \(band-wise", md)
+    assert re.search(r"ensemble: not applicable to rsbyol \(seed 0\) \(needs an encoder", md)
     dom = _render_in_chromium(band_dir, min_images=1)
     assert "Per-band linear probe" in dom
-
-
-def test_report_marks_lowest_error_and_compares_named_pairs():
-    """An error metric (RMSE) marks its lowest mean best and says 'lower is better'; an
-    evaluation's own model pairs are compared seed by seed."""
-    from eossl.bench.report import findings, metric_tables
-
-    recs = [{"table": "t", "model": m, "seed": s, "column": "c", "order": 0,
-             "metric": "mean_rmse", "value": v}
-            for m, vals in (("random init", (0.30, 0.32)), ("a", (0.20, 0.21)),
-                            ("b", (0.25, 0.19)))
-            for s, v in zip((0, 1), vals)]
-    summary, _ = metric_tables(recs, "mean_rmse", ["random init", "a", "b"],
-                               lower_is_better=True)
-    assert summary[2][1].startswith("**0.205") and not summary[3][1].startswith("**")
-    lines = findings(recs, "mean_rmse", ["random init", "a", "b"], lower_is_better=True,
-                     comparisons=(("b", "a"),))
-    assert lines[0] == ("c: best method **a** beats random init on every seed (mean rmse, "
-                        "lower is better, seeds 0, 1: 0.200 / 0.210 vs 0.300 / 0.320)")
-    assert lines[1].startswith("c: **b** beats a on 1 of 2 seeds only")

@@ -72,13 +72,16 @@ def test_oscd_layout_trains_and_scores(tmp_path):
     # the appeared square is where the mask says
     p = test[0]
     assert (p.after - p.before)[:, p.mask.bool()].mean() > 2000
-    recs = ch.evaluate_change({"random": _encoder()}, train, test, steps=25, crop=32,
-                              batch_size=4, lr=3e-3)
-    r = recs[0]
-    assert set(r) >= {"precision", "recall", "f1"} and 0 <= r["f1"] <= 1
-    assert r["change_share"] == pytest.approx(144 / (48 * 40))
-    assert r["recall"] > 0  # an obvious change square is found at least partly
-    prob = ch.predict_change(ch.SiameseDiffUNet(_encoder()), p)
+    from eossl.evaluate.base import Context
+
+    ev = ch.ChangeDetection(steps=25, crop=32, batch_size=4, lr=3e-3)
+    ctx = Context(options={"oscd": str(root)})
+    assert ev.available(ctx) is None and ev.available(Context()) is not None
+    recs = {r["metric"]: r for r in ev.run(ctx, {"random": _encoder()}, seed=0)}
+    assert set(recs) == {"precision", "recall", "f1"} and 0 <= recs["f1"]["value"] <= 1
+    assert recs["f1"]["change_share"] == pytest.approx(144 / (48 * 40))
+    assert recs["recall"]["value"] > 0  # an obvious change square is found at least partly
+    prob = ch.predict_change(ch.ChangeNet(_encoder()), p)
     assert prob.shape == (48, 40)
 
 
@@ -89,9 +92,15 @@ def test_frozen_encoder_is_not_trained():
     b, a, m = _scene(rng, 32, 32)
     pair = ch.ChangePair("x", torch.from_numpy(b.astype(np.float32)),
                          torch.from_numpy(a.astype(np.float32)), torch.from_numpy(m > 0).long())
-    model = ch.train_change(ch.SiameseDiffUNet(enc), [pair], steps=3, crop=32, batch_size=2)
+    from eossl.evaluate.finetune import fit
+
+    model = fit(ch.ChangeNet(enc), ch.ChangeCrops([pair], 32, 6), "change_bce", steps=3,
+                batch_size=2)
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, before[k]), k  # weights AND BatchNorm running stats
+    # crops stack both dates on the channel axis, the mask beside them
+    item = ch.ChangeCrops([pair], 32, 6)[0]
+    assert item["image"].shape == (2 * b.shape[0], 32, 32) and item["mask"].shape == (32, 32)
 
 
 def test_pair_of_different_sizes_is_refused(tmp_path):

@@ -81,6 +81,9 @@ def test_pretrain_then_probe_end_to_end(capfd, sample_cache, tmp_path):
     assert ckpt.exists() and (run / "config.yaml").exists()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and len(summary["bands"]) == 13
+    # the collapse monitor's verdict is on record (3 steps are too few to judge)
+    assert summary["collapse"]["collapsed"] is None and "fewer than" in summary["collapse"][
+        "reason"]
     code, out, err = _run(capfd, "--cache", str(sample_cache), "probe", "--checkpoint",
                           f"tiny={ckpt}", "--fractions", "1", "--seeds", "0", "--out",
                           str(tmp_path / "probe"))
@@ -88,11 +91,15 @@ def test_pretrain_then_probe_end_to_end(capfd, sample_cache, tmp_path):
     for row in ("spectral baseline", "random init", "tiny"):
         assert f"| {row} |" in out
     records = json.loads((tmp_path / "probe" / "results.json").read_text())["records"]
-    spectral = [r for r in records if r["model"] == "spectral baseline"][0]
-    # data.md: ~0.66 on the legacy west/east split; fold 0 of the spatial k-fold default scores
-    # 0.80 (55 test patches, mostly farm, meadow, forest): a sane band, not a copy of either
-    assert 0.55 < spectral["accuracy"] < 0.9
-    assert (tmp_path / "probe" / "probe_scores.png").stat().st_size > 1000
+    spectral = [r["value"] for r in records if r["model"] == "spectral baseline"
+                and r["metric"] == "accuracy"]
+    # data.md: ~0.66 on the legacy west/east split; the folds of the spatial k-fold default
+    # score about 0.80 (small test blocks, mostly farm, meadow, forest): a sane band
+    assert spectral and all(0.45 < v < 0.95 for v in spectral)
+    assert len({r["fold"] for r in records if r.get("fold") is not None}) > 1  # k folds
+    tables = {r["table"] for r in records}
+    assert {"Linear probe (last stage)", "Linear probe (multi-scale)"} <= tables
+    assert (tmp_path / "probe" / "report.html").stat().st_size > 1000
 
 
 def test_console_script_exit_code(tmp_path):

@@ -123,9 +123,8 @@ def test_augmentation_keeps_input_and_target_aligned():
 
 
 def test_pretrain_on_real_scene_picture_checkpoint_probe(brandenburg, sample_cache, tmp_path):
-    from eossl.cli import main
-    from eossl.evaluate.compare import probe_checkpoints
     from eossl.checkpoint import load_encoder
+    from eossl.cli import main
     from eossl.train import pretrain
 
     cfg = {"method": "colorization", "seed": 0,
@@ -143,12 +142,19 @@ def test_pretrain_on_real_scene_picture_checkpoint_probe(brandenburg, sample_cac
 
     enc = load_encoder(res.checkpoint)
     assert enc.bands == [b for b in brandenburg.bands if b not in ("B02", "B03", "B04")]
-    records = probe_checkpoints(brandenburg, {"colorization": str(res.checkpoint)},
-                                fractions=(1.0,), seeds=(0,))
-    models = {r["model"] for r in records if r["kind"] == "linear"}
-    assert models == {"spectral baseline", "random init", "colorization"}
-    acc = [r["accuracy"] for r in records if r["model"] == "colorization"]
-    assert all(0 < a <= 1 for a in acc)
+    rc = main(["--cache", str(sample_cache), "probe", "--checkpoint",
+               f"colorization={res.checkpoint}", "--fractions", "1", "--seeds", "0",
+               "--layers", "last", "--out", str(tmp_path / "probe")])
+    assert rc == 0
+    records = json.loads((tmp_path / "probe" / "results.json").read_text())["records"]
+    linear = [r for r in records if r["table"] == "Linear probe (last stage)"]
+    assert {r["model"] for r in linear} == {"spectral baseline", "random init", "colorization"}
+    acc = [r["value"] for r in linear if r["model"] == "colorization" and
+           r["metric"] == "accuracy"]
+    assert acc and all(0 < a <= 1 for a in acc)
+    # the random twin reads the same 10 non-visible bands as the colorization encoder
+    rows = {r["model"]: r for r in records if r["table"] == "_model"}
+    assert rows["random init"]["signature"] == rows["colorization"]["signature"]
 
     rc = main(["--cache", str(sample_cache), "evaluate", "colorization-picture", "--checkpoint",
                str(res.checkpoint), "--out", str(tmp_path / "pic"), "--patches", "2"])

@@ -225,3 +225,27 @@ def test_moco_key_forward_is_the_per_group_loop_through_the_backbone():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     for a, b in zip(model.backbone_momentum.buffers(), reference.buffers()):
         torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_collapse_monitor_flags_identical_embeddings_and_warns(recwarn):
+    """A collapsed run (every embedding nearly the same: spread 0.06 of a healthy one) is
+    flagged in the checkpoint metadata and warned about when training ends; a healthy spread
+    is not; a handful of steps is too few to judge."""
+    model = tiny()
+    assert model.collapse_status()["collapsed"] is None  # nothing logged yet
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):  # 128-d embeddings that all point nearly the same way
+        model.log_collapse(torch.ones(64, 128) + 0.003 * torch.randn(64, 128, generator=g))
+    status = model.collapse_status()
+    assert status["collapsed"] is True and status["embed_std_ratio"] < 0.1
+    assert status["embed_cos"] > 0.99
+    assert model.eossl_metadata()["collapse"]["collapsed"] is True
+    with pytest.warns(UserWarning, match="COLLAPSED"):
+        model.on_fit_end()
+    healthy = tiny()
+    for _ in range(30):
+        healthy.log_collapse(torch.randn(64, 128, generator=g))
+    assert healthy.collapse_status()["collapsed"] is False
+    # the loaded encoder carries the verdict; its random twin carries none
+    enc = model.encoder()
+    assert enc.collapsed and not enc.random_twin(0).collapsed

@@ -1,21 +1,19 @@
-"""Probes, label fractions, feature extraction and result tables on tiny synthetic data."""
+"""Probes, label fractions, feature extraction, the robust feature scaling and the layer
+chosen by cross-validation, on tiny synthetic data."""
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from eossl.normalization import BandStats, Normalizer
 from eossl.errors import ConfigError, DataError
-from eossl.evaluate.probe import (
-    ProbeResult, extract_features, knn_predict, knn_probe, linear_probe,
-    results_to_records, spectral_features, subsample_fraction,
-)
+from eossl.evaluate.features import (FeatureScaler, StageFeatures, frozen_features,
+                                     spectral_features)
+from eossl.evaluate.probe import knn_predict, knn_probe, linear_probe, subsample_fraction
 from eossl.models.encoder import Encoder
+from eossl.normalization import BandStats
 
 
 def blobs(n_per_class, n_classes, dim, sep, seed, noise_seed=None):
@@ -135,22 +133,10 @@ def test_spectral_features_match_hand_computation():
         spectral_features(img, log=[True])
 
 
-class TinyBackbone(nn.Module):
-    out_dim = 4
-
-    def __init__(self, in_ch):
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, self.out_dim, 1)
-        self.drop = nn.Dropout(0.5)   # makes train vs eval mode observable
-
-    def forward(self, x):
-        return self.drop(self.conv(x)).mean(dim=(2, 3))
-
-
 class DictDataset(Dataset):
     def __init__(self, n):
         g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(n, 2, 8, 8, generator=g) * 3000
+        self.images = torch.rand(n, 2, 16, 16, generator=g) * 3000
         self.labels = torch.arange(n) % 3
 
     def __len__(self):
@@ -161,52 +147,92 @@ class DictDataset(Dataset):
 
 
 def make_encoder():
-    torch.manual_seed(0)
     stats = BandStats(["B04", "B08"], mean=[7.0, 7.5], std=[1.0, 1.2], q02=[0, 0],
                       q98=[3000, 3000])
-    return Encoder(TinyBackbone(2), Normalizer(stats))
+    return Encoder.random(stats)
 
 
-def test_extract_features_shapes_eval_mode_and_restores_mode():
+def test_frozen_features_every_stage_in_eval_mode_and_mode_restored():
     enc = make_encoder()
     ds = DictDataset(10)
-    X, y = extract_features(enc, ds, batch_size=4)
-    assert X.shape == (10, 4) and X.dtype == np.float32
-    assert y.tolist() == (np.arange(10) % 3).tolist()
+    f = frozen_features(enc, ds, batch_size=4)
+    assert [s.shape for s in f.stages] == [(10, c) for c in enc.stage_channels()]
+    assert f.labels.tolist() == (np.arange(10) % 3).tolist()
     assert enc.training                                # restored
     enc.eval()
     with torch.no_grad():
         ref = enc(ds.images).numpy()
-    np.testing.assert_allclose(X, ref, rtol=1e-5, atol=1e-6)   # no dropout: ran in eval mode
-    X2, _ = extract_features(enc, DataLoader(ds, batch_size=3))
-    np.testing.assert_allclose(X2, X, rtol=1e-5, atol=1e-6)
-    assert not enc.training                            # eval stays eval
-
-
-def test_extract_features_names_missing_key():
+    # the last stage's pooled features are what the encoder outputs (BatchNorm in eval mode)
+    np.testing.assert_allclose(f.layer("last"), ref, rtol=1e-4, atol=1e-5)
+    assert f.layer("multiscale").shape == (10, sum(enc.stage_channels()))
+    np.testing.assert_array_equal(f.layer("stage0"), f.stages[0])
+    with pytest.raises(ConfigError, match="feature layer 'stage9'"):
+        f.layer("stage9")
     with pytest.raises(DataError, match="label"):
-        extract_features(make_encoder(), [{"image": torch.zeros(2, 4, 4)}])
+        frozen_features(enc, [{"image": torch.zeros(2, 2, 16, 16)}])
 
 
-# ---------------------------------------------------------------- tables
+def test_scaler_keeps_a_near_dead_feature_from_dominating():
+    """A ReLU channel that fired on 1 of 764 training patches (std ~3e-8 there) must not turn
+    into a 1e5-sigma input on test patches where it fires at an ordinary level."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(764, 6))
+    X[:, 5] = 0.0
+    X[17, 5] = 8e-7                                    # active on one training sample
+    Xt = rng.normal(size=(50, 6))
+    Xt[:, 5] = 0.02                                    # ordinary activation on test
+    from sklearn.preprocessing import StandardScaler
 
-def _res(kind, fraction, seed, acc, skipped=False):
-    m = {} if skipped else {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc - 0.1}
-    return ProbeResult(kind, fraction, seed, 10, m, skipped=skipped)
+    assert np.abs(StandardScaler().fit(X).transform(Xt)).max() > 1e5  # the trap
+    sc = FeatureScaler().fit(X)
+    Z = sc.transform(Xt)
+    assert sc.n_dropped_ == 1 and Z.shape == (50, 5) and np.abs(Z).max() <= sc.clip
+    np.testing.assert_allclose(Z, np.clip((Xt[:, :5] - X[:, :5].mean(0)) / X[:, :5].std(0),
+                                          -10, 10), rtol=1e-5, atol=1e-5)
+    # a nearly constant but active feature is floored, not stretched without bound
+    Y = rng.normal(size=(200, 4))
+    Y[:, 3] = 1.0 + 1e-4 * rng.normal(size=200)  # active, but 1e4 times narrower
+    sc = FeatureScaler().fit(Y)
+    assert sc.n_dropped_ == 0 and sc.scale_[3] == pytest.approx(0.01 * np.median(Y.std(0)))
+    assert sc.scale_[3] > 10 * Y[:, 3].std()  # floored, not its own tiny std
+    Y[:, 3] = 1.0  # constant: carries nothing, dropped
+    assert FeatureScaler().fit(Y).n_dropped_ == 1
 
 
-def test_results_to_records():
-    rows = {
-        "random": [_res("linear", 0.1, 0, 0.5), _res("linear", 0.1, 1, 0.7),
-                   _res("linear", 1.0, 0, 0.8), _res("knn", 1.0, 0, 0.6)],
-        "seco": [_res("linear", 0.1, 0, 0.9), _res("linear", 0.1, 1, 0.9, skipped=True),
-                 _res("linear", 1.0, 0, 0.95)],
-    }
-    recs = results_to_records(rows)
-    assert len(recs) == 7
-    assert recs[0] == {"model": "random", "kind": "linear", "fraction": 0.1, "seed": 0,
-                       "n_train": 10, "accuracy": 0.5, "balanced_accuracy": 0.5,
-                       "macro_f1": 0.4, "per_class_f1": None, "skipped": False,
-                       "reason": ""}
-    assert recs[5]["accuracy"] is None
-    json.dumps(recs)
+def test_layer_chosen_by_cross_validation_inside_the_training_set():
+    """With per-stage features, the linear probe picks the layer by CV on the training
+    subsample (never on test) and says which."""
+    X, y = blobs(60, 3, 8, sep=6, seed=4)
+    Xt, yt = blobs(30, 3, 8, sep=6, seed=4, noise_seed=5)
+    rng = np.random.default_rng(0)
+    noise, noise_t = rng.normal(size=(180, 16)), rng.normal(size=(90, 16))
+    train, test = StageFeatures([X, noise], y), StageFeatures([Xt, noise_t], yt)
+    (res,) = linear_probe(train, y, test, yt, fractions=(1.0,), class_names=list("abc"), C=1.0)
+    assert res.layer in ("stage0", "multiscale") and res.metrics["accuracy"] > 0.9
+    (last,) = linear_probe(noise, y, noise_t, yt, fractions=(1.0,), class_names=list("abc"),
+                           C=1.0)
+    assert last.metrics["accuracy"] < 0.6 and last.layer is None
+
+
+def test_probe_reports_last_stage_and_multiscale_side_by_side(tiny_checkpoints, brandenburg):
+    """The feature layer decides the verdict (a MoCo encoder's last stage probed 0.60 where
+    its stem's pooled features gave 0.65): the probe evaluation shows the last stage and the
+    multi-scale features as two tables, and with ``cv`` says which layer each fit chose."""
+    from eossl.checkpoint import load_encoder
+    from eossl.evaluate.base import Context
+    from eossl.evaluate.probe import PatchProbe
+
+    ev = PatchProbe(fractions=(1.0,), layers=("last", "multiscale", "cv"), C=1.0)
+    assert ev.tables == ("Linear probe (last stage)", "Linear probe (multi-scale)",
+                         "Linear probe (layer by CV)", "kNN probe (k = 20) (last stage)",
+                         "kNN probe (k = 20) (multi-scale)", "kNN probe (k = 20) (layer by CV)")
+    recs = ev.run(Context(source=brandenburg), {"moco": load_encoder(tiny_checkpoints["moco"])},
+                  seed=0)
+    acc = {r["table"]: r for r in recs if r.get("metric") == "accuracy"}
+    assert set(acc) == set(ev.tables)
+    assert acc["Linear probe (last stage)"]["value"] != acc["Linear probe (multi-scale)"][
+        "value"]
+    assert acc["Linear probe (layer by CV)"]["layer"] in ["last", "multiscale"] + [
+        f"stage{i}" for i in range(5)]
+    assert "feature layer 'deep'" in str(pytest.raises(ConfigError, PatchProbe,
+                                                      layers=("deep",)).value)

@@ -1,49 +1,47 @@
-"""Report tables and plots from saved records."""
+"""One renderer for every report: the same blocks as Markdown beside PNG files and as one
+self-contained HTML page; atomic writes of results and pictures."""
 
-import json
+import base64
 
-import pytest
+import matplotlib
 
-from eossl.report import load_results, markdown_table, summarise, write_report
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
-
-def _rec(model, kind, fraction, seed, acc, skipped=False):
-    return {"model": model, "kind": kind, "fraction": fraction, "seed": seed, "n_train": 10,
-            "accuracy": None if skipped else acc, "balanced_accuracy": None if skipped else acc,
-            "macro_f1": None if skipped else acc, "skipped": skipped, "reason": ""}
+from eossl.report import blocks_to_text, save_figure, to_html, to_markdown, write_blocks  # noqa: E402
 
 
-RECORDS = [
-    _rec("random init", "linear", 0.1, 0, 0.5), _rec("random init", "linear", 0.1, 1, 0.7),
-    _rec("random init", "linear", 1.0, 0, 0.8), _rec("random init", "knn", 1.0, 0, 0.6),
-    _rec("MoCo v2", "linear", 0.1, 0, 0.9), _rec("MoCo v2", "linear", 0.1, 1, 0.0, skipped=True),
-    _rec("MoCo v2", "linear", 1.0, 0, 0.75),
-]
+def _blocks(tmp_path):
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1])
+    png = save_figure(fig, tmp_path / "figures" / "curve.png", dpi=50)
+    return [("h1", "Title"), ("p", "Some **bold** and `code`."), ("list", ["one", "two"]),
+            ("table", [["model", "10%"], ["moco", "**0.610 ± 0.020**"]]),
+            ("details", "per unit", [["model", "10%"], ["moco", "0.600 / 0.620"]]),
+            ("img", png, "a curve"), ("img", tmp_path / "missing.png", "gone")], png
 
 
-def test_summary_mean_std_and_skipped_fits_left_out():
-    s = summarise(RECORDS, "accuracy").set_index(["model", "kind", "fraction"])
-    assert s.loc[("random init", "linear", 0.1), "mean"] == pytest.approx(0.6)
-    assert s.loc[("random init", "linear", 0.1), "std"] == pytest.approx(0.1414, abs=1e-3)
-    assert s.loc[("MoCo v2", "linear", 0.1), "count"] == 1  # the skipped seed does not count
+def test_markdown_and_html_from_the_same_blocks(tmp_path):
+    blocks, png = _blocks(tmp_path)
+    md = to_markdown(blocks[:-1], tmp_path)
+    assert "# Title" in md and "- two" in md
+    assert "| moco | **0.610 ± 0.020** |" in md and "![a curve](figures/curve.png)" in md
+    assert "<details><summary>per unit</summary>" in md
+    html = to_html(blocks[:-1], title="t")
+    assert "<b>bold</b>" in html and "<code>code</code>" in html
+    assert "<td><b>0.610 ± 0.020</b></td>" in html
+    assert base64.b64encode(png.read_bytes()).decode() in html  # inlined, self-contained
+    assert 'src="figures/' not in html
+    text = blocks_to_text(blocks)
+    assert "| moco |" in text and "curve" not in text and "per unit" not in text
 
 
-def test_markdown_table_marks_best_per_column():
-    md = markdown_table(RECORDS, metrics=("accuracy",)).splitlines()
-    assert md[0] == "| model | accuracy @10% | accuracy @100% |"
-    assert md[2] == "| random init | 0.600 ± 0.141 | **0.800** |"
-    assert md[3] == "| MoCo v2 | **0.900** | 0.750 |"
-    knn = markdown_table(RECORDS, metrics=("accuracy",), kind="knn").splitlines()
-    assert knn[2] == "| random init | **0.600** |" and len(knn) == 3
-
-
-def test_write_report_roundtrip(tmp_path):
-    path = write_report(tmp_path / "r", RECORDS, title="t", header={"seeds": "0, 1"})
-    text = path.read_text()
-    assert "| MoCo v2 |" in text and "![probe scores](probe_scores.png)" in text
-    assert (tmp_path / "r" / "probe_scores.png").stat().st_size > 1000
-    header, records = load_results(tmp_path / "r")
-    assert header == {"seeds": "0, 1"} and records == json.loads(json.dumps(RECORDS))
+def test_write_blocks_writes_both_and_skips_missing_pictures(tmp_path):
+    blocks, _ = _blocks(tmp_path)
+    md_path = write_blocks(tmp_path, blocks, title="t")
+    assert md_path.name == "report.md" and (tmp_path / "report.html").exists()
+    md = md_path.read_text()
+    assert "a curve" in md and "gone" not in md
 
 
 def test_atomic_writes_get_shared_permissions_and_figures_close(tmp_path):

@@ -160,46 +160,33 @@ def test_pretrain_on_real_pairs_and_load_encoder(pretrained):
 
 
 def test_per_band_probe_on_real_patches(pretrained, brandenburg, tmp_path):
-    from eossl.evaluate.perband import (
-        ALL,
-        RANDOM,
-        SPECTRAL,
-        per_band_probe,
-        per_band_table,
-        plot_per_band,
-    )
     from eossl.checkpoint import load_encoder
+    from eossl.evaluate.base import Context
+    from eossl.evaluate.perband import ALL, PerBand
 
-    train, test = brandenburg.patches("train", 16), brandenburg.patches("test", 16)
     enc = load_encoder(pretrained.checkpoint)
-    recs = per_band_probe(train, test, {"rsbyol": enc}, bands=["B04", "B11"], C=0.01,
-                          all_bands=False)
-    got = {(r["model"], r["band"]) for r in recs}
-    assert got == {(m, b) for m in (SPECTRAL, RANDOM, "rsbyol") for b in ("B04", "B11")}
-    for r in recs:
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["n_train"] == len(train)
+    ev = PerBand(probe_bands=("B04", "B11"), C=0.01)
+    assert ev.applies(enc) is None
+    ctx = Context("brandenburg", source=brandenburg)
+    recs = ev.run(ctx, {"rsbyol": enc, "random init": enc.random_twin(0)}, seed=0)
+    recs += ev.baseline(ctx, seed=0)
+    acc = {(r["model"], r["column"]): r for r in recs if r["metric"] == "accuracy"}
+    assert set(acc) == {(m, b) for m in ("rsbyol", "random init") for b in ("B04", "B11", ALL)} \
+        | {("spectral baseline", b) for b in ("B04", "B11")}
+    train = brandenburg.patches("train", 16)
+    for r in acc.values():
+        assert 0.0 <= r["value"] <= 1.0 and r["n_train"] == len(train)
     # The features really are band-specific: B04 and B11 give different probes.
-    b04 = next(r for r in recs if r["model"] == "rsbyol" and r["band"] == "B04")
-    b11 = next(r for r in recs if r["model"] == "rsbyol" and r["band"] == "B11")
-    assert (b04["accuracy"], b04["macro_f1"]) != (b11["accuracy"], b11["macro_f1"])
-    table = per_band_table(recs)
-    assert table.splitlines()[0].startswith("| band (accuracy) |")
-    assert "| B04 |" in table and "| B11 |" in table
-    png = plot_per_band(recs + [dict(b04, band=ALL)], tmp_path / "pb.png")
+    b04, b11 = acc[("rsbyol", "B04")], acc[("rsbyol", "B11")]
+    f1 = {(r["model"], r["column"]): r["value"] for r in recs if r["metric"] == "macro_f1"}
+    assert (b04["value"], f1[("rsbyol", "B04")]) != (b11["value"], f1[("rsbyol", "B11")])
+    png = ev.figures(recs, tmp_path)[0][0]
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_per_band_rejects_plain_encoder(tmp_path):
-    from eossl.normalization import Normalizer
-    from eossl.evaluate.perband import load_bandwise
-    from eossl.models.backbones import build_backbone
+def test_per_band_rejects_plain_encoder():
+    from eossl.evaluate.perband import PerBand
+    from eossl.models.encoder import Encoder
 
     bands = ["B04", "B08"]
-    bb, norm = build_backbone("resnet18", in_chans=2), Normalizer(unit_stats(bands))
-    state = {**{f"backbone.{k}": v for k, v in bb.state_dict().items()},
-             **{f"normalizer.{k}": v for k, v in norm.state_dict().items()}}
-    meta = {"method": "moco", "bands": bands, "stats": unit_stats(bands).to_dict(),
-            "backbone": "resnet18", "stem_stride": 2}
-    torch.save({"eossl": meta, "state_dict": state}, tmp_path / "moco.ckpt")
-    with pytest.raises(ConfigError, match="band-wise.*moco"):
-        load_bandwise({"moco": str(tmp_path / "moco.ckpt")})
+    assert "not a band-wise encoder" in PerBand().applies(Encoder.random(unit_stats(bands)))

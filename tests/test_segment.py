@@ -9,7 +9,9 @@ import torch
 
 from eossl.data.datasets import IGNORE_INDEX, OSM_CLASSES, DenseLabelTiles, SpatialSplit
 from eossl.errors import ConfigError, DataError
-from eossl.evaluate.segment import ModelSpec, evaluate_segmentation, iou_scores
+from eossl.evaluate.base import Context
+from eossl.evaluate.metrics import iou_scores
+from eossl.evaluate.segment import Segmentation
 
 
 def test_fractions_are_whole_seeded_tiles(brandenburg):
@@ -62,46 +64,32 @@ def test_iou_ignores_classes_absent_from_the_test_truth():
 
 
 def test_segmentation_on_real_tiles(brandenburg):
-    """A few steps on real tiles: records carry mIoU and per-class IoU for both kinds, the 1%
-    row uses few whole tiles, and scores are proper probabilities."""
+    """A few steps on real tiles: records carry mIoU and per-class IoU for both kinds, the
+    label fraction buys few whole tiles, and scores are proper probabilities."""
     from eossl.models.encoder import Encoder
 
-    random = Encoder.random(brandenburg.stats()).random_twin(0)
-    recs = evaluate_segmentation(brandenburg, [ModelSpec("random", random)], fractions=[0.01],
-                                 seeds=[0], tile_size=32, steps=3, batch_size=4,
-                                 linear_probe=True, probe_steps=5)
-    assert {r["kind"] for r in recs} == {"finetune", "linear"}
+    ev = Segmentation(fractions=(0.01,), steps=2, batch_size=4, probe_steps=2)
+    ctx = Context("brandenburg", source=brandenburg)
+    recs = ev.run(ctx, {"random": Encoder.random(brandenburg.stats())}, seed=0)
+    assert {r["table"] for r in recs} == set(ev.tables)
     for r in recs:
-        assert 0 <= r["miou"] <= 1 and 0 <= r["pixel_accuracy"] <= 1
+        assert 0 <= r["value"] <= 1 and r["column"] == "1% labels"
         assert set(r["per_class_iou"]) == set(OSM_CLASSES)
         assert 1 <= r["tiles"] <= 20 and r["labelled_share"] >= 0.01
-    with pytest.raises(ConfigError, match="unique"):
-        evaluate_segmentation(brandenburg, [ModelSpec("a", random), ModelSpec("a", random)],
-                              fractions=[1.0],
-                              seeds=[0])
 
 
-def test_encoder_checkpoint_gets_a_fresh_decoder(tmp_path, brandenburg):
-    """Any eossl checkpoint (here a hand-made 'moco'-like one) -> kind 'encoder'; its encoder
-    weights are those of the checkpoint, and IGNORE pixels never count."""
-    from eossl.evaluate.segment import build_segmentation_net, specs_from_checkpoints
-    from eossl.models.backbones import build_backbone
+def test_a_dense_checkpoint_keeps_its_decoder_and_its_twin_does_not(tiny_checkpoints):
+    from eossl.checkpoint import load_encoder
+    from eossl.evaluate.finetune import SegmentationNet
 
-    bands = brandenburg.bands
-    bb = build_backbone("resnet18", in_chans=len(bands), stem_stride=2)
-    stats = brandenburg.stats()
-    from eossl.normalization import Normalizer
-    norm = Normalizer(stats)
-    state = {**{"backbone." + k: v for k, v in bb.state_dict().items()},
-             **{"normalizer." + k: v for k, v in norm.state_dict().items()}}
-    meta = {"method": "moco", "bands": bands, "stats": stats.to_dict(), "backbone": "resnet18",
-            "stem_stride": 2, "backbone_kwargs": {}}
-    path = tmp_path / "moco.ckpt"
-    torch.save({"state_dict": state, "eossl": meta}, path)
-    (spec,) = specs_from_checkpoints({"moco": str(path)}, random=False)
-    net = build_segmentation_net(spec, len(OSM_CLASSES), bands)
-    for k, v in bb.state_dict().items():
-        assert torch.equal(net.encoder.backbone.state_dict()[k], v)
-    x = torch.from_numpy(brandenburg.scenes[0].read((0, 0, 32, 32)))[None]
-    assert net.eval()(x).shape == (1, len(OSM_CLASSES), 32, 32)
-    assert IGNORE_INDEX == 255
+    enc = load_encoder(tiny_checkpoints["dense"])
+    ck = torch.load(tiny_checkpoints["dense"], weights_only=True)["state_dict"]
+    net = SegmentationNet(enc, len(OSM_CLASSES))
+    for k, v in net.unet.decoder.state_dict().items():
+        assert torch.equal(v, ck["decoder." + k])
+    twin = SegmentationNet(enc.random_twin(0), len(OSM_CLASSES))
+    assert not torch.equal(next(iter(twin.unet.decoder.parameters())),
+                           next(iter(net.unet.decoder.parameters())))
+    moco = SegmentationNet(load_encoder(tiny_checkpoints["moco"]), len(OSM_CLASSES))
+    x = torch.rand(1, 13, 32, 32) * 2000
+    assert moco.eval()(x).shape == (1, len(OSM_CLASSES), 32, 32)

@@ -67,7 +67,9 @@ def load_encoder(path: str | os.PathLike) -> Encoder:
     """The pretrained encoder of an eossl checkpoint, in eval mode on the CPU; its
     ``metadata`` is the checkpoint's eossl dict. No method class is needed."""
     ckpt = read_checkpoint(path)
-    return encoder_from_checkpoint(ckpt, where=f"checkpoint {path}")
+    encoder = encoder_from_checkpoint(ckpt, where=f"checkpoint {path}")
+    encoder.metadata["checkpoint"] = str(path)  # where it came from (pictures reload it)
+    return encoder
 
 
 def encoder_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> Encoder:
@@ -106,6 +108,19 @@ def load_method(path: str | os.PathLike, method: str | None = None):
         raise DataError(f"checkpoint {path}: weights do not fit method {meta['method']!r}: "
                         f"{str(e).splitlines()[0]}") from None
     return model.eval()
+
+
+def draws_picture(meta: dict) -> bool:
+    """Whether the method that wrote a checkpoint draws a picture of what it learned
+    (``PretextMethod.picture``), read from its metadata."""
+    from .methods import get_method
+    from .methods.base import PretextMethod
+
+    try:
+        cls = get_method(meta.get("method", ""))
+    except ConfigError:
+        return False
+    return cls.picture is not PretextMethod.picture
 
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -113,15 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_progress(t)
     _document_config_defaults(t)
 
-    pr = sub.add_parser("probe", help="linear and kNN probes of pretrained encoders")
+    pr = sub.add_parser("probe", help="linear and kNN probes of pretrained encoders (the same "
+                        "as 'eossl evaluate probe'; --per-band: 'eossl evaluate per-band')")
     add_checkpoint(pr, many=True)
     add_data_options(pr, default="brandenburg")
     add_patch_size(pr, default=16, help="side of the labelled patches in px (each patch is "
                    "one sample of the probe)")
     pr.add_argument("--fractions", type=fractions, default=[0.01, 0.1, 1.0],
                     help="label fractions: shares of the training patches, comma-separated")
+    pr.add_argument("--layers", type=lambda t: tuple(v.strip() for v in t.split(",") if
+                                                     v.strip()),
+                    help="feature layers: last, multiscale, cv (default last,multiscale)")
     add_seeds(pr)
-    add_out(pr, "write results.json, report.md and plots here (a new or empty folder)")
+    pr.add_argument("--no-random-init", action="store_true",
+                    help="leave out the random-twin reference rows")
+    add_devices(pr, many=False)
+    add_out(pr, "write results.json, report.md and report.html here (a new or empty folder)")
     pr.add_argument("--per-band", action="store_true", help="band-wise encoders (rsbyol): "
                     "probe the frozen encoder on each band alone; table + heat map in --out")
 
@@ -346,56 +353,11 @@ RUN_DIR_ENV = "EOSSL_RUN_DIR"
 
 
 def _cmd_probe(a) -> int:
-    from .commands._data_options import open_from_args
-    from .evaluate.compare import probe_checkpoints
-    from .report import markdown_table, write_report
+    from .commands.evaluate import run_evaluation
 
-    from .commands._options import parse_checkpoints
-
-    ckpts = parse_checkpoints(a.checkpoint)
-    _check_probe_args(a, ckpts)  # every argument before any work
-    source = open_from_args(a)
-    seen = {}
-    if hasattr(source, "split_note"):
-        print(f"split: {source.split_note}")
-        from .checkpoint import checkpoint_metadata
-
-        for name, path in ckpts.items():  # whether each pretraining saw these test areas
-            seen[name] = source.pretraining_note(checkpoint_metadata(path))
-            print(f"{name}: {seen[name]}")
-    from .evaluate.perband import describe_band_use, per_band_report
     if a.per_band:  # one probe per band (RS-BYOL's main figure), evaluate/perband.py
-        print(per_band_report(source, ckpts, patch_size=a.patch_size, seeds=a.seeds[:1],
-                              out=a.out, command="eossl " + " ".join(sys.argv[1:])))
-        return 0
-    for line in describe_band_use(ckpts, source.bands):  # band-wise encoders name their bands
-        print(line)
-    records = probe_checkpoints(source, ckpts, patch_size=a.patch_size,
-                                fractions=a.fractions, seeds=a.seeds)
-    print(markdown_table(records, metrics=("accuracy", "balanced_accuracy", "macro_f1")))
-    print("kNN probe (k = 20)")
-    print(markdown_table(records, kind="knn", metrics=("accuracy", "balanced_accuracy")))
-    if a.out:
-        out = Path(a.out)
-        header = {"command": "eossl " + " ".join(sys.argv[1:]), "data": a.data,
-                  "split": getattr(source, "split_note", "-"),
-                  **{f"pretraining of {n}": v for n, v in seen.items()},
-                  "seeds": ", ".join(map(str, a.seeds))}
-        path = write_report(out, records, title="eossl probe", header=header)
-        print(f"report: {path}")
-    return 0
-
-
-def _check_probe_args(a, ckpts: dict) -> None:
-    """What argparse's types cannot check (the checkpoints exist: parse_checkpoints)."""
-    from .errors import OutputExistsError
-    from .io import check_writable_folder
-
-    if a.out:
-        out = check_writable_folder(a.out)
-        for name in ("results.json", "perband.json") if a.per_band else ("results.json",):
-            if (out / name).exists():
-                raise OutputExistsError(f"{out} already holds {name}; choose another --out")
+        return run_evaluation("per-band", a)
+    return run_evaluation("probe", a)
 
 
 def _cmd_demo(a) -> int:

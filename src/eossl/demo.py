@@ -17,8 +17,6 @@ from . import __version__
 from .config import load_config
 from .data import samples
 from .errors import ConfigError, OutputExistsError
-from .evaluate.compare import probe_checkpoints
-from .report import markdown_table, write_report
 from .train import check_run_dir, pretrain, run_state
 
 
@@ -47,27 +45,72 @@ def run_demo(out: str | Path, *, max_time: str = "10m", max_steps: int | None = 
     echo(f"      {res.steps} steps in {res.seconds:.0f} s ({res.images_per_s:.0f} images/s)")
     echo(f"[3/4] probing on the spatial test blocks ({len(seeds)} seeds, label fractions "
          f"{', '.join(f'{f:.0%}' for f in fractions)})")
-    records = probe_checkpoints(res.source, {"MoCo v2": str(res.checkpoint)},
-                                patch_size=int(cfg["data"]["probe_patch_size"]),
-                                fractions=fractions, seeds=seeds)
-    header = {
-        "command": " ".join(["eossl"] + sys.argv[1:]) if sys.argv else "eossl demo",
-        "data": "Sentinel-2 L1C T33UUU 2017-02-16 (13 bands), OSM land use; 16 px patches, "
-                ">= 80% majority",
-        "split": getattr(res.source, "split_note", "-"),
-        "pretraining": f"MoCo v2, {cfg['model'].get('backbone', 'resnet18')}, "
-                       f"{res.steps} steps, {res.seconds:.0f} s, batch "
-                       f"{cfg['data']['batch_size']}, crops {cfg['data']['crop_size']} px",
-        "seeds": ", ".join(map(str, seeds)),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"{platform.python_version()}, torch {torch.__version__}",
-        "eossl": __version__,
-    }
+    from .checkpoint import load_encoder
+    from .evaluate.base import Context, compare
+    from .evaluate.probe import PatchProbe
+    from .evaluate.summary import report_blocks
+    from .report import blocks_to_text, write_blocks
+
+    probe = PatchProbe(fractions=tuple(fractions),
+                       patch_size=int(cfg["data"]["probe_patch_size"]))
+    ctx = Context("brandenburg", cache=cache, source=res.source,
+                  options={"first_seed": seeds[0]})
+    records = compare(probe, ctx, {"MoCo v2": load_encoder(res.checkpoint)}, seeds)
+    header = [
+        f"**command**: `{' '.join(['eossl'] + sys.argv[1:]) if sys.argv else 'eossl demo'}`",
+        "**data**: Sentinel-2 L1C T33UUU 2017-02-16 (13 bands), OSM land use; 16 px patches, "
+        f">= 80% majority; {res.source.split_note}",
+        f"**pretraining**: MoCo v2, {cfg['model'].get('backbone', 'resnet18')}, "
+        f"{res.steps} steps, {res.seconds:.0f} s, batch {cfg['data']['batch_size']}, crops "
+        f"{cfg['data']['crop_size']} px",
+        f"**seeds**: {', '.join(map(str, seeds))}",
+        f"**machine**: {platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{platform.python_version()}, torch {torch.__version__}; eossl {__version__}",
+    ]
     echo("[4/4] report")
-    report = write_report(out / "report", records, title="eossl demo: MoCo v2 on a real "
-                          "Sentinel-2 scene", header=header,
-                          metrics_csv=out / "pretrain" / "logs" / "metrics.csv")
+    blocks = report_blocks([probe], records, title="eossl demo: MoCo v2 on a real Sentinel-2 "
+                           "scene", header=header, splits={probe.name: probe.splits(ctx)},
+                           figures=out / "report" / "figures")
+    curve = plot_training(out / "pretrain" / "logs" / "metrics.csv",
+                          out / "report" / "training.png")
+    if curve:
+        blocks += [("h2", "Pretraining"), ("img", curve, "training curve")]
+    report = write_blocks(out / "report", blocks, title="eossl demo")
     echo("")
-    echo(markdown_table(records, metrics=("accuracy", "balanced_accuracy")))
+    echo(blocks_to_text(blocks))
     echo(f"report: {report}")
     return report
+
+
+def plot_training(metrics_csv: Path, path: Path) -> Path | None:
+    """Training loss (and the online kNN accuracy when logged) against step."""
+    if not Path(metrics_csv).exists():
+        return None
+    import matplotlib
+    import pandas as pd
+
+    from .report import save_figure
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = pd.read_csv(metrics_csv)
+    loss_col = next((c for c in m.columns if c.startswith("train/loss")), None)
+    if loss_col is None:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=100)
+    lm = m[["step", loss_col]].dropna()
+    ax.plot(lm["step"], lm[loss_col], lw=1, color="tab:blue", label="pretext loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("pretext loss", color="tab:blue")
+    if "val/knn_acc" in m.columns:
+        km = m[["step", "val/knn_acc"]].dropna()
+        if len(km):
+            ax2 = ax.twinx()
+            ax2.plot(km["step"], km["val/knn_acc"], "o-", color="tab:orange", ms=3,
+                     label="kNN accuracy (test block)")
+            ax2.set_ylabel("online kNN accuracy", color="tab:orange")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path)

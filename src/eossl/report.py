@@ -1,19 +1,14 @@
-"""Results as people read them: a Markdown table and plots in a report folder.
-
-Inputs are plain records (one dict per model, probe kind, label fraction and seed) and the
-``metrics.csv`` that Lightning's CSV logger wrote during pretraining, so a report can be
-re-rendered from saved results without recomputing anything.
+"""Results as people read them: atomic writes of result files and pictures, and the one
+renderer of reports (a list of blocks -> Markdown beside PNG files, and a self-contained HTML
+page) that ``eossl evaluate``, ``eossl probe``, the demo and ``eossl benchmark`` share. What the
+blocks say is built from evaluation records in eossl/evaluate/summary.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 # Every write goes through eossl.io (temporary file + rename, one-line disk errors); these names
 # stay importable from here for the modules that write reports.
@@ -37,138 +32,107 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     return path
 
 
-def summarise(records: Sequence[dict], metric: str) -> pd.DataFrame:
-    """Mean and std over seeds per (model, kind, fraction)."""
-    df = pd.DataFrame(records)
-    df = df[df[metric].notna()]  # skipped fits (e.g. a one-class subsample) carry no score
-    g = df.groupby(["model", "kind", "fraction"], sort=False)[metric]
-    return g.agg(["mean", "std", "count"]).reset_index()
+# ------------------------------------------------------------------------------ rendering
+# One list of blocks, rendered twice: Markdown beside PNG files, and one self-contained HTML
+# page (images inlined). Blocks: ("h1".."h4", text), ("p", text), ("list", items),
+# ("table", rows), ("details", summary, rows), ("img", path, caption).
 
 
-def markdown_table(records: Sequence[dict], metrics: Sequence[str] = ("accuracy",
-                   "balanced_accuracy", "macro_f1"), kind: str = "linear") -> str:
-    """One row per model, one column per (metric, label fraction): 'mean ± std (n seeds)'.
-
-    The best mean in each column is set in bold.
-    """
-    df = pd.DataFrame([r for r in records if r["kind"] == kind])
-    if df.empty:
-        return f"_no {kind} probe results_\n"
-    models = list(dict.fromkeys(df["model"]))
-    fractions = sorted(df["fraction"].unique())
-    cols, cells = [], {m: [] for m in models}
-    for metric in metrics:
-        s = summarise(df.to_dict("records"), metric)
-        for f in fractions:
-            cols.append(f"{metric.replace('_', ' ')} @{f:.0%}")
-            sub = s[s.fraction == f].set_index("model")
-            best = sub["mean"].max() if len(sub) else np.nan
-            for m in models:
-                if m not in sub.index:
-                    cells[m].append("–")
-                    continue
-                mu, sd, n = sub.loc[m, "mean"], sub.loc[m, "std"], int(sub.loc[m, "count"])
-                txt = f"{mu:.3f}" + (f" ± {sd:.3f}" if n > 1 else "")
-                cells[m].append(f"**{txt}**" if np.isclose(mu, best) else txt)
-    # Written by hand: pandas' to_markdown needs the optional 'tabulate' package.
-    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {m} | " + " | ".join(cells[m]) + " |" for m in models]
-    return "\n".join(lines) + "\n"
+def to_markdown(blocks: Sequence[tuple], root: Path) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3", "h4"):
+            out += ["#" * int(kind[1]) + " " + b[1], ""]
+        elif kind == "p":
+            out += [b[1], ""]
+        elif kind == "list":
+            out += [f"- {x}" for x in b[1]] + [""]
+        elif kind == "table":
+            out += _md_table(b[1]) + [""]
+        elif kind == "details":
+            out += [f"<details><summary>{b[1]}</summary>", ""] + _md_table(b[2]) + [
+                "", "</details>", ""]
+        elif kind == "img":
+            out += [f"![{b[2]}]({Path(b[1]).relative_to(root).as_posix()})", ""]
+    return "\n".join(out)
 
 
-def per_class_table(records: Sequence[dict], fraction: float = 1.0, kind: str = "linear") -> str:
-    """Per-class F1 (mean over seeds) at one label fraction: where each model wins or fails."""
-    rows = [r for r in records if r["kind"] == kind and r["fraction"] == fraction
-            and r.get("per_class_f1")]
-    if not rows:
-        return ""
-    classes = list(rows[0]["per_class_f1"])
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    lines = ["| model | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-    for m in models:
-        vals = np.array([[r["per_class_f1"][c] for c in classes] for r in rows if r["model"] == m])
-        lines.append(f"| {m} | " + " | ".join(f"{v:.2f}" for v in vals.mean(axis=0)) + " |")
-    return "\n".join(lines) + "\n"
+def _md_table(rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]
 
 
-def plot_probe_scores(records: Sequence[dict], path: Path, metric: str = "accuracy",
-                      kind: str = "linear") -> Path:
-    """Probe score vs label fraction, one line per model, error bars = std over seeds."""
-    import matplotlib
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:.5em 0 1em;font-size:.85em}
+td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}td:first-child,th:first-child
+{text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}
+code{background:#f5f5f5;padding:0 .2em}details{margin-bottom:1em}"""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = summarise([r for r in records if r["kind"] == kind], metric)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    for model, g in s.groupby("model", sort=False):
-        ax.errorbar(g["fraction"] * 100, g["mean"], yerr=g["std"].fillna(0), marker="o",
-                    capsize=3, label=model)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training patches used (%)")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} ({kind} probe)")
-    ax.set_title("Spatial test block, Brandenburg S2 scene", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+# Lets a headless browser (the report test) tell that every image decoded.
+_CHECK = """<script>window.addEventListener('load',function(){var im=document.images,ok=0;
+for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}
+document.body.setAttribute('data-images',im.length);document.body.setAttribute('data-images-ok',ok);
+});</script>"""
 
 
-def plot_training(metrics_csv: Path, path: Path) -> Path | None:
-    """Training loss (and the online kNN accuracy when logged) against step."""
-    if not Path(metrics_csv).exists():
-        return None
-    import matplotlib
+def _inline(text: str) -> str:
+    """Escape, then the two bits of Markdown the blocks use: **bold** and `code`."""
+    import html
+    import re
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = pd.read_csv(metrics_csv)
-    loss_col = next((c for c in m.columns if c.startswith("train/loss")), None)
-    if loss_col is None:
-        return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
-    lm = m[["step", loss_col]].dropna()
-    ax.plot(lm["step"], lm[loss_col], lw=1, color="tab:blue", label="pretext loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("pretext loss", color="tab:blue")
-    if "val/knn_acc" in m.columns:
-        km = m[["step", "val/knn_acc"]].dropna()
-        if len(km):
-            ax2 = ax.twinx()
-            ax2.plot(km["step"], km["val/knn_acc"], "o-", color="tab:orange", ms=3,
-                     label="kNN accuracy (test block)")
-            ax2.set_ylabel("online kNN accuracy", color="tab:orange")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
-def write_report(out: Path, records: Sequence[dict], *, title: str, header: dict,
-                 metrics_csv: Path | None = None, notes: str = "") -> Path:
-    """results.json + report.md (+ PNG plots) in ``out``; returns the report path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(
-        {"header": header, "records": list(records)}, indent=1, default=float))
-    probe_png = plot_probe_scores(records, out / "probe_scores.png")
-    train_png = plot_training(metrics_csv, out / "training.png") if metrics_csv else None
-    lines = [f"# {title}", ""]
-    lines += [f"- **{k}**: {v}" for k, v in header.items()]
-    lines += ["", "## Linear probe (frozen features, logistic regression)", "",
-              markdown_table(records, kind="linear"),
-              "## kNN probe (k = 20, cosine)", "",
-              markdown_table(records, kind="knn", metrics=("accuracy", "balanced_accuracy")),
-              f"![probe scores]({probe_png.name})", "",
-              "## Per-class F1 (linear probe, all labels)", "", per_class_table(records)]
-    if train_png:
-        lines += ["## Pretraining", "", f"![training curve]({train_png.name})", ""]
-    if notes:
-        lines += ["## Notes", "", notes, ""]
-    atomic_write_text(out / "report.md", "\n".join(lines))
-    return out / "report.md"
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
+                   for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def load_results(out: Path) -> tuple[dict, list[dict]]:
-    d = json.loads((Path(out) / "results.json").read_text())
-    return d["header"], d["records"]
+def to_html(blocks: Sequence[tuple], title: str = "eossl report") -> str:
+    import base64
+    import html
+
+    parts = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3", "h4"):
+            parts.append(f"<{kind}>{_inline(b[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{_inline(b[1])}</p>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
+        elif kind == "table":
+            parts.append(_html_table(b[1]))
+        elif kind == "details":
+            parts.append(f"<details><summary>{_inline(b[1])}</summary>{_html_table(b[2])}"
+                         "</details>")
+        elif kind == "img":
+            data = base64.b64encode(Path(b[1]).read_bytes()).decode()
+            parts.append(f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,'
+                         f'{data}"><figcaption>{_inline(b[2])}</figcaption></figure>')
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{_CSS}</style>{_CHECK}</head><body>" + "\n".join(parts)
+            + "</body></html>")
+
+
+def write_blocks(folder: str | os.PathLike, blocks: Sequence[tuple], title: str,
+                 stem: str = "report") -> Path:
+    """``stem``.md (pictures stay files beside it) and ``stem``.html (self-contained) in
+    ``folder``, both from the same blocks; returns the Markdown path."""
+    folder = Path(folder)
+    blocks = [b for b in blocks if b[0] != "img" or Path(b[1]).exists()]
+    atomic_write_text(folder / f"{stem}.md", to_markdown(blocks, folder))
+    atomic_write_text(folder / f"{stem}.html", to_html(blocks, title))
+    return folder / f"{stem}.md"
+
+
+def blocks_to_text(blocks: Sequence[tuple]) -> str:
+    """The tables and findings of some blocks as terminal text (Markdown without pictures and
+    per-unit details)."""
+    keep = [b for b in blocks if b[0] not in ("img", "details")]
+    return to_markdown(keep, Path("."))

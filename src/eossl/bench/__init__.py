@@ -1,9 +1,9 @@
-"""``eossl benchmark``: every method, the same backbone and budget, every evaluation that
-applies, reference rows always present, resumable, one report.
+"""``eossl benchmark``: every method, the same backbone and budget, every evaluation of the
+registry (eossl.evaluate) that applies, each run beside its random twin and the spectral
+baseline, resumable, one report.
 
 plan.py      what to run (methods, seeds, budget) and the benchmark folder's bookkeeping
-evaluations.py  the evaluations the benchmark knows, each with the runs it applies to
-runner.py    pretrains the matrix and runs the evaluations, recording failures, never
-             recomputing what is finished
-report.py    Markdown + self-contained HTML report from the saved results
+runner.py    pretrains the matrix and runs the evaluations step by step, recording failures,
+             never recomputing what is finished
+report.py    the report (Markdown + self-contained HTML) from the saved results
 """

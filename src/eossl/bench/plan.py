@@ -55,6 +55,17 @@ class Budget:
 
 
 @dataclass
+class RunInfo:
+    """One finished pretraining run of the benchmark."""
+
+    method: str
+    seed: int
+    run_dir: Path
+    checkpoint: Path
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
 class Plan:
     methods: list[str]
     seeds: list[int]

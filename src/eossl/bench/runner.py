@@ -4,6 +4,7 @@ applies, recording failures instead of stopping, and skipping whatever is alread
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -13,8 +14,7 @@ from pathlib import Path
 
 from ..config import DEFAULTS, RECIPES_DIR, load_config
 from ..errors import EosslError
-from .evaluations import EVALUATIONS, Context, RunInfo
-from .plan import BenchmarkFolder, Plan
+from .plan import BenchmarkFolder, Plan, RunInfo
 
 CONFIG_DIRS = (Path.cwd() / "configs", RECIPES_DIR)
 
@@ -114,27 +114,13 @@ def pretrain_all(plan: Plan, folder: BenchmarkFolder, cache=None, progress: bool
                                                 "traceback": traceback.format_exc(limit=6)})
                 echo(f"      FAILED: {_short(e)}")
                 continue
+            summary = json.loads((run_dir / "summary.json").read_text())
             info = {"state": "done", "steps": res.steps, "seconds": round(res.seconds, 1),
-                    "images_per_s": res.images_per_s, "data": cfg["data"]["name"]}
+                    "images_per_s": res.images_per_s, "data": cfg["data"]["name"],
+                    "collapse": summary.get("collapse")}
             folder.set_status("runs", key, info)
             runs.append(RunInfo(method, seed, run_dir, res.checkpoint, info))
     return runs
-
-
-def _references(ev, name: str, plan: Plan, folder: BenchmarkFolder, ctx: Context,
-                echo=print) -> None:
-    """The evaluation's reference rows, once per seed (kept when already saved)."""
-    for seed in plan.seeds:
-        if folder.load_eval(name, "_references", seed) is not None:
-            continue
-        key = f"{name}/references/seed{seed}"
-        ok, refs, seconds = _recorded(folder, key, partial(ev.references, ctx, seed),
-                                      f"{name}: reference rows", echo)
-        if not ok:
-            continue
-        folder.save_eval(name, "_references", seed, [r for recs in refs.values() for r in recs])
-        if refs:
-            folder.set_status("evals", key, {"state": "done", "seconds": seconds})
 
 
 def _recorded(folder: BenchmarkFolder, key: str, fn, label: str, echo):
@@ -155,36 +141,121 @@ def _recorded(folder: BenchmarkFolder, key: str, fn, label: str, echo):
     return True, result, round(time.perf_counter() - t0, 1)
 
 
-def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], ctx: Context,
+def benchmark_evaluations(plan: Plan) -> list[str]:
+    """The evaluations a plan runs: its list, or every registered one meant for benchmarks."""
+    from ..evaluate.base import available_evaluations, get_evaluation
+
+    return plan.evaluations or [n for n in available_evaluations()
+                                if get_evaluation(n).in_benchmark]
+
+
+def _evaluation(name: str, plan: Plan):
+    """The evaluation with the plan's label fractions (where it has fractions) and --quick."""
+    from ..evaluate.base import get_evaluation
+
+    cls = get_evaluation(name)
+    kw = {"fractions": tuple(plan.fractions)} if "fractions" in cls.settings else {}
+    return cls(quick=plan.quick, **kw)
+
+
+def evaluation_data(plan: Plan, ev):
+    """The data request an evaluation of the plan runs on: the plan's own data when they
+    carry labels (or are the sample scene), else the sample scene; an evaluation with data of
+    its own kind (multi-label: BigEarthNet) keeps its default."""
+    from ..data.resolve import DataRequest
+
+    if ev.default_data != "brandenburg":
+        return DataRequest(data=ev.default_data)
+    opts = dict(plan.data_options or {})
+    if opts.get("labels") or plan.data in ("brandenburg", "brandenburg-patches"):
+        return DataRequest(data=plan.data, **opts)
+    return DataRequest(data="brandenburg")
+
+
+def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], cache=None,
                  echo=print) -> None:
-    """Every evaluation of the plan on every run it applies to; a failure is recorded and the
-    next one runs. The protocol each evaluation ran with goes into status.json for the
+    """Every evaluation of the plan on every run it applies to, beside the encoder-free
+    baseline and the random twins of those runs (one per distinct architecture and inputs,
+    per seed), each step saved as it finishes; a failure is recorded and the next step runs.
+    The protocol and the folds each evaluation ran with go into status.json for the
     report."""
-    names = plan.evaluations or list(EVALUATIONS)
-    for name in names:
-        ev = EVALUATIONS[name](quick=ctx.quick, plan=plan)
-        folder.set_status("protocols", name, {"params": ev.params(), "text": ev.protocol()})
-        if any(not ev.applies(run) for run in runs):
-            _references(ev, name, plan, folder, ctx, echo)
+    from ..checkpoint import load_encoder
+    from ..evaluate.base import Context, row_info, twin_rows
+
+    contexts: dict = {}
+    encoders = {}
+    for run in runs:
+        try:
+            encoders[(run.method, run.seed)] = load_encoder(run.checkpoint)
+        except Exception as e:  # an unreadable checkpoint fails its evaluations, not all
+            folder.set_status("runs", f"{run.method}/seed{run.seed}",
+                              {**run.summary, "state": "failed", "error": _short(e)})
+    first: dict = {}
+    for (method, _), enc in encoders.items():
+        first.setdefault(method, enc)
+    groups = twin_rows(first)
+    twin_of = {m: t for t, members in groups.items() for m in members}
+    for name in benchmark_evaluations(plan):
+        ev = _evaluation(name, plan)
+        req = evaluation_data(plan, ev)
+        ctx = contexts.setdefault(req.data, Context(req, cache=cache, root=folder.root,
+                                                    options={"first_seed": plan.seeds[0]}))
+        why = ev.available(ctx)
+        if why:
+            folder.set_status("evals", name, {"state": "not available", "reason": why})
+            continue
+        todo, twins = [], {}
         for run in runs:
-            key = f"{name}/{run.method}/seed{run.seed}"
-            reason = ev.applies(run)
+            enc = encoders.get((run.method, run.seed))
+            if enc is None:
+                continue
+            reason = ev.applies(enc)
             if reason:
-                folder.set_status("evals", key, {"state": "not applicable", "reason": reason})
+                folder.set_status("evals", f"{name}/{run.method}/seed{run.seed}",
+                                  {"state": "not applicable", "reason": reason})
                 continue
-            if folder.load_eval(name, run.method, run.seed) is not None:
-                continue
-            echo(f"      {name}: {run.method} seed {run.seed}")
-            ok, recs, seconds = _recorded(folder, key, partial(ev.evaluate, ctx, run),
-                                          f"{name}: {run.method} seed {run.seed}", echo)
-            if not ok:
-                continue
-            folder.save_eval(name, run.method, run.seed, recs)
-            folder.set_status("evals", key, {"state": "done", "seconds": seconds})
+            todo.append((run.method, run.seed, enc, {run.method: {
+                **row_info(run.method, enc, twin_of[run.method] if ev.twins else None),
+                "pretraining": ev.pretraining_note(ctx, enc)}}))
+            if ev.twins:
+                twins.setdefault((twin_of[run.method], run.seed), enc)
+        if not todo:
+            continue
+        for seed in plan.seeds:
+            _step(folder, name, "_baseline", seed, partial(ev.baseline, ctx, seed), echo)
+        for method, seed, enc, rows in todo:
+            _step(folder, name, method, seed, partial(_evaluate_rows, ev, ctx, {method: enc},
+                                                      rows, seed), echo)
+        for (twin, seed), enc in twins.items():
+            def job(twin=twin, enc=enc, seed=seed):
+                t = enc.random_twin(seed)
+                rows = {twin: {**row_info(twin, t), "twin_of": groups[twin]}}
+                return _evaluate_rows(ev, ctx, {twin: t}, rows, seed)
+
+            _step(folder, name, f"_twin {twin}", seed, job, echo)
+        folder.set_status("protocols", name, {"params": ev.params(), "text": ev.protocol(),
+                                               "splits": ev.splits(ctx)})
+
+
+def _evaluate_rows(ev, ctx, encoders: dict, rows: dict, seed: int) -> list[dict]:
+    return ev.run(ctx, encoders, seed) + ev.model_records(rows, seed)
+
+
+def _step(folder: BenchmarkFolder, name: str, model: str, seed: int, fn, echo) -> None:
+    """One saved step of an evaluation (kept when it already finished)."""
+    if folder.load_eval(name, model, seed) is not None:
+        return
+    key = f"{name}/{model}/seed{seed}"
+    echo(f"      {name}: {model.lstrip('_')} seed {seed}")
+    ok, recs, seconds = _recorded(folder, key, fn, f"{name}: {model.lstrip('_')} seed {seed}",
+                                  echo)
+    if ok:
+        folder.save_eval(name, model, seed, recs)
+        folder.set_status("evals", key, {"state": "done", "seconds": seconds})
 
 
 def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = True,
-                  quick: bool = False, command: str = "", echo=print) -> Path:
+                  command: str = "", echo=print) -> Path:
     from .report import write_benchmark_report
 
     folder = BenchmarkFolder(out)
@@ -197,8 +268,7 @@ def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = T
     echo = _session_clock(folder, command, echo)
     runs = pretrain_all(plan, folder, cache=cache, progress=progress, echo=echo)
     echo("evaluating")
-    evaluate_all(plan, folder, runs, Context(plan, cache=cache, quick=quick,
-                                             root=folder.root), echo=echo)
+    evaluate_all(plan, folder, runs, cache=cache, echo=echo)
     echo("writing the report")
     return write_benchmark_report(folder)
 

@@ -2,8 +2,8 @@
 
 Both dates go through the same frozen encoder; at every scale the absolute difference of
 their feature maps |f1 - f2| feeds segmentation-models-pytorch's U-Net decoder, which alone is
-trained, with binary cross-entropy on the change mask. Scores: precision, recall and F1 of the
-"change" class (torchmetrics). Data: the OSCD on-disk layout (read by torchgeo's OSCD class) or
+trained (the one fine-tuning loop, evaluate/finetune.py), with binary cross-entropy on the
+change mask. Scores: precision, recall and F1 of the "change" class (torchmetrics). Data: the OSCD on-disk layout (read by torchgeo's OSCD class) or
 any pair of co-registered rasters + a mask. Without labels (the Landsat time series), a
 label-free change picture: per-pixel feature distance between two dates a year apart.
 """
@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
-from torchmetrics.classification import BinaryF1Score, BinaryPrecision, BinaryRecall
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ..models.unet import DEFAULT_DECODER_CHANNELS
+from .base import Context, Evaluation, register_evaluation
+from .finetune import ChangeNet, fit
+from .metrics import change_metrics
 
 OSCD_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
               "B11", "B12")
@@ -119,44 +120,43 @@ def split_pair(pair: ChangePair, train_fraction: float = 0.6, gap: int = 16
                        cut(pair.after, b + gap, w), cut(pair.mask, b + gap, w)))
 
 
-# ------------------------------------------------------------------------ model
-def _frozen_pyramid(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Multi-scale maps of a frozen Encoder for RAW input."""
-    with torch.no_grad():
-        return encoder.pyramid(x)
+# ------------------------------------------------------------------------ training data
+class ChangeCrops(Dataset):
+    """Random square crops of change pairs for training: ``{"image": before and after stacked
+    on the channel axis (2C, s, s), "mask": (s, s)}``, mask -1 where a small pair was padded.
+    ``length`` crops, drawn from ``seed`` (index-seeded, so the same epoch twice is the same)."""
 
-
-class SiameseDiffUNet(nn.Module):
-    """Frozen encoder on both dates, |f1 - f2| per scale, trainable smp U-Net decoder -> one
-    change logit per pixel."""
-
-    def __init__(self, encoder: nn.Module, decoder_channels: Sequence[int] | None = None
+    def __init__(self, pairs: Sequence[ChangePair], size: int, length: int, seed: int = 0
                  ) -> None:
-        super().__init__()
-        self.encoder = encoder.eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        n_bands = len(encoder.bands)
-        probe = _frozen_pyramid(encoder, torch.zeros(1, n_bands, 64, 64))
-        ch = [int(f.shape[1]) for f in probe]
-        dec = tuple(decoder_channels or DEFAULT_DECODER_CHANNELS[:len(ch)])
-        self.decoder = UnetDecoder(encoder_channels=[n_bands, *ch], decoder_channels=dec,
-                                   n_blocks=len(ch))
-        self.head = nn.Conv2d(dec[-1], 1, 3, padding=1)
+        if not pairs:
+            raise DataError("no training pair for change detection")
+        self.pairs, self.size, self.length, self.seed = list(pairs), int(size), int(length), seed
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.encoder.eval()  # frozen, BatchNorm statistics included
-        return self
+    def __len__(self) -> int:
+        return self.length
 
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        f1 = _frozen_pyramid(self.encoder, before)
-        f2 = _frozen_pyramid(self.encoder, after)
-        diffs = [(a - b).abs() for a, b in zip(f1, f2)]
-        return self.head(self.decoder([before, *diffs]))[:, 0]
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        p = self.pairs[int(torch.randint(0, len(self.pairs), (1,), generator=g))]
+        h, w = p.mask.shape
+        s = min(self.size, h, w)
+        r = int(torch.randint(0, h - s + 1, (1,), generator=g))
+        c = int(torch.randint(0, w - s + 1, (1,), generator=g))
+        x = torch.cat([p.before, p.after])[:, r:r + s, c:c + s]
+        y = p.mask[r:r + s, c:c + s]
+        if s < self.size:  # small scenes: pad (mask padding is ignored by the loss)
+            x = F.pad(x, (0, self.size - s, 0, self.size - s), mode="replicate")
+            y = F.pad(y, (0, self.size - s, 0, self.size - s), value=-1)
+        return {"image": x, "mask": y}
 
 
-# ------------------------------------------------------------------------ train / score
+def pos_weight_of(pairs: Sequence[ChangePair]) -> float:
+    """no-change / change pixel ratio, capped at 20: offsets how rare change is."""
+    pos = sum(int(p.mask.sum()) for p in pairs)
+    tot = sum(p.mask.numel() for p in pairs)
+    return float(min(20.0, max(1.0, (tot - pos) / max(pos, 1))))
+
+
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
@@ -166,116 +166,86 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def _random_crops(pairs: Sequence[ChangePair], size: int, n: int, g: torch.Generator):
-    b, a, m = [], [], []
-    for _ in range(n):
-        p = pairs[int(torch.randint(0, len(pairs), (1,), generator=g))]
-        h, w = p.mask.shape
-        s = min(size, h, w)
-        r = int(torch.randint(0, h - s + 1, (1,), generator=g))
-        c = int(torch.randint(0, w - s + 1, (1,), generator=g))
-        crop = lambda t: t[..., r:r + s, c:c + s]  # noqa: E731
-        x1, x2, y = crop(p.before), crop(p.after), crop(p.mask)
-        if s < size:  # small scenes: pad (mask padding counts as no change, ignored below)
-            x1, x2 = (F.pad(t, (0, size - s, 0, size - s), mode="replicate") for t in (x1, x2))
-            y = F.pad(y, (0, size - s, 0, size - s), value=-1)
-        if torch.rand(1, generator=g) < 0.5:
-            x1, x2, y = x1.flip(-1), x2.flip(-1), y.flip(-1)
-        k = int(torch.randint(0, 4, (1,), generator=g))
-        b.append(torch.rot90(x1, k, (-2, -1)))
-        a.append(torch.rot90(x2, k, (-2, -1)))
-        m.append(torch.rot90(y, k, (-2, -1)))
-    return torch.stack(b), torch.stack(a), torch.stack(m)
-
-
-def train_change(model: SiameseDiffUNet, pairs: Sequence[ChangePair], *, steps: int = 200,
-                 crop: int = 64, batch_size: int = 8, lr: float = 1e-3,
-                 pos_weight: float | None = None, seed: int = 0, device="cpu"
-                 ) -> SiameseDiffUNet:
-    """Train the decoder with BCE on random crops (flips, 90-degree rotations, both dates
-    alike). ``pos_weight`` (default: no-change / change pixel ratio, capped at 20) offsets how
-    rare change is (a few percent of OSCD pixels)."""
-    if not pairs:
-        raise DataError("no training pair for change detection")
-    if crop % 32:
-        raise ConfigError(f"change crop must be a multiple of 32 px, got {crop}")
-    if pos_weight is None:
-        pos = sum(int(p.mask.sum()) for p in pairs)
-        tot = sum(p.mask.numel() for p in pairs)
-        pos_weight = float(min(20.0, max(1.0, (tot - pos) / max(pos, 1))))
-    g = torch.Generator().manual_seed(seed)
-    model = model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                pct_start=0.1)
-    pw = torch.tensor(pos_weight, device=device)
-    for _ in range(steps):
-        x1, x2, y = _random_crops(pairs, crop, batch_size, g)
-        logit = model(x1.to(device), x2.to(device))
-        y = y.to(device)
-        valid = y >= 0
-        loss = F.binary_cross_entropy_with_logits(logit[valid], y[valid].float(), pos_weight=pw)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
-
-
 @torch.no_grad()
-def predict_change(model: SiameseDiffUNet, pair: ChangePair, device="cpu") -> torch.Tensor:
+def predict_change(net: nn.Module, pair: ChangePair) -> torch.Tensor:
     """Change probability (H, W) of a whole pair (padded to the network's stride)."""
     h, w = pair.mask.shape
-    x1 = _pad_to(pair.before[None], 32).to(device)
-    x2 = _pad_to(pair.after[None], 32).to(device)
-    return torch.sigmoid(model(x1, x2))[0, :h, :w].cpu()
+    x = _pad_to(torch.cat([pair.before, pair.after])[None].float(), 32)
+    return torch.sigmoid(net.eval()(x))[0, :h, :w]
 
 
-def change_scores(model: SiameseDiffUNet, pairs: Sequence[ChangePair], threshold: float = 0.5,
-                  device="cpu") -> dict:
+def change_scores(net: nn.Module, pairs: Sequence[ChangePair], threshold: float = 0.5) -> dict:
     """Precision, recall and F1 of the change class over all test pixels."""
-    metrics = [BinaryPrecision(threshold), BinaryRecall(threshold), BinaryF1Score(threshold)]
-    for p in pairs:
-        prob = predict_change(model, p, device).flatten()
-        for m in metrics:
-            m.update(prob, p.mask.flatten())
-    pos = sum(int(p.mask.sum()) for p in pairs)
-    return {"precision": float(metrics[0].compute()), "recall": float(metrics[1].compute()),
-            "f1": float(metrics[2].compute()), "change_share": pos / max(1, sum(
-                p.mask.numel() for p in pairs))}
+    probs = torch.cat([predict_change(net, p).flatten() for p in pairs])
+    masks = torch.cat([p.mask.flatten() for p in pairs])
+    return change_metrics(probs, masks, threshold)
 
 
-def evaluate_change(encoders: Mapping[str, nn.Module], train: Sequence[ChangePair],
-                    test: Sequence[ChangePair], *, seeds: Sequence[int] = (0,),
-                    steps: int = 200, crop: int = 64, batch_size: int = 8, lr: float = 1e-3,
-                    device="cpu", log=None) -> list[dict]:
-    records = []
-    for name, enc in encoders.items():
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = SiameseDiffUNet(enc)
-            model = train_change(model, train, steps=steps, crop=crop, batch_size=batch_size,
-                                 lr=lr, seed=seed, device=device)
-            rec = {"model": name, "seed": int(seed), **change_scores(model, test, device=device)}
-            records.append(rec)
-            if log:
-                log(f"{name:>14s} seed {seed}: precision {rec['precision']:.3f} recall "
-                    f"{rec['recall']:.3f} F1 {rec['f1']:.3f}")
-    return records
+@register_evaluation("change", position=70)
+class ChangeDetection(Evaluation):
+    """A Siamese U-Net on the frozen encoder, |f1 - f2| per scale, decoder trained on the
+    training pairs; precision, recall and F1 of change on the test pairs."""
 
+    title = "Change detection"
+    shown_metrics, finding_metrics = ("f1", "precision", "recall"), ("f1",)
+    settings = dict(steps=200, crop=64, batch_size=8, lr=1e-3)
+    in_benchmark = False
+    description = ("{where}. Both dates go through the frozen encoder; the absolute difference "
+                   "of their feature maps at every scale feeds a U-Net decoder trained for "
+                   "{steps} AdamW steps of batch {batch_size} random {crop} px crops (lr {lr}, "
+                   "warmup and cosine, flips and 90-degree rotations of both dates and the "
+                   "mask together, BCE weighted by the no-change / change ratio); precision, "
+                   "recall and F1 of change over every test pixel.")
 
-def change_table(records: Sequence[dict]) -> str:
-    models = list(dict.fromkeys(r["model"] for r in records))
-    lines = ["| model | precision | recall | F1 (change) | seeds |", "|---|---|---|---|---|"]
-    for m in models:
-        rs = [r for r in records if r["model"] == m]
-        cell = lambda k: (f"{np.mean([r[k] for r in rs]):.3f}"  # noqa: E731
-                          + (f" ± {np.std([r[k] for r in rs], ddof=1):.3f}" if len(rs) > 1
-                             else ""))
-        lines.append(f"| {m} | {cell('precision')} | {cell('recall')} | {cell('f1')} | "
-                     f"{len(rs)} |")
-    return "\n".join(lines) + "\n"
+    def protocol(self) -> str:
+        return self.description.format(**self.params(),
+                                       where=getattr(self, "_where", "Labelled change pairs"))
+
+    def splits(self, ctx: Context) -> str:
+        return self._data(ctx)[3]
+
+    def pretraining_note(self, ctx: Context, encoder) -> str:
+        return ""  # change pairs are not a labelled source pretraining could have seen
+
+    def available(self, ctx: Context) -> str | None:
+        if not (ctx.options.get("oscd") or ctx.options.get("pair")):
+            return ("needs labelled change data (--oscd ROOT or --pair BEFORE AFTER MASK); the "
+                    "sample data have none")
+        return None
+
+    def _data(self, ctx: Context):
+        def build():
+            if ctx.options.get("oscd"):
+                root = ctx.options["oscd"]
+                return (list(OSCD_BANDS), load_oscd(root, "train"), load_oscd(root, "test"),
+                        f"OSCD at {root}, its train split trains, its test split scores")
+            before, after, mask = ctx.options["pair"]
+            pair = load_pair(before, after, mask)
+            bands = ctx.options.get("bands") or []
+            if len(bands) != pair.before.shape[0]:
+                raise ConfigError(f"{before} holds {pair.before.shape[0]} bands but "
+                                  f"{len(bands)} band names are known ({', '.join(bands)}); "
+                                  "name them with --band-names")
+            tr, te = split_pair(pair)
+            return (list(bands), [tr], [te],
+                    f"pair {before} / {after}: west 60% trains, east 40% scores")
+
+        return ctx.cached(("change",), build)
+
+    def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
+        from .classify import _accelerator
+
+        bands, train, test, self._where = self._data(ctx)
+        out = []
+        for name, enc in encoders.items():
+            net = ChangeNet(self.fed(name, enc, bands))
+            fit(net, ChangeCrops(train, self.crop, self.steps * self.batch_size, seed),
+                "change_bce", steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                pos_weight=pos_weight_of(train), seed=seed, accelerator=_accelerator(ctx))
+            scores = change_scores(net, test)
+            out += self.rec(self.tables[0], name, seed, 0, "test pairs", 1.0, scores,
+                            self.shown_metrics, change_share=scores["change_share"])
+        return out
 
 
 # ------------------------------------------------------------------------ qualitative map
@@ -285,8 +255,9 @@ def feature_change(encoder: nn.Module, before: torch.Tensor, after: torch.Tensor
     """Label-free change magnitude (H, W): mean over scales of 1 - cosine similarity of the
     frozen features of the two dates, each scale upsampled to the input grid."""
     h, w = before.shape[-2:]
-    f1 = _frozen_pyramid(encoder, _pad_to(before[None].float(), 32))
-    f2 = _frozen_pyramid(encoder, _pad_to(after[None].float(), 32))
+    encoder = encoder.eval()
+    f1 = encoder.pyramid(_pad_to(before[None].float(), 32))
+    f2 = encoder.pyramid(_pad_to(after[None].float(), 32))
     size = (_pad_to(before[None], 32).shape[-2:])
     maps = []
     for a, b in zip(f1, f2):

@@ -1,17 +1,19 @@
 """The colorization paper's downstream ensemble: an RGB classifier and a spectral classifier
 whose logits are averaged.
 
-The spectral member starts from a colorization encoder (non-visible bands); the RGB member sees
-only the visible bands and starts from ImageNet weights when the user has a local timm weights
-file, from random weights otherwise. Both are fine-tuned on the same labelled patches; the
-claim under test is that their average beats both, because they look at different inputs.
+The spectral member starts from an encoder that sees none of the visible bands (a
+colorization encoder); the RGB member sees only the visible bands and starts from ImageNet
+weights when the user has a local timm weights file, from random weights otherwise. Both are
+fine-tuned on the same labelled patches; the claim under test is that their average beats both
+members, because they look at different inputs. The reference row puts the spectral member's
+random twin in the same ensemble.
 """
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +24,13 @@ from ..checkpoint import load_timm_weights
 from ..errors import ConfigError, DataError
 from ..models.encoder import Encoder
 from ..normalization import BandStats
-from .finetune import finetune, predict_logits
+from .base import Context, Evaluation, figure_record, register_evaluation
+from .finetune import PatchNet, epochs_to_steps, fit, predict
 from .metrics import classification_metrics
+from .probe import CLASS_METRICS
 from .saliency import input_gradient_saliency, saliency_figure
 
-__all__ = ["EnsembleResult", "rgb_bands_of", "rgb_encoder", "run_ensemble", "summarize"]
-
 MEMBERS = ("rgb", "spectral", "ensemble")
-
-
-@dataclass
-class EnsembleResult:
-    records: list[dict]                       # one per (model, seed): accuracy, ...
-    logits: dict[int, dict[str, np.ndarray]]  # seed -> {"rgb", "spectral"} test logits
-    labels: np.ndarray                        # test labels
-    rgb_init: str                             # how the RGB member was initialised
-    saliency_path: Path | None = None
-    class_names: list[str] = field(default_factory=list)
 
 
 def rgb_bands_of(bands: Sequence[str]) -> list[str]:
@@ -63,89 +55,89 @@ def rgb_encoder(stats: BandStats, rgb: Sequence[str], backbone: str = "resnet18"
     enc = Encoder.random(stats.subset(list(rgb)), backbone, stem_stride, seed=seed, name="rgb")
     if weights:
         load_timm_weights(enc.backbone, weights)
-        init = f"ImageNet weights from {weights}"
-    else:
-        init = "random init (no --rgb-weights file given)"
-    return enc, init
+        return enc, f"ImageNet weights from {weights}"
+    return enc, "random init (no ImageNet weights file given)"
 
 
-def summarize(records: Sequence[dict], metrics=("accuracy", "balanced_accuracy", "macro_f1")
-              ) -> list[dict]:
-    """Mean and std over seeds per model, in the order rgb, spectral, ensemble."""
-    out = []
-    for name in MEMBERS:
-        rows = [r for r in records if r["model"] == name]
-        if not rows:
-            continue
-        s = {"model": name, "seeds": len(rows)}
-        for m in metrics:
-            v = np.array([r[m] for r in rows])
-            s[m], s[m + "_std"] = float(v.mean()), float(v.std())
-        out.append(s)
-    return out
+@register_evaluation("ensemble", position=80)
+class Ensemble(Evaluation):
+    title = "RGB + spectral ensemble"
+    comparisons = (("ensemble", "rgb"), ("ensemble", "spectral"))
+    settings = dict(epochs=6, lr=1e-3, batch_size=32, patch_size=16, saliency_patches=4)
+    quick = {"epochs": 2}
+    description = ("Two classifiers fine-tuned on the training patches of {patch_size} px "
+                   "(about {epochs} epochs of batch {batch_size}, AdamW lr {lr}, the encoder "
+                   "of a pretrained member at 0.1 x lr): 'spectral' starts from the row's "
+                   "encoder (which sees no visible band), 'rgb' sees the red, green and blue "
+                   "bands and starts from {rgb_init}; 'ensemble' averages their logits. The "
+                   "claim under test: the ensemble beats both members, in accuracy and in "
+                   "balanced accuracy. Saliency (gradient x input) of both members on "
+                   "{saliency_patches} test patches.")
+
+    def protocol(self) -> str:
+        return self.description.format(**self.params(), rgb_init=getattr(
+            self, "_rgb_init", "random weights (no ImageNet weights file offline)"))
+
+    def applies(self, encoder: Encoder) -> str | None:
+        from ..bands import find_sensor as sensor_of
+
+        bands = list(encoder.wanted_bands)
+        sensor = sensor_of(bands)
+        visible = [b for b in bands if sensor is not None and sensor.band(b).role in
+                   ("red", "green", "blue", "pan")]
+        if sensor is None or visible:
+            return ("needs an encoder that sees none of the visible bands (a colorization "
+                    "encoder): it is the spectral member beside the RGB one")
+        return None
+
+    def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
+        from .classify import _accelerator
+
+        out = []
+        for fold in ctx.patch_folds(self.patch_size):
+            tr, te = fold.train, fold.test
+            classes = list(tr.classes)
+            rgb = rgb_bands_of(tr.bands)
+            enc_rgb, self._rgb_init = rgb_encoder(ctx.source.stats(), rgb,
+                                                  weights=ctx.options.get("rgb_weights"),
+                                                  seed=seed)
+            steps = epochs_to_steps(self.epochs, len(tr), self.batch_size)
+            kw = dict(steps=steps, batch_size=self.batch_size, lr=self.lr, seed=seed,
+                      accelerator=_accelerator(ctx))
+            rgb_net = fit(PatchNet(enc_rgb.for_bands(tr.bands), len(classes)), tr,
+                          "cross_entropy", backbone_lr_scale=0.1 if ctx.options.get(
+                              "rgb_weights") else 1.0, **kw)
+            y = np.asarray(te.labels)
+            rgb_logits = torch.cat(predict(rgb_net, te)[0]).numpy()
+            for name, enc in encoders.items():
+                spectral = fit(PatchNet(self.fed(name, copy.deepcopy(enc), tr.bands),
+                                        len(classes)), tr, "cross_entropy",
+                               backbone_lr_scale=1.0 if enc.is_random_twin else 0.1, **kw)
+                logits = {"rgb": rgb_logits,
+                          "spectral": torch.cat(predict(spectral, te)[0]).numpy()}
+                logits["ensemble"] = (logits["rgb"] + logits["spectral"]) / 2.0
+                for member in MEMBERS:
+                    m = classification_metrics(y, logits[member].argmax(1), classes)
+                    out += self.rec(self.tables[0], name, seed, fold.index, member,
+                                    MEMBERS.index(member), m, CLASS_METRICS, n_test=len(y),
+                                    rgb_init=self._rgb_init)
+                path = (ctx.figure_path(f"ensemble-saliency-{_slug(name)}.png")
+                        if seed == ctx.options.get("first_seed", seed) and fold.index == 0
+                        and self.saliency_patches > 0 else None)
+                if path is not None:
+                    saliency_picture({"rgb": rgb_net, "spectral": spectral}, te, rgb, classes,
+                                     path, self.saliency_patches, seed)
+                    out.append(figure_record(ctx, self.name, name, seed, path,
+                                             f"{name}: saliency of the RGB and the spectral "
+                                             f"member (seed {seed}, test patches)"))
+        return out
 
 
-def run_ensemble(train, test, spectral_encoder: torch.nn.Module, *,
-                 stats: BandStats, seeds: Sequence[int] = (0,), epochs: int = 10,
-                 lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 1e-4,
-                 balanced: bool = False, rgb_weights: str | os.PathLike | None = None,
-                 saliency_path: str | os.PathLike | None = None, saliency_patches: int = 6,
-                 accelerator: str = "cpu") -> EnsembleResult:
-    """Fine-tune the RGB and spectral members per seed on ``train``; score them and their
-    logit average on ``test`` (labelled patch datasets with ``.bands``, ``.labels``,
-    ``.classes``, yielding raw full-band images).
-
-    ``spectral_encoder`` is typically ``load_encoder(colorization checkpoint)``; its bands are
-    picked from the data by name. ``stats`` covers at least the data's R, G, B (the RGB
-    member's normalisation). The saliency picture uses the first seed's members.
-    """
-    if not seeds:
-        raise ConfigError("give at least one seed")
-    data_bands = list(train.bands)
-    rgb = rgb_bands_of(data_bands)
-    leak = sorted(set(rgb) & set(spectral_encoder.bands))
-    if leak:
-        raise ConfigError(f"the spectral member must not see the visible bands, but its encoder "
-                          f"takes {', '.join(leak)}; give a colorization checkpoint")
-    classes = list(train.classes)
-    k = len(classes)
-    spectral = spectral_encoder.for_bands(data_bands)
-    records, logits = [], {}
-    labels = None
-    rgb_init = ""
-    first_models = None
-    backbone_name = getattr(getattr(spectral_encoder, "backbone", None), "name", "resnet18")
-    stem = getattr(getattr(spectral_encoder, "backbone", None), "stem_stride", 2)
-    for seed in seeds:
-        enc_rgb, rgb_init = rgb_encoder(stats, rgb, backbone_name, stem, rgb_weights, seed)
-        kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                  balanced=balanced, seed=seed, accelerator=accelerator)
-        # A randomly initialised RGB member has nothing to keep: its whole network trains at lr.
-        rgb_scale = 0.1 if rgb_weights else 1.0
-        members = {"rgb": finetune(enc_rgb.for_bands(data_bands), train, k,
-                                   backbone_lr_scale=rgb_scale, **kw),
-                   "spectral": finetune(spectral, train, k, **kw)}
-        out = {}
-        for name, model in members.items():
-            out[name], y = predict_logits(model, test)
-            labels = y if labels is None else labels
-        out["ensemble"] = (out["rgb"] + out["spectral"]) / 2.0
-        logits[seed] = {"rgb": out["rgb"], "spectral": out["spectral"]}
-        for name in MEMBERS:
-            m = classification_metrics(labels, out[name].argmax(1), classes)
-            records.append({"model": name, "seed": int(seed), "accuracy": m["accuracy"],
-                            "balanced_accuracy": m["balanced_accuracy"],
-                            "macro_f1": m["macro_f1"], "n_test": int(len(labels))})
-        if first_models is None:
-            first_models = members
-    written = None
-    if saliency_path is not None and saliency_patches > 0:
-        written = _saliency_picture(first_models, test, rgb, classes, saliency_path,
-                                    saliency_patches, seeds[0])
-    return EnsembleResult(records, logits, labels, rgb_init, written, classes)
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
 
 
-def _saliency_picture(members, test, rgb, classes, path, n, seed) -> Path:
+def saliency_picture(members, test, rgb, classes, path, n, seed) -> Path:
     """Saliency of both members on the same test patches: one patch per class first (so the
     picture is not all farmland), then the rest in dataset order."""
     labels = np.asarray(test.labels)

@@ -1,146 +1,183 @@
 """Per-pixel probe: frozen per-pixel embeddings -> logistic regression on labelled pixels.
 
-The pixel-level counterpart of the patch probe (evaluate/probe.py) for encoders that produce
-one embedding per pixel (the spectral-spatial method). Labels come from a dense label map
-(``SceneSource.label_map()``, IGNORE_INDEX = unlabelled); training pixels are drawn from the
-WEST block of the spatial split and test pixels from the EAST block, so no test pixel has a
-training neighbour within the split gap. At most ``per_class`` pixels per class are drawn per
-block (seeded), which bounds the cost and keeps majority classes (farm, meadow) from swamping
-the fit; test scores are therefore on a class-balanced sample, so balanced accuracy and macro
-F1 are the numbers to read.
-
-Embeddings are computed tile by tile inside each block (context never crosses into the other
-block); see :meth:`eossl.models.encoder.Encoder.pixel_features` for what "per-pixel embedding"
-means for encoders with and without a spectral stem.
+The pixel-level counterpart of the patch probe, for encoders that give one embedding per pixel
+(``Encoder.pixel_features``: a spectral stem's own, else the last feature map upsampled). The
+reference row is the encoder's random twin, so a spectral-stem encoder is compared with a
+random spectral stem, not with a ResNet of another architecture. Labels come from a dense
+label map (IGNORE_INDEX = unlabelled); training pixels lie in the fold's training area and test
+pixels in its test area, and each pixel is embedded from a tile that lies wholly inside its
+area, so context never crosses the split. At most ``per_class`` pixels per class are drawn
+(seeded), which bounds the cost and keeps majority classes from swamping the fit; test scores
+are therefore on a class-balanced sample, so balanced accuracy and macro F1 are the numbers to
+read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..data.datasets import IGNORE_INDEX, OSM_CLASSES, SpatialSplit
+from ..data.datasets import IGNORE_INDEX
 from ..errors import ConfigError, DataError
-from .probe import linear_probe, results_to_records
+from ..normalization import Normalizer
+from . import results as R
+from .base import Context, Evaluation, register_evaluation
+from .probe import CLASS_METRICS, linear_probe
 
-RAW = "raw spectrum"
+
+def area_tiles(mask: np.ndarray, tile: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``tile`` px tiles that lie wholly inside ``mask``: a grid, plus
+    tiles flush with every edge of the area (so pixels near an edge are covered too)."""
+    h, w = mask.shape
+    t = min(tile, h, w)
+
+    def starts(any_along: np.ndarray, n: int) -> list[int]:
+        edges = np.flatnonzero(np.diff(np.r_[0, any_along.astype(np.int8), 0]))
+        cand = set(range(0, n - t + 1, t)) | {n - t}
+        cand |= {int(e) for e in edges[0::2]} | {int(e) - t for e in edges[1::2]}
+        return sorted(c for c in cand if 0 <= c <= n - t)
+
+    rows, cols = starts(mask.any(axis=1), h), starts(mask.any(axis=0), w)
+    return [(r, c) for r in rows for c in cols if mask[r:r + t, c:c + t].all()]
 
 
-def sample_pixels(label_map: np.ndarray, cols: tuple[int, int], per_class: int, seed: int,
-                  valid: np.ndarray | None = None, n_classes: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded draw of up to ``per_class`` labelled pixels per class within a column block.
-
-    Returns (rows, cols, labels), sorted by position. ``valid`` (H, W) excludes nodata pixels.
-    """
+def sample_pixels(label_maps, tiles, tile: int, per_class: int, seed: int, valid=None,
+                  n_classes: int | None = None) -> tuple[np.ndarray, ...]:
+    """Seeded draw of up to ``per_class`` labelled pixels per class among those the ``tiles``
+    cover, over every scene (``label_maps``, ``tiles`` and ``valid``: one entry per scene).
+    Returns (scene index, rows, cols, labels), sorted by scene and position."""
     if per_class < 1:
         raise ConfigError(f"per_class must be >= 1, got {per_class}")
-    c0, c1 = cols
-    block = label_map[:, c0:c1]
-    ok = block != IGNORE_INDEX
-    if n_classes is not None:
-        ok &= block < n_classes
-    if valid is not None:
-        ok &= valid[:, c0:c1]
-    rr, cc = np.nonzero(ok)
-    labels = block[rr, cc].astype(np.int64)
+    parts = []
+    for k, lm in enumerate(label_maps):
+        cover = np.zeros(lm.shape, dtype=bool)
+        for r, c in tiles[k]:
+            cover[r:r + tile, c:c + tile] = True
+        ok = cover & (lm != IGNORE_INDEX)
+        if n_classes is not None:
+            ok &= lm < n_classes
+        if valid is not None:
+            ok &= valid[k]
+        rr, cc = np.nonzero(ok)
+        parts.append((np.full(len(rr), k), rr, cc, lm[rr, cc].astype(np.int64)))
+    scene, rows, cols, labels = (np.concatenate(p) for p in zip(*parts))
     rng = np.random.default_rng(seed)
     keep = []
-    for k in np.unique(labels):
-        idx = np.flatnonzero(labels == k)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
         keep.append(idx if len(idx) <= per_class else rng.choice(idx, per_class, replace=False))
     if not keep:
-        raise DataError(f"no labelled pixel in columns {c0}-{c1} of the label map")
+        raise DataError("no labelled pixel in this area of the label map")
     sel = np.sort(np.concatenate(keep))
-    return rr[sel], cc[sel] + c0, labels[sel]
-
-
-def _tiles(height: int, cols: tuple[int, int], tile: int):
-    """Top-left corners of tiles covering the block; edge tiles shifted inside it."""
-    c0, c1 = cols
-    th, tw = min(tile, height), min(tile, c1 - c0)
-    for r in range(0, height, th):
-        for c in range(c0, c1, tw):
-            yield min(r, height - th), min(c, c1 - tw), th, tw
+    return scene[sel], rows[sel], cols[sel], labels[sel]
 
 
 @torch.inference_mode()
-def embed_pixels(embed_fn, image_reader, height: int, cols: tuple[int, int],
-                 rows: np.ndarray, cc: np.ndarray, tile: int = 64) -> np.ndarray:
-    """Embeddings (M, D) of the pixels (rows, cc), computed tile by tile within the block.
+def embed_pixels(embed_fn, image_reader, tiles, tile: int, rows: np.ndarray,
+                 cols: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Embeddings (M, D) of the pixels (rows, cols), each from the first tile covering it;
+    tiles are embedded in batches of ``batch``.
 
-    ``embed_fn(raw (1, C, h, w)) -> (1, D, h, w)``; ``image_reader((r, c, h, w)) -> (C, h, w)``.
-    Each pixel takes its embedding from the first tile that covers it.
+    ``embed_fn(raw (B, C, t, t)) -> (B, D, t, t)``; ``image_reader((r, c, h, w)) -> (C, h, w)``.
     """
-    out: np.ndarray | None = None
     done = np.zeros(len(rows), dtype=bool)
-    for r, c, h, w in _tiles(height, cols, tile):
-        inside = ~done & (rows >= r) & (rows < r + h) & (cc >= c) & (cc < c + w)
-        if not inside.any():
-            continue
-        x = torch.from_numpy(np.ascontiguousarray(image_reader((r, c, h, w))))[None]
-        emb = embed_fn(x)[0]  # (D, h, w)
-        if out is None:
-            out = np.empty((len(rows), emb.shape[0]), dtype=np.float32)
-        idx = np.flatnonzero(inside)
-        out[idx] = emb[:, rows[idx] - r, cc[idx] - c].T.float().cpu().numpy()
-        done |= inside
-    if out is None or not done.all():
+    jobs = []  # (tile corner, indices of the pixels it gives)
+    for r, c in tiles:
+        inside = ~done & (rows >= r) & (rows < r + tile) & (cols >= c) & (cols < c + tile)
+        if inside.any():
+            jobs.append(((r, c), np.flatnonzero(inside)))
+            done |= inside
+    if not done.all():
         raise DataError("pixel embedding: some sampled pixels lie outside every tile")
+    out: np.ndarray | None = None
+    for start in range(0, len(jobs), batch):
+        part = jobs[start:start + batch]
+        x = torch.from_numpy(np.stack([np.ascontiguousarray(image_reader((r, c, tile, tile)))
+                                       for (r, c), _ in part]))
+        emb = embed_fn(x.float())  # (B, D, t, t)
+        if out is None:
+            out = np.empty((len(rows), emb.shape[1]), dtype=np.float32)
+        for e, ((r, c), idx) in zip(emb, part):
+            out[idx] = e[:, rows[idx] - r, cols[idx] - c].T.float().cpu().numpy()
+    if out is None:
+        raise DataError("pixel embedding: no pixel to embed")
     if not np.isfinite(out).all():
         raise DataError("the encoder produced non-finite pixel embeddings (nodata in the "
                         "input?)")
     return out
 
 
-def raw_spectrum_fn(normalizer: nn.Module):
-    """The pixel baseline: each pixel's standardised log spectrum, no network."""
-    return lambda x: normalizer(x)
+@register_evaluation("pixel-probe", position=30)
+class PixelProbe(Evaluation):
+    title = "Pixel probe"
+    shown_metrics = ("balanced_accuracy", "macro_f1")
+    settings = dict(per_class=200, test_per_class=400, C=1.0, tile=64)
+    quick = {"per_class": 100, "test_per_class": 200}
+    description = ("Per-pixel embeddings (a spectral stem's own, else the last feature map "
+                   "upsampled) of up to {per_class} labelled pixels per class from the "
+                   "training area and {test_per_class} per class from the test area (seeded "
+                   "draw), each embedded in a {tile} px tile that lies wholly inside its area; "
+                   "features standardised on the training pixels, logistic regression, C = {C}. "
+                   "The test sample is class-balanced, so read balanced accuracy and macro F1. "
+                   "Spectral baseline: each pixel's standardised log spectrum, no network.")
 
+    def _draws(self, ctx: Context, seed: int):
+        """Per fold: (tiles per scene and part, train draw, test draw), shared by all rows."""
+        def build():
+            src = ctx.source
+            maps, n = src.label_maps(), len(src.classes)
+            valid = [s.valid_map() for s in src.scenes]
+            t = min([self.tile] + [min(s.height, s.width) for s in src.scenes])
+            out = []
+            for fold in ctx.area_folds(16):
+                tiles = {part: [area_tiles(m, t) for m in getattr(fold, part)]
+                         for part in ("train", "test")}
+                tr = sample_pixels(maps, tiles["train"], t, self.per_class, seed, valid, n)
+                te = sample_pixels(maps, tiles["test"], t, self.test_per_class, seed + 10_000,
+                                   valid, n)
+                out.append((fold.index, tiles, t, tr, te))
+            return out
 
-def encoder_fn(encoder: nn.Module):
-    encoder.eval()
-    return encoder.pixel_features
+        return ctx.cached(("pixel-draws", self.tile, self.per_class, self.test_per_class,
+                           seed), build)
 
+    def _embed(self, ctx, fn, tiles, t, draw) -> np.ndarray:
+        scene, rows, cols, _ = draw
+        out = None
+        for k, s in enumerate(ctx.source.scenes):
+            at = np.flatnonzero(scene == k)
+            if not len(at):
+                continue
+            x = embed_pixels(fn, s.read, tiles[k], t, rows[at], cols[at])
+            out = np.empty((len(rows), x.shape[1]), np.float32) if out is None else out
+            out[at] = x
+        return out
 
-def pixel_probe(source, encoders: Mapping[str, nn.Module], *, per_class: int = 500,
-                test_per_class: int | None = 2000, seeds: Sequence[int] = (0, 1, 2),
-                spatial_split: SpatialSplit | None = None, tile: int = 64,
-                raw_baseline: bool = True, classes: Sequence[str] = OSM_CLASSES,
-                C: float | str = "cv") -> list[dict]:
-    """Pixel-probe records for the raw-spectrum baseline and each encoder, per seed.
+    def _probe(self, ctx, name, fn, seed) -> list[dict]:
+        out = []
+        for fold, tiles, t, tr, te in self._draws(ctx, seed):
+            x_tr = self._embed(ctx, fn, tiles["train"], t, tr)
+            x_te = self._embed(ctx, fn, tiles["test"], t, te)
+            (res,) = linear_probe(x_tr, tr[3], x_te, te[3], fractions=(1.0,), seeds=(seed,),
+                                  class_names=list(ctx.source.classes), C=self.C)
+            out += self.rec(self.tables[0], name, seed, fold, "labelled pixels", 1.0,
+                            res.metrics, CLASS_METRICS, n_train=res.n_train,
+                            min_per_class=res.min_per_class)
+        return out
 
-    ``encoders`` take the source's bands (``Encoder.for_bands``). The pixel
-    draw changes with the seed, so seeds measure sampling as well as fitting variance.
-    """
-    scene = source.scenes[0]
-    label_map = source.label_map()
-    split = spatial_split or SpatialSplit(gap=16)
-    train_cols = split.columns("train", scene.width)
-    test_cols = split.columns("test", scene.width)
-    scene.load()
-    valid = scene.valid_mask()
-    fns: dict[str, object] = {}
-    if raw_baseline:
-        from ..normalization import Normalizer
+    def baseline(self, ctx: Context, seed: int) -> list[dict]:
+        norm = Normalizer(ctx.source.stats()).eval()
+        return self._probe(ctx, R.SPECTRAL, norm, seed)
 
-        fns[RAW] = raw_spectrum_fn(Normalizer(source.stats()).eval())
-    fns.update({name: encoder_fn(enc) for name, enc in encoders.items()})
-    n = len(classes)
-    rows_out: dict[str, list] = {name: [] for name in fns}
-    for seed in seeds:
-        tr = sample_pixels(label_map, train_cols, per_class, seed, valid, n)
-        te = sample_pixels(label_map, test_cols, test_per_class or 10 ** 9, seed + 10_000,
-                           valid, n)
-        for name, fn in fns.items():
-            x_tr = embed_pixels(fn, scene.read, scene.height, train_cols, tr[0], tr[1], tile)
-            x_te = embed_pixels(fn, scene.read, scene.height, test_cols, te[0], te[1], tile)
-            rows_out[name] += linear_probe(x_tr, tr[2], x_te, te[2], fractions=(1.0,),
-                                           seeds=(seed,), class_names=list(classes), C=C)
-    records = results_to_records(rows_out)
-    for rec in records:
-        rec["kind"] = "pixel-linear"
-    return records
+    def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
+        out = []
+        for name, enc in encoders.items():
+            fed = self.fed(name, enc, ctx.source.bands).eval().to(ctx.device)
+
+            def fn(x, fed=fed):
+                return fed.pixel_features(x.to(ctx.device)).cpu()
+
+            out += self._probe(ctx, name, fn, seed)
+        return out

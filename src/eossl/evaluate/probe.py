@@ -1,8 +1,9 @@
-"""Frozen-feature probes (linear and kNN) over label fractions, and their result tables.
+"""Frozen-feature probes (linear and kNN) over label fractions: the standard way to compare
+pretrained encoders (methods.md, "Evaluation protocols").
 
-The standard way to compare pretrained encoders (methods.md, "Evaluation protocols"): extract
-features once with the backbone frozen, then fit cheap classifiers on 1%, 10% and 100% of the
-labels over several seeds. The hand-crafted spectral baseline goes through the same probes.
+Features are extracted once with the encoder frozen (evaluate/features.py), standardised with
+:class:`~eossl.evaluate.features.FeatureScaler`, then cheap classifiers are fitted on 1%, 10%
+and 100% of the labels. The hand-crafted spectral baseline goes through the same probes.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
+from ..normalization import default_log_flags
+from . import results as R
+from .base import Context, Evaluation, register_evaluation
+from .features import (FeatureScaler, choose_layer, frozen_features, layer_title,
+                       spectral_features)
 from .metrics import classification_metrics
 
-__all__ = [
-    "ProbeResult", "extract_features", "spectral_features", "subsample_fraction",
-    "linear_probe", "knn_predict", "knn_probe", "results_to_records",
-]
+__all__ = ["ProbeResult", "subsample_fraction", "linear_probe", "knn_predict", "knn_probe",
+           "PatchProbe", "CLASS_METRICS", "single_blas_thread"]
+
+CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 @dataclass
@@ -37,118 +41,8 @@ class ProbeResult:
     metrics: dict = field(default_factory=dict)   # classification_metrics(); empty if skipped
     skipped: bool = False
     reason: str = ""
-
-
-# --------------------------------------------------------------------------------------------
-# Features
-
-
-def _device_of(module: nn.Module) -> torch.device | None:
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device
-    return None
-
-
-def _batches(data, batch_size: int):
-    """A DataLoader is used as is; a Dataset or sequence of sample dicts is batched in order."""
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        return DataLoader(data, batch_size=batch_size, shuffle=False)
-    return data  # any other iterable is taken to yield batches already
-
-
-def extract_features(encoder: nn.Module, dataset_or_loader, batch_size: int = 256,
-                     device: str | torch.device = "cpu",
-                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Embed every sample with the frozen encoder: returns float32 (N, D) features and labels.
-
-    Items/batches are torchgeo-style dicts with "image" (raw values, C x H x W) and "label";
-    (image, label) tuples are accepted too. The encoder's train/eval mode and device are
-    restored afterwards, so this is safe to call in the middle of training.
-    """
-    was_training = encoder.training
-    old_device = _device_of(encoder)
-    device = torch.device(device)
-    batches = _batches(dataset_or_loader, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, desc="extracting features", unit="batch")
-    feats: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    encoder.eval()
-    try:
-        encoder.to(device)
-        with torch.inference_mode():
-            for i, batch in enumerate(batches):
-                if isinstance(batch, Mapping):
-                    missing = [key for key in ("image", "label") if key not in batch]
-                    if missing:
-                        raise DataError(f"batch {i} has no {missing} key(s); found "
-                                        f"{sorted(batch)}; expected 'image' and 'label'")
-                    image, label = batch["image"], batch["label"]
-                elif isinstance(batch, (tuple, list)) and len(batch) == 2:
-                    image, label = batch
-                else:
-                    raise DataError(f"batch {i} is a {type(batch).__name__}; expected a dict "
-                                    "with 'image' and 'label' (or an (image, label) pair)")
-                image = torch.as_tensor(image)
-                if image.ndim != 4:
-                    raise DataError(f"batch {i}: image has shape {tuple(image.shape)}; expected "
-                                    "(N, C, H, W)")
-                out = encoder(image.to(device))
-                if out.ndim != 2:
-                    raise DataError(f"encoder returned shape {tuple(out.shape)}; expected "
-                                    "(N, D) embeddings")
-                feats.append(out.float().cpu().numpy())
-                labels.append(torch.as_tensor(label).cpu().numpy())
-    finally:
-        encoder.train(was_training)
-        if old_device is not None and old_device != device:
-            encoder.to(old_device)
-    if not feats:
-        raise DataError("the dataset is empty; no features were extracted")
-    X = np.concatenate(feats).astype(np.float32, copy=False)
-    y = np.concatenate(labels)
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        raise DataError(f"the encoder produced non-finite embeddings for {int(bad.sum())} of "
-                        f"{len(X)} images (first at index {int(np.argmax(bad))}); NaN/inf pixels "
-                        "(nodata) in the input are the usual cause")
-    return X, y
-
-
-def spectral_features(images, log: Sequence[bool] | None = None,
-                      chunk: int = 512) -> np.ndarray:
-    """The hand-crafted spectral baseline: per-band mean and std of each patch, (N, 2C).
-
-    Columns are ``[mean_0..mean_{C-1}, std_0..std_{C-1}]`` of log1p(reflectance) (negative
-    values clamped to 0, as the Normalizer does); bands with ``log[c] = False`` (SAR dB, see
-    ``default_log_flags``) stay linear. NaN pixels (nodata) are ignored; std is population std.
-    Computed in float64 chunks of ``chunk`` images so large corpora do not blow memory.
-    """
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise DataError(f"images must have shape (N, C, H, W), got {images.shape}")
-    n, c = images.shape[:2]
-    flags = np.ones(c, dtype=bool) if log is None else np.asarray(log, dtype=bool)
-    if flags.shape != (c,):
-        raise ConfigError(f"log has {flags.size} flags for {c} bands; expected one per band")
-    out = np.empty((n, 2 * c), dtype=np.float32)
-    for start in range(0, n, max(1, chunk)):
-        x = images[start:start + chunk].astype(np.float64).reshape(-1, c, images.shape[2]
-                                                                    * images.shape[3])
-        x = np.where(flags[None, :, None], np.log1p(np.clip(x, 0, None)), x)
-        with warnings.catch_warnings():
-            # an all-nodata band yields NaN here; the probes then say which set holds it
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[start:start + chunk, :c] = np.nanmean(x, axis=2)
-            out[start:start + chunk, c:] = np.nanstd(x, axis=2)
-    return out
+    min_per_class: int | None = None   # fewest training examples of a class in the fit
+    layer: str | None = None           # the layer cross-validation chose, if it chose
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +89,7 @@ def subsample_fraction(y, fraction: float, seed: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Probes
+# Probes on feature arrays
 
 
 def _check_set(X, y, set_name: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,28 +138,32 @@ def _check_pair(train_X, train_y, test_X, test_y, class_names, fractions, seeds)
     return train_X, train_y, test_X, test_y
 
 
-def _run_probe(kind, fit_predict, train_X, train_y, test_y, fractions, seeds, class_names):
+def _run_probe(kind, fit_predict, train_y, test_y, fractions, seeds, class_names):
     results: list[ProbeResult] = []
     for fraction in fractions:
         full_fit: ProbeResult | None = None
         for seed in seeds:
             idx = subsample_fraction(train_y, fraction, seed)
             present = np.unique(train_y[idx])
+            few = R.min_per_class(train_y[idx])
             if len(present) < 2:
                 results.append(ProbeResult(
                     kind, float(fraction), int(seed), len(idx), skipped=True,
                     reason=f"the {fraction:g} subsample holds a single class "
-                           f"({class_names[int(present[0])]}); a classifier needs two"))
+                           f"({class_names[int(present[0])]}); a classifier needs two",
+                    min_per_class=few))
                 continue
             if full_fit is not None:
                 # fraction 1.0 uses every label whatever the seed and both probes are
                 # deterministic, so refitting would only repeat the same numbers
                 results.append(ProbeResult(kind, float(fraction), int(seed), full_fit.n_train,
-                                           full_fit.metrics))
+                                           full_fit.metrics, min_per_class=few,
+                                           layer=full_fit.layer))
                 continue
-            pred = fit_predict(train_X[idx], train_y[idx], seed)
+            pred, layer = fit_predict(idx, seed)
             res = ProbeResult(kind, float(fraction), int(seed), len(idx),
-                              classification_metrics(test_y, pred, class_names))
+                              classification_metrics(test_y, pred, class_names),
+                              min_per_class=few, layer=layer)
             if float(fraction) == 1.0:
                 full_fit = res
             results.append(res)
@@ -289,45 +187,75 @@ def single_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def _logistic(C: float | str, seed: int, max_iter: int, n: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+
+    clf = make_pipeline(FeatureScaler(), LogisticRegression(
+        C=1.0 if C == "cv" else C, solver="lbfgs", max_iter=max_iter, random_state=seed))
+    if C == "cv" and n >= MIN_FOR_CV:
+        folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+        clf = GridSearchCV(clf, {"logisticregression__C": list(C_GRID)}, cv=folds,
+                           scoring="accuracy")
+    return clf
+
+
+def _fit_logistic(X, y, Xt, C, seed, max_iter=2000) -> np.ndarray:
+    clf = _logistic(C, seed, max_iter, len(y))
+    with warnings.catch_warnings():
+        # rare classes with fewer members than folds are expected at small fractions
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        warnings.filterwarnings("ignore", category=UserWarning)
+        with single_blas_thread():
+            clf.fit(X, y)
+    return clf.predict(Xt)
+
+
+def _layered(train_X, test_X, train_y, fit, score, cv_fit) -> callable:
+    """fit_predict(idx, seed) for one feature array, or for a StageFeatures pair whose layer
+    is chosen by cross-validation on each training subsample."""
+    from .features import StageFeatures
+
+    if not isinstance(train_X, StageFeatures):
+        return lambda idx, seed: (fit(train_X[idx], train_y[idx], test_X, seed), None)
+
+    def fit_predict(idx, seed):
+        sub = StageFeatures([s[idx] for s in train_X.stages], train_y[idx])
+        layer = choose_layer(sub, train_y[idx], lambda a, b, c: cv_fit(a, b, c, seed), score,
+                             seed=seed)
+        return fit(train_X.layer(layer)[idx], train_y[idx], test_X.layer(layer), seed), layer
+
+    return fit_predict
+
+
+def _arrays(X):
+    from .features import StageFeatures
+
+    return X.layer("last") if isinstance(X, StageFeatures) else X
+
+
 def linear_probe(train_X, train_y, test_X, test_y, *, fractions: Sequence[float] = (0.01, 0.1, 1.0),
                  seeds: Sequence[int] = (0,), class_names: Sequence[str],
                  C: float | str = "cv", max_iter: int = 2000) -> list[ProbeResult]:
     """Logistic-regression probe on standardised frozen features, per (fraction, seed).
 
-    Standardising first puts encoders whose feature scales differ by orders of magnitude on
-    one footing. ``C="cv"`` picks the regularisation from ``C_GRID`` by 3-fold cross-validation
-    on the probe's own training subsample (never the test block), because the right strength
-    differs between a 26-feature spectral baseline and a 512-feature encoder; subsamples too
-    small to split fall back to C = 1.
+    Standardising first (FeatureScaler) puts encoders whose feature scales differ by orders of
+    magnitude on one footing. ``C="cv"`` picks the regularisation from ``C_GRID`` by 3-fold
+    cross-validation on the probe's own training subsample (never the test block); subsamples
+    too small to split fall back to C = 1. ``train_X`` / ``test_X`` may be
+    :class:`~eossl.evaluate.features.StageFeatures`: the layer is then chosen per fit by
+    cross-validation inside the training subsample (ProbeResult.layer says which).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if C != "cv" and (not isinstance(C, (int, float)) or C <= 0):
         raise ConfigError(f"C (inverse regularisation strength) must be > 0 or 'cv', got {C!r}")
-    train_X, train_y, test_X, test_y = _check_pair(train_X, train_y, test_X, test_y,
-                                                   class_names, fractions, seeds)
-
-    def fit_predict(X, y, seed):
-        clf = make_pipeline(StandardScaler(),
-                            LogisticRegression(C=1.0 if C == "cv" else C, solver="lbfgs",
-                                               max_iter=max_iter, random_state=seed))
-        if C == "cv" and len(y) >= MIN_FOR_CV:
-            folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
-            clf = GridSearchCV(clf, {"logisticregression__C": list(C_GRID)}, cv=folds,
-                               scoring="accuracy")
-        with warnings.catch_warnings():
-            # rare classes with fewer members than folds are expected at small fractions
-            warnings.filterwarnings("ignore", message=".*least populated class.*")
-            warnings.filterwarnings("ignore", category=UserWarning)
-            with single_blas_thread():
-                clf.fit(X, y)
-        return clf.predict(test_X)
-
-    return _run_probe("linear", fit_predict, train_X, train_y, test_y, fractions, seeds,
-                      list(class_names))
+    _, train_y, _, test_y = _check_pair(_arrays(train_X), train_y, _arrays(test_X), test_y,
+                                        class_names, fractions, seeds)
+    fit = lambda X, y, Xt, seed: _fit_logistic(X, y, Xt, C, seed, max_iter)  # noqa: E731
+    cv_fit = lambda X, y, Xt, seed: _fit_logistic(X, y, Xt, 1.0, seed, 500)  # noqa: E731
+    score = lambda y, p: float(np.mean(y == p))  # noqa: E731
+    fp = _layered(train_X, test_X, train_y, fit, score, cv_fit)
+    return _run_probe("linear", fp, train_y, test_y, fractions, seeds, list(class_names))
 
 
 def knn_predict(train_feats, train_labels, query_feats, k: int = 20,
@@ -377,42 +305,131 @@ def knn_predict(train_feats, train_labels, query_feats, k: int = 20,
 
 def knn_probe(train_X, train_y, test_X, test_y, *, k: int = 20, temperature: float = 0.07,
               fractions: Sequence[float] = (0.01, 0.1, 1.0), seeds: Sequence[int] = (0,),
-              class_names: Sequence[str], device: str | torch.device = "cpu") -> list[ProbeResult]:
-    """kNN probe (k = 20, cosine, temperature-weighted votes) per (fraction, seed).
-
-    Needs no fitting, so it is the cheap check of whether features cluster by class.
-    """
-    train_X, train_y, test_X, test_y = _check_pair(train_X, train_y, test_X, test_y,
-                                                   class_names, fractions, seeds)
+              class_names: Sequence[str]) -> list[ProbeResult]:
+    """kNN probe (k = 20, cosine, temperature-weighted votes) per (fraction, seed), on features
+    standardised like the linear probe's (so no stage of a multi-scale feature dominates the
+    cosine by its scale). Needs no fitting, so it is the cheap check of whether features
+    cluster by class."""
+    _, train_y, _, test_y = _check_pair(_arrays(train_X), train_y, _arrays(test_X), test_y,
+                                        class_names, fractions, seeds)
     num_classes = len(class_names)
-    query = torch.as_tensor(test_X, dtype=torch.float32, device=device)
 
-    def fit_predict(X, y, seed):
-        bank = torch.as_tensor(X, dtype=torch.float32, device=device)
-        return knn_predict(bank, torch.as_tensor(y), query, k=k, num_classes=num_classes,
-                           temperature=temperature).cpu().numpy()
+    def fit(X, y, Xt, seed):
+        scaler = FeatureScaler().fit(X)
+        return knn_predict(scaler.transform(X), y, scaler.transform(Xt), k=k,
+                           num_classes=num_classes, temperature=temperature)
 
-    return _run_probe("knn", fit_predict, train_X, train_y, test_y, fractions, seeds,
-                      list(class_names))
+    score = lambda y, p: float(np.mean(y == p))  # noqa: E731
+    fp = _layered(train_X, test_X, train_y, fit, score, fit)
+    return _run_probe("knn", fp, train_y, test_y, fractions, seeds, list(class_names))
 
 
 # --------------------------------------------------------------------------------------------
-# Tables
+# The evaluation
 
 
-def results_to_records(rows: Mapping[str, Sequence[ProbeResult]]) -> list[dict]:
-    """Flat records (one per fit) for JSON/CSV; metrics are None for skipped fits."""
-    records = []
-    for model, results in rows.items():
+@register_evaluation("probe", position=10)
+class PatchProbe(Evaluation):
+    """Linear and kNN probes of frozen features on labelled patches, at label fractions, with
+    the last stage and the multi-scale features side by side."""
+
+    title = "Patch classification probes"
+    fraction_tables = True
+    settings = dict(fractions=(0.01, 0.1, 1.0), layers=("last", "multiscale"), C="cv", knn_k=20,
+                    patch_size=16)
+    quick = {"fractions": (0.1, 1.0)}
+    description = ("Frozen features of {patch_size} px patches (OSM majority class, >= 80%), "
+                   "standardised on the training patches (features active on too few of them "
+                   "dropped, a variance floor), at label fractions {fractions} (seeded, "
+                   "stratified subsamples); logistic regression ({C_text}) and cosine kNN, "
+                   "k = {knn_k}. Feature layer: {layers_text}. The spectral baseline: per-band "
+                   "mean and std of log reflectance of each patch, same linear probe.")
+
+    layer_cv = True
+
+    def check(self) -> None:
+        super().check()
+        for f in self.fractions:
+            subsample_fraction([0], f, 0)  # ConfigError for a fraction outside (0, 1]
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(f"{kind} ({layer_title(layer)})" for kind in ("Linear probe",
+                                                                   f"kNN probe (k = {self.knn_k})")
+                     for layer in self.layers)
+
+    def protocol(self) -> str:
+        p = {k: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+             for k, v in self.params().items()}
+        p["fractions"] = ", ".join(f"{f:.0%}" for f in self.fractions)
+        p["C_text"] = "C by 3-fold CV on the training subsample" if self.C == "cv" else \
+            f"C = {self.C:g}"
+        p["layers_text"] = "; ".join({
+            "last": "the last stage's pooled features (what the encoder outputs)",
+            "multiscale": "multi-scale, the pooled features of every stage concatenated",
+            "cv": "chosen per fit by 3-fold CV inside the training subsample among the last "
+                  "stage, multi-scale and each earlier stage"}.get(x, f"the pooled {x}")
+            for x in self.layers)
+        return self.description.format(**p)
+
+    def _folds(self, ctx: Context):
+        return ctx.patch_folds(self.patch_size)
+
+    def _records(self, name, results, table, seed, fold) -> list[dict]:
+        out = []
         for r in results:
-            rec = {"model": model, "kind": r.kind, "fraction": r.fraction, "seed": r.seed,
-                   "n_train": r.n_train}
-            for m in ("accuracy", "balanced_accuracy", "macro_f1"):
-                rec[m] = None if r.skipped else r.metrics.get(m)
-            per_class = r.metrics.get("per_class") or {}
-            rec["per_class_f1"] = None if r.skipped or not per_class else {
-                name: round(float(v["f1"]), 4) for name, v in per_class.items()}
-            rec["skipped"] = r.skipped
-            rec["reason"] = r.reason
-            records.append(rec)
-    return records
+            extra = {"n_train": r.n_train, "min_per_class": r.min_per_class,
+                     **({"layer": r.layer} if r.layer else {})}
+            out += self.rec(table, name, seed, fold, f"{r.fraction:.0%} labels", r.fraction,
+                            {} if r.skipped else r.metrics, CLASS_METRICS, **extra,
+                            **({"skipped": r.reason} if r.skipped else {}))
+        return out
+
+    def baseline(self, ctx: Context, seed: int) -> list[dict]:
+        out = []
+        for fold in self._folds(ctx):
+            tr, te = fold.train, fold.test
+            log = default_log_flags(tr.bands)
+            f_tr, f_te = spectral_features(tr.images(), log), spectral_features(te.images(), log)
+            res = linear_probe(f_tr, tr.labels, f_te, te.labels, fractions=self.fractions,
+                               seeds=[seed], class_names=list(tr.classes), C=self.C)
+            for layer in self.layers:
+                out += self._records(R.SPECTRAL, res, f"Linear probe ({layer_title(layer)})",
+                                     seed, fold.index)
+        return out
+
+    def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
+        out = []
+        for fold in self._folds(ctx):
+            tr, te = fold.train, fold.test
+            for name, enc in encoders.items():
+                enc = self.fed(name, enc, tr.bands)
+                f_tr = frozen_features(enc, tr, device=ctx.device)
+                f_te = frozen_features(enc, te, device=ctx.device)
+                kw = dict(fractions=self.fractions, seeds=[seed], class_names=list(tr.classes))
+                for layer in self.layers:
+                    X_tr = f_tr if layer == "cv" else f_tr.layer(layer)
+                    X_te = f_te if layer == "cv" else f_te.layer(layer)
+                    title = layer_title(layer)
+                    out += self._records(name, linear_probe(X_tr, f_tr.labels, X_te,
+                                                            f_te.labels, C=self.C, **kw),
+                                         f"Linear probe ({title})", seed, fold.index)
+                    out += self._records(name, knn_probe(X_tr, f_tr.labels, X_te, f_te.labels,
+                                                         k=self.knn_k, **kw),
+                                         f"kNN probe (k = {self.knn_k}) ({title})", seed,
+                                         fold.index)
+                if seed == ctx.options.get("first_seed", seed) and fold.index == 0:
+                    out.append(_embedding(self.name, name, seed, f_te.layer("last"),
+                                          f_te.labels, tr.classes))
+        return out
+
+
+def _embedding(evaluation, name, seed, x_te, y_te, classes) -> dict:
+    """2-D PCA of the test features, kept for the report's scatter plot."""
+    from sklearn.decomposition import PCA
+
+    xy = PCA(2, random_state=0).fit_transform(FeatureScaler().fit_transform(x_te))
+    return {"evaluation": evaluation, "table": "_embedding", "model": name, "seed": int(seed),
+            "fold": 0, "metric": "pca", "value": None, "column": "", "order": 0.0,
+            "xy": np.round(xy, 4).tolist(), "labels": [int(v) for v in y_te],
+            "classes": list(classes)}

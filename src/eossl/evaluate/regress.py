@@ -2,33 +2,42 @@
 
 The paper's regression task (soil P, K, Mg, pH from hyperspectral patches) needs data that
 cannot be reached here, so the built-in task is its stand-in on the real scene: per ``size`` px
-patch, the share of each OSM class in the rasterised label map (8 targets in [0, 1]), with the
-spatial split (west block train, east block test). A user's own task is one option away:
-:func:`read_target_table` reads a CSV or Parquet table of patch -> targets.
+patch, the share of each OSM class in the rasterised label map (8 targets in [0, 1]), on every
+spatial fold. A user's own task is one option away: :func:`read_target_table` reads a CSV or
+Parquet table of patch -> targets.
 
 Patch ids: a patch is named by the ``row`` and ``col`` of its TOP-LEFT pixel on the scene's
 pixel grid (0-based, row down, col right), and covers ``[row, row + size) x [col, col + size)``.
 Any position is allowed (not only multiples of ``size``). Ids outside the scene or on nodata
 pixels are a DataError naming them. A ``split`` column (train/test) is honoured; without it a
-patch goes to the block of the spatial split it lies wholly inside, and patches straddling the
-border (or inside the gap) are left out and counted.
+patch goes to the fold area it lies wholly inside, and patches straddling the border (or inside
+the gap) are left out and counted.
+
+Validity: features are standardised with FeatureScaler (a feature active on one training patch
+must not dominate a test prediction) and predictions are clipped to the targets' bounds (class
+shares: [0, 1]; a user's targets: the training range), so R^2 measures the head's skill, not an
+extrapolation accident.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..data.datasets import IGNORE_INDEX, OSM_CLASSES, SpatialSplit, patch_grid
+from ..data.datasets import IGNORE_INDEX
+from ..data.splits import SpatialKFold, SpatialSplit
 from ..errors import ConfigError, DataError
+from ..normalization import default_log_flags
+from . import results as R
+from .base import Context, Evaluation, register_evaluation
+from .features import FeatureScaler, frozen_features, layer_title, spectral_features
+from .finetune import PatchNet, epochs_to_steps, fit, predict
+from .metrics import regression_metrics
 from .probe import single_blas_thread
 
 ID_COLUMNS = ("row", "col")
@@ -37,44 +46,90 @@ RIDGE_ALPHAS = tuple(np.logspace(-2, 5, 15))
 
 
 class RegressionPatches(Dataset):
-    """Patches of a scene with a vector of targets each: ``{"image": raw (C, s, s),
-    "label": float32 (T,)}``; ``corners`` are the (row, col) ids."""
+    """Patches of scenes with a vector of targets each: ``{"image": raw (C, s, s),
+    "label": float32 (T,)}``. ``items`` are (scene index, row, col) of each patch's top-left
+    pixel; ``bounds`` the range the targets can take (None: unbounded)."""
 
-    def __init__(self, scene, corners: Sequence[tuple[int, int]], targets: np.ndarray,
-                 target_names: Sequence[str], size: int) -> None:
+    def __init__(self, scenes, items: Sequence[tuple[int, int, int]], targets: np.ndarray,
+                 target_names: Sequence[str], size: int,
+                 bounds: tuple[float, float] | None = None) -> None:
         targets = np.asarray(targets, dtype=np.float32)
-        if targets.ndim != 2 or len(targets) != len(corners):
-            raise DataError(f"targets of shape {targets.shape} do not match {len(corners)} "
+        if targets.ndim != 2 or len(targets) != len(items):
+            raise DataError(f"targets of shape {targets.shape} do not match {len(items)} "
                             "patches; expected (patches, targets)")
-        self.scene, self.size = scene, int(size)
-        self.corners = [(int(r), int(c)) for r, c in corners]
+        self.scenes = list(scenes) if isinstance(scenes, (list, tuple)) else [scenes]
+        self.size, self.bounds = int(size), bounds
+        self.items = [(int(k), int(r), int(c)) for k, r, c in items]
         self.targets, self.target_names = targets, [str(t) for t in target_names]
 
     @property
+    def corners(self) -> list[tuple[int, int]]:
+        return [(r, c) for _, r, c in self.items]
+
+    @property
     def bands(self) -> list[str]:
-        return self.scene.bands
+        return self.scenes[0].bands
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.targets
 
     def __len__(self) -> int:
-        return len(self.corners)
+        return len(self.items)
+
+    def _read(self, i: int) -> np.ndarray:
+        k, r, c = self.items[i]
+        return self.scenes[k].read((r, c, self.size, self.size))
 
     def __getitem__(self, i: int) -> dict:
-        r, c = self.corners[i]
-        img = self.scene.read((r, c, self.size, self.size))
-        return {"image": torch.from_numpy(np.ascontiguousarray(img)),
+        return {"image": torch.from_numpy(np.ascontiguousarray(self._read(i))),
                 "label": torch.from_numpy(self.targets[i])}
 
     def images(self) -> np.ndarray:
-        return np.stack([self.scene.read((r, c, self.size, self.size)) for r, c in self.corners])
+        return np.stack([self._read(i) for i in range(len(self))])
+
+
+class ChipTargets(Dataset):
+    """A regression chip set (a chip table or torchgeo data set with numeric targets) seen as
+    RegressionPatches are: ``targets``, ``target_names``, ``bounds`` (None), ``images()``."""
+
+    bounds = None
+
+    def __init__(self, chips) -> None:
+        self.chips = chips
+        self.targets = np.asarray(chips.labels, dtype=np.float32)
+        self.target_names = [str(t) for t in chips.classes]
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.chips.bands)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.targets
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.chips[i]["image"], "label": torch.from_numpy(self.targets[i])}
+
+    def images(self) -> np.ndarray:
+        return self.chips.images()
 
 
 # --------------------------------------------------------------------------------------------
 # Targets
 
 
-def class_share_patches(source, split: str, size: int = 16, min_labelled: float = 0.5,
-                        spatial_split: SpatialSplit | None = None,
-                        classes: Sequence[str] = OSM_CLASSES) -> RegressionPatches:
-    """The built-in task: share of each class in each ``size`` px patch of a block.
+def _inside(mask: np.ndarray, r: int, c: int, size: int) -> bool:
+    return bool(mask[r:r + size, c:c + size].all())
+
+
+def class_share_patches(source, areas: Sequence[np.ndarray], size: int = 16,
+                        min_labelled: float = 0.5) -> RegressionPatches:
+    """The built-in task: share of each class in each ``size`` px patch of a grid that lies
+    wholly inside ``areas[i]`` (scene i's mask of a fold's training or test area).
 
     Shares are over ALL pixels of the patch (unlabelled pixels count for no class), and only
     patches with at least ``min_labelled`` labelled pixels and no nodata are kept, so a
@@ -82,25 +137,27 @@ def class_share_patches(source, split: str, size: int = 16, min_labelled: float 
     """
     if not 0 <= min_labelled <= 1:
         raise ConfigError(f"min_labelled must be in [0, 1], got {min_labelled}")
-    scene, label_map = source.scenes[0], source.label_map()
-    sp = spatial_split or SpatialSplit(gap=size)
-    cols = sp.columns(split, scene.width)
-    scene.load()
+    classes = list(source.classes)
     n = len(classes)
-    corners, targets = [], []
-    for r, c in patch_grid(scene.height, scene.width, size, cols):
-        lab = label_map[r:r + size, c:c + size].ravel()
-        labelled = lab[lab < n]
-        if labelled.size < min_labelled * lab.size or labelled.size == 0:
-            continue
-        if not scene.valid_mask((r, c, size, size)).all():
-            continue
-        corners.append((r, c))
-        targets.append(np.bincount(labelled, minlength=n) / lab.size)
-    if not corners:
-        raise DataError(f"no {size}px patch in the {split} block has >= {min_labelled:.0%} "
+    items, targets = [], []
+    for k, (scene, label_map, area) in enumerate(zip(source.scenes, source.label_maps(),
+                                                     areas)):
+        valid = scene.valid_map()
+        for r in range(0, scene.height - size + 1, size):
+            for c in range(0, scene.width - size + 1, size):
+                if not _inside(area, r, c, size) or not valid[r:r + size, c:c + size].all():
+                    continue
+                lab = label_map[r:r + size, c:c + size].ravel()
+                labelled = lab[lab < n]
+                if labelled.size < min_labelled * lab.size or labelled.size == 0:
+                    continue
+                items.append((k, r, c))
+                targets.append(np.bincount(labelled, minlength=n) / lab.size)
+    if not items:
+        raise DataError(f"no {size}px patch of this fold area has >= {min_labelled:.0%} "
                         "labelled pixels; lower min_labelled")
-    return RegressionPatches(scene, corners, np.asarray(targets), classes, size)
+    return RegressionPatches(source.scenes, items, np.asarray(targets), classes, size,
+                             bounds=(0, 1))
 
 
 def _read_table(path: Path):
@@ -120,12 +177,16 @@ def _read_table(path: Path):
 
 def read_target_table(path: str | Path, scene, size: int = 16,
                       targets: Sequence[str] | None = None,
-                      spatial_split: SpatialSplit | None = None
+                      areas: tuple[np.ndarray, np.ndarray] | None = None
                       ) -> tuple[RegressionPatches, RegressionPatches, dict]:
-    """(train, test, info) from a user's table of patch ids (``row``, ``col``) -> targets.
+    """(train, test, info) from a user's table of patch ids (``row``, ``col`` on ``scene``'s
+    grid) -> targets.
 
     ``targets`` names the target columns (default: every numeric column but the ids and
-    ``split``). ``info`` says how many patches were left out for straddling the split.
+    ``split``). A ``split`` column (train/test) decides; without one, a patch trains or tests
+    when it lies wholly inside ``areas`` = (training mask, test mask) of a spatial fold (default:
+    the west 60% / east 40% blocks). ``info`` says how many patches were left out for
+    straddling the areas, and whether the table had its own split.
     """
     path = Path(path)
     df = _read_table(path)
@@ -186,22 +247,23 @@ def read_target_table(path: str | Path, scene, size: int = 16,
                             "'train' or 'test'")
         straddle = 0
     else:
-        sp = spatial_split or SpatialSplit(gap=size)
-        tr0, tr1 = sp.columns("train", W)
-        te0, te1 = sp.columns("test", W)
-        split = np.where((colsv >= tr0) & (colsv + size <= tr1), "train",
-                         np.where((colsv >= te0) & (colsv + size <= te1), "test", "none"))
+        if areas is None:
+            fa = SpatialSplit(gap=size).folds(scene.height, scene.width)[0]
+            areas = (fa.train, fa.test)
+        split = np.array(["train" if _inside(areas[0], r, c, size) else
+                          "test" if _inside(areas[1], r, c, size) else "none"
+                          for r, c in ids])
         straddle = int((split == "none").sum())
     parts = []
     for name in ("train", "test"):
         sel = np.flatnonzero(split == name)
         if len(sel) == 0:
-            raise DataError(f"{path}: no patch falls in the {name} block (west "
-                            f"{SpatialSplit().train_fraction:.0%} of the columns trains, the "
-                            "rest tests); add a 'split' column or patches on both sides")
-        parts.append(RegressionPatches(scene, [ids[i] for i in sel], Y[sel], names, size))
-    return parts[0], parts[1], {"left_out_straddling": straddle, "targets": [str(n) for n in
-                                                                             names]}
+            raise DataError(f"{path}: no patch falls in the {name} area of the spatial fold; "
+                            "add a 'split' column (train/test) or patches on both sides")
+        parts.append(RegressionPatches(scene, [(0, *ids[i]) for i in sel], Y[sel], names,
+                                       size))
+    return parts[0], parts[1], {"left_out_straddling": straddle, "own_split": SPLIT_COLUMN in
+                                cols, "targets": [str(n) for n in names]}
 
 
 def _fmt(ids, k: int = 5) -> str:
@@ -210,180 +272,183 @@ def _fmt(ids, k: int = 5) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Metrics and heads
+# Heads
 
 
-def regression_metrics(y_true, y_pred, target_names: Sequence[str]) -> dict:
-    """RMSE and R^2 per target plus their means. R^2 is None for a target that is constant
-    on the evaluation set (undefined), and such targets are left out of the mean R^2."""
-    from sklearn.metrics import mean_squared_error, r2_score
-
-    yt, yp = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
-    if yt.ndim == 1:
-        yt, yp = yt[:, None], yp[:, None]
-    if yt.shape != yp.shape or yt.shape[1] != len(target_names):
-        raise DataError(f"y_true {yt.shape} and y_pred {yp.shape} must both be (N, "
-                        f"{len(target_names)})")
-    if len(yt) == 0:
-        raise DataError("cannot score an empty evaluation set")
-    rmse = np.sqrt(mean_squared_error(yt, yp, multioutput="raw_values"))
-    r2 = r2_score(yt, yp, multioutput="raw_values")
-    const = yt.std(axis=0) == 0
-    r2_list = [None if k else float(v) for v, k in zip(r2, const)]
-    defined = [v for v in r2_list if v is not None]
-    return {"rmse": {n: float(v) for n, v in zip(target_names, rmse)},
-            "r2": dict(zip(map(str, target_names), r2_list)),
-            "mean_rmse": float(rmse.mean()),
-            "mean_r2": float(np.mean(defined)) if defined else None}
-
-
-def ridge_head(train_X, train_Y, test_X, alphas: Sequence[float] = RIDGE_ALPHAS) -> np.ndarray:
-    """Frozen-feature head: standardised features -> ridge, one alpha per target chosen by
-    efficient leave-one-out CV on the training block only."""
+def ridge_head(train_X, train_Y, test_X, alphas: Sequence[float] = RIDGE_ALPHAS,
+               bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Frozen-feature head: FeatureScaler -> ridge, one alpha per target chosen by efficient
+    leave-one-out CV on the training set only. Predictions are clipped to ``bounds`` (default:
+    each target's training range)."""
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     X, Xt = np.asarray(train_X, np.float64), np.asarray(test_X, np.float64)
+    Y = np.asarray(train_Y, np.float64)
     if X.ndim != 2 or Xt.ndim != 2 or X.shape[1] != Xt.shape[1]:
         raise DataError(f"train features {X.shape} and test features {Xt.shape} must be (N, D) "
                         "with the same D")
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(alphas), alpha_per_target=True))
+    model = make_pipeline(FeatureScaler(), RidgeCV(alphas=list(alphas), alpha_per_target=True))
     with single_blas_thread():
-        model.fit(X, np.asarray(train_Y, np.float64))
-    return model.predict(Xt).reshape(len(Xt), -1)
+        model.fit(X, Y)
+    return clip_targets(model.predict(Xt).reshape(len(Xt), -1), Y.reshape(len(Y), -1), bounds)
 
 
-def _augment(x: torch.Tensor) -> torch.Tensor:
-    """Random flips and 90-degree rotations: label-preserving for class shares."""
-    if torch.rand(()) < 0.5:
-        x = x.flip(-1)
-    return torch.rot90(x, int(torch.randint(0, 4, ())), dims=(-2, -1))
+def clip_targets(pred: np.ndarray, train_Y: np.ndarray,
+                 bounds: tuple[float, float] | None) -> np.ndarray:
+    """Predictions clipped to the targets' bounds, or to each target's training range."""
+    if bounds is not None:
+        return np.clip(pred, bounds[0], bounds[1])
+    return np.clip(pred, train_Y.min(axis=0), train_Y.max(axis=0))
 
 
-def finetune_head(encoder: nn.Module, train: Dataset, test: Dataset, *, epochs: int = 10,
-                  lr: float = 1e-3, backbone_lr_factor: float = 0.1, batch_size: int = 64,
-                  weight_decay: float = 1e-4, seed: int = 0, loss: str = "mse",
-                  out_dim: int | None = None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Fine-tune a copy of ``encoder`` + a linear head; returns (test predictions, test labels).
+class _Standardised(Dataset):
+    """Targets standardised with the training mean and std (what the fine-tuned head fits)."""
 
-    The backbone learns at ``backbone_lr_factor`` x ``lr`` (methods.md: a smaller backbone
-    learning rate). ``loss="mse"`` regresses targets standardised on the training set;
-    ``loss="bce"`` trains multi-label logits (returns probabilities). The encoder passed in is
-    not modified.
-    """
-    if epochs < 1 or lr <= 0 or batch_size < 1:
-        raise ConfigError(f"fine-tune: need epochs >= 1, lr > 0 and batch_size >= 1; got "
-                          f"{epochs}, {lr}, {batch_size}")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        enc = copy.deepcopy(encoder).to(device).train()
-        first = train[0]["label"]
-        t = int(out_dim or torch.as_tensor(first).numel())
-        head = nn.Linear(enc.out_dim, t).to(device)
-        ys = torch.stack([torch.as_tensor(train[i]["label"]).float() for i in range(len(train))])
-        mu = ys.mean(0) if loss == "mse" else torch.zeros(t)
-        sd = ys.std(0).clamp_min(1e-6) if loss == "mse" and len(ys) > 1 else torch.ones(t)
-        opt = torch.optim.AdamW([{"params": enc.parameters(), "lr": lr * backbone_lr_factor},
-                                 {"params": head.parameters(), "lr": lr}],
-                                weight_decay=weight_decay)
-        steps = epochs * max(1, -(-len(train) // batch_size))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        gen = torch.Generator().manual_seed(seed)
-        loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
-                            drop_last=len(train) > batch_size)
-        for _ in range(epochs):
-            for batch in loader:
-                x = _augment(batch["image"].to(device))
-                y = batch["label"].float().to(device)
-                out = head(enc(x))
-                if loss == "mse":
-                    err = F.mse_loss(out, (y - mu.to(device)) / sd.to(device))
-                else:
-                    err = F.binary_cross_entropy_with_logits(out, y)
-                opt.zero_grad()
-                err.backward()
-                opt.step()
-                sched.step()
-        enc.eval()
-        preds, labels = [], []
-        with torch.inference_mode():
-            for batch in DataLoader(test, batch_size=256):
-                out = head(enc(batch["image"].to(device))).cpu()
-                preds.append(out * sd + mu if loss == "mse" else torch.sigmoid(out))
-                labels.append(torch.as_tensor(batch["label"]).float())
-    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    def __init__(self, data: RegressionPatches, mean: np.ndarray, std: np.ndarray) -> None:
+        self.data = data
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.std = torch.as_tensor(std, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.data[i]
+        return {"image": item["image"], "label": (item["label"] - self.mean) / self.std}
 
 
-def features(encoder: nn.Module, ds: Dataset) -> np.ndarray:
-    from .probe import extract_features
-
-    X, _ = extract_features(encoder, ds)
-    return X
-
-
-def compare_regression(train: RegressionPatches, test: RegressionPatches,
-                       encoders: Mapping[str, nn.Module], *, seeds: Sequence[int] = (0, 1, 2),
-                       spectral: bool = True, finetune: bool = True, epochs: int = 10,
-                       lr: float = 1e-3, log_flags: Sequence[bool] | None = None) -> list[dict]:
-    """Records for the spectral baseline (ridge), each encoder's ridge head (deterministic:
-    one record) and each encoder fine-tuned (one record per seed)."""
-    from ..normalization import default_log_flags
-    from .probe import spectral_features
-
-    names = train.target_names
-    if test.target_names != names:
-        raise DataError(f"train targets {names} differ from test targets {test.target_names}")
-    records = []
-
-    def add(model, head, seed, pred):
-        m = regression_metrics(test.targets, pred, names)
-        records.append({"model": model, "head": head, "seed": seed, "n_train": len(train),
-                        "n_test": len(test), **m})
-
-    if spectral:
-        from .compare import SPECTRAL
-
-        flags = log_flags or default_log_flags(train.bands)
-        s_tr = spectral_features(train.images(), flags)
-        s_te = spectral_features(test.images(), flags)
-        add(SPECTRAL, "ridge", None, ridge_head(s_tr, train.targets, s_te))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for name, enc in encoders.items():
-            add(name, "ridge", None, ridge_head(features(enc, train), train.targets,
-                                                features(enc, test)))
-            if finetune:
-                for seed in seeds:
-                    pred, _ = finetune_head(enc, train, test, epochs=epochs, lr=lr, seed=seed)
-                    add(name, "finetune", int(seed), pred)
-    return records
+def finetune_regression(encoder, train: RegressionPatches, test: RegressionPatches, *,
+                        epochs: int = 10, lr: float = 1e-3, backbone_lr_scale: float = 0.1,
+                        batch_size: int = 64, seed: int = 0,
+                        accelerator: str = "cpu") -> np.ndarray:
+    """A copy of ``encoder`` + a linear head fine-tuned on standardised targets (MSE);
+    returns the test predictions, de-standardised and clipped."""
+    Y = train.targets.astype(np.float64)
+    mean, std = Y.mean(0), np.maximum(Y.std(0), 1e-6)
+    net = PatchNet(copy.deepcopy(encoder), Y.shape[1])
+    fit(net, _Standardised(train, mean, std), "mse",
+        steps=epochs_to_steps(epochs, len(train), batch_size), batch_size=batch_size, lr=lr,
+        backbone_lr_scale=backbone_lr_scale, seed=seed, accelerator=accelerator)
+    outs, _ = predict(net, test)
+    pred = torch.cat(outs).numpy() * std + mean
+    return clip_targets(pred, Y, train.bounds)
 
 
-def regression_table(records: Sequence[dict]) -> str:
-    """Markdown: one row per (model, head), mean R^2 and RMSE (mean ± std over seeds), then
-    R^2 per target."""
-    import pandas as pd
+# --------------------------------------------------------------------------------------------
+# The evaluation
 
-    if not records:
-        return "_no regression results_\n"
-    targets = list(records[0]["r2"])
-    rows = []
-    df = pd.DataFrame(records)
-    for (model, head), g in df.groupby(["model", "head"], sort=False):
-        def cell(values):
-            v = [x for x in values if x is not None]
-            if not v:
-                return "–"
-            return f"{np.mean(v):.3f}" + (f" ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else "")
-        per_t = [cell([r[t] for r in g["r2"]]) for t in targets]
-        rows.append(f"| {model} | {head} | {len(g)} | {cell(g['mean_r2'])} | "
-                    f"{cell(g['mean_rmse'])} | " + " | ".join(per_t) + " |")
-    head = ("| model | head | seeds | mean R² | mean RMSE | " + " | ".join(f"R² {t}" for t in
-                                                                           targets) + " |")
-    return "\n".join([head, "|---" * (5 + len(targets)) + "|", *rows]) + "\n"
+METRICS = ("mean_r2", "mean_rmse")
+
+
+@register_evaluation("regress", position=50)
+class Regression(Evaluation):
+    """Ridge on frozen features (each layer) and a fine-tuned head, per fold."""
+
+    title = "Regression"
+    shown_metrics, lower_is_better = METRICS, ("mean_rmse",)
+    settings = dict(patch_size=16, min_labelled=0.5, layers=("last", "multiscale"), epochs=3,
+                    lr=1e-3, backbone_lr_scale=0.1, batch_size=64)
+    quick = {"epochs": 1}
+    description = ("{task}. Ridge on frozen features standardised on the training patches "
+                   "(features active on too few of them dropped, a variance floor), alpha per "
+                   "target by leave-one-out CV on the training patches, for the layers "
+                   "{layers}; and the encoder fine-tuned with a linear head (about {epochs} "
+                   "epochs of batch {batch_size}, lr {lr}, a pretrained encoder at "
+                   "{backbone_lr_scale} x lr, a random twin at lr; MSE on standardised "
+                   "targets). Predictions are clipped to {bounds}. Mean R² over the targets "
+                   "the test patches vary in (R² of a target whose test variance is under 5% "
+                   "of its training variance is undefined and left out; higher is better); "
+                   "mean RMSE (lower is better). Spectral baseline: ridge on each patch's "
+                   "per-band mean and std of log reflectance.")
+
+    def protocol(self) -> str:
+        table = getattr(self, "_table_name", None)
+        task = (f"Targets from the table {table}" if table else
+                f"Targets: the share of each of the 8 OSM classes in each {self.patch_size} px "
+                f"patch with >= {self.min_labelled:.0%} labelled pixels")
+        return self.description.format(**{**self.params(), "layers": ", ".join(
+            layer_title(x) for x in self.layers)}, task=task, bounds=(
+            "the training range of each target" if table else "[0, 1]"))
+
+    def _data(self, ctx: Context) -> list[tuple[int, object, object]]:
+        """(fold, train, test) per fold: a user's table, a regression chip set, or the class
+        shares of a labelled scene."""
+        table = ctx.options.get("table")
+        self._table_name = table
+
+        def build():
+            src = ctx.source
+            if table:
+                return self._table_folds(src, table, ctx.options.get("targets"))
+            if src.task == "regression":
+                return [(f.index, ChipTargets(f.train), ChipTargets(f.test))
+                        for f in src.folds()]
+            out = []
+            for fold in ctx.area_folds(self.patch_size):
+                tr, te = (class_share_patches(src, areas, self.patch_size, self.min_labelled)
+                          for areas in (fold.train, fold.test))
+                out.append((fold.index, tr, te))
+            return out
+
+        return ctx.cached(("regression", table, self.patch_size, self.min_labelled), build)
+
+    def _table_folds(self, source, table, targets) -> list:
+        """A table with its own split column is one fold; otherwise every fold of the
+        source's split (spatial k-fold blocks when the imagery has no labels)."""
+        scene = source.scenes[0]
+        tr, te, info = read_target_table(table, scene, self.patch_size, targets)
+        if info["own_split"]:
+            return [(0, tr, te)]
+        split = source.split if source.labels is not None else SpatialKFold()
+        out = []
+        for fa in split.with_gap(self.patch_size).folds(scene.height, scene.width):
+            tr, te, _ = read_target_table(table, scene, self.patch_size, targets,
+                                          areas=(fa.train, fa.test))
+            out.append((fa.index, tr, te))
+        return out
+
+    def _score(self, name, seed, fold, column, order, train, test, pred) -> list[dict]:
+        m = regression_metrics(test.targets, pred, train.target_names,
+                               train_std=train.targets.std(axis=0))
+        return self.rec(self.tables[0], name, seed, fold, column, order, m, METRICS,
+                        n_train=len(train), n_test=len(test), r2=m["r2"],
+                        r2_undefined=m["r2_undefined"])
+
+    def baseline(self, ctx: Context, seed: int) -> list[dict]:
+        out = []
+        for fold, tr, te in self._data(ctx):
+            flags = default_log_flags(tr.bands)
+            pred = ridge_head(spectral_features(tr.images(), flags), tr.targets,
+                              spectral_features(te.images(), flags), bounds=tr.bounds)
+            for i, layer in enumerate(self.layers):
+                out += self._score(R.SPECTRAL, seed, fold, f"ridge, {layer_title(layer)}", i,
+                                   tr, te, pred)
+        return out
+
+    def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
+        from .classify import _accelerator
+
+        out = []
+        for fold, tr, te in self._data(ctx):
+            for name, enc in encoders.items():
+                enc = self.fed(name, enc, tr.bands)
+                f_tr = frozen_features(enc, tr, device=ctx.device)
+                f_te = frozen_features(enc, te, device=ctx.device)
+                for i, layer in enumerate(self.layers):
+                    pred = ridge_head(f_tr.layer(layer), tr.targets, f_te.layer(layer),
+                                      bounds=tr.bounds)
+                    out += self._score(name, seed, fold, f"ridge, {layer_title(layer)}", i,
+                                       tr, te, pred)
+                pred = finetune_regression(
+                    enc, tr, te, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                    backbone_lr_scale=1.0 if enc.is_random_twin else self.backbone_lr_scale,
+                    seed=seed, accelerator=_accelerator(ctx))
+                out += self._score(name, seed, fold, "fine-tuned", len(self.layers), tr, te,
+                                   pred)
+        return out
 
 
 __all__ = ["ID_COLUMNS", "RegressionPatches", "class_share_patches", "read_target_table",
-           "regression_metrics", "ridge_head", "finetune_head", "compare_regression",
-           "regression_table", "IGNORE_INDEX"]
+           "regression_metrics", "ridge_head", "finetune_regression", "Regression",
+           "IGNORE_INDEX"]

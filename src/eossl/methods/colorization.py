@@ -255,11 +255,14 @@ class Colorization(PretextMethod):
             rank_zero_warn(f"colorization picture not written: {type(e).__name__}: {e}")
 
     def picture(self, source, path: str | os.PathLike, *, seed: int = 0, patches: int = 4,
-                region: tuple[int, int] | None = None, **_) -> str:
-        """Predicted vs true colour of ``patches`` crops of ``source`` (within the column
-        ``region``, e.g. a test block) at the training crop size; returns a caption."""
+                area=None, **_) -> str:
+        """Predicted vs true colour of ``patches`` crops of ``source``'s scenes at the
+        training crop size, wholly inside ``area`` (one mask per scene, e.g. a fold's test
+        area; None: anywhere); returns a caption."""
+        from ..data.datasets import RandomCropDataset
+
         size = int(self.hparams.crop_size)
-        crops = source.crops(size, patches, seed=seed, region=region)
+        crops = RandomCropDataset(source.scenes, size, patches, seed=seed, allowed=area)
         raw = torch.stack([crops[i]["image"] for i in range(patches)])
         colorization_figure(self.colorize(raw), path, title=f"colorization: {patches} {size} px "
                             f"patches (input: {', '.join(self.input_bands)})")

@@ -295,7 +295,9 @@ class DenseContrast(PretextMethod):
         self.eval()
         try:
             write_embedding_map(lambda raw: self.embed(self.normalizer(raw)), source.scenes[0],
-                                labels, path, device=self.device, max_side=max_side)
+                                labels, path, device=self.device, max_side=max_side,
+                                class_names=tuple(source.classes) if labels is not None
+                                else None)
         finally:
             self.train(was)
         return "PCA of the U-Net's pixel embeddings"

@@ -37,7 +37,7 @@ from .backbones import Backbone, _probe_channels, build_backbone
 
 RANDOM_TWIN = "random init"
 # metadata that describes a pretraining run rather than an architecture: a twin has none of it
-_RUN_KEYS = ("collapse", "elapsed_s", "pretrain_data")
+_RUN_KEYS = ("collapse", "elapsed_s", "pretrain_data", "checkpoint")
 
 
 class Encoder(nn.Module):
