@@ -82,7 +82,7 @@ TINY = {
     "pixel-probe": {"per_class": 10, "test_per_class": 10, "tile": 32},
     "segment": {"steps": 2, "batch_size": 4, "probe_steps": 2},
     "regress": {"epochs": 1, "min_labelled": 0.95, "layers": ("last",)},
-    "multilabel": {"epochs": 1, "size": 32, "layers": ("last",)},
+    "multilabel": {"epochs": 1, "layers": ("last",)},
     "ensemble": {"epochs": 1, "saliency_patches": 2},
     "per-band": {"probe_bands": ("B04", "B11")},
     "pictures": {"patches": 2, "map_side": 128},

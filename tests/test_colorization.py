@@ -3,7 +3,6 @@ and a short real pretraining run whose checkpoint the probes accept."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 

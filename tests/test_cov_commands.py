@@ -45,7 +45,7 @@ def _values(records, metric):
 
 def test_evaluate_multilabel_on_real_bigearthnet(capsys, ckpt, tmp_path, ben_dir):
     out = _run(capsys, "evaluate", "multilabel", "--checkpoint", f"moco={ckpt}", "--root",
-               ben_dir, "--epochs", "1", "--seeds", "0", "--out", tmp_path / "ml")
+               ben_dir, "--no-finetune", "--seeds", "0", "--out", tmp_path / "ml")
     assert "train + validation train" in out  # the data set's own split, said in the report
     res = _results(tmp_path / "ml")
     rows = {r["model"]: r for r in res["records"] if r["table"] == "_model"}
@@ -56,7 +56,7 @@ def test_evaluate_multilabel_on_real_bigearthnet(capsys, ckpt, tmp_path, ben_dir
         assert r["n_train"] == 16 and r["n_test"] == 8 and 0.0 < r["value"] <= 1.0, r
     # a second run into the same folder is refused, the first results are kept
     assert main(["evaluate", "multilabel", "--checkpoint", str(ckpt), "--root", str(ben_dir),
-                 "--seeds", "0", "--out", str(tmp_path / "ml")]) == 2
+                 "--no-finetune", "--seeds", "0", "--out", str(tmp_path / "ml")]) == 2
     assert "already holds results.json" in capsys.readouterr().err
 
 
@@ -74,7 +74,7 @@ def test_evaluate_regress_on_a_table_of_real_targets(capsys, ckpt, tmp_path, bra
     table = tmp_path / "targets.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     _run(capsys, "evaluate", "regress", "--checkpoint", f"moco={ckpt}", "--table", table,
-         "--epochs", "1", "--seeds", "0", "--out", tmp_path / "rg")
+         "--no-finetune", "--seeds", "0", "--out", tmp_path / "rg")
     res = _results(tmp_path / "rg")
     assert f"Targets from the table {table}" in res["protocol"]
     cells = _values(res["records"], "mean_r2")

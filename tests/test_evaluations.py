@@ -13,7 +13,7 @@ from eossl.evaluate.base import Context, compare, get_evaluation
 from eossl.methods import available_methods
 
 UNIT_RANGE = {"accuracy", "balanced_accuracy", "macro_f1", "miou", "pixel_accuracy",
-              "micro_map", "macro_map", "micro_f1", "macro_f1", "f1", "precision", "recall"}
+              "micro_map", "macro_map", "micro_f1", "f1", "precision", "recall"}
 
 # The cheapest settings that still run each evaluation end to end (the real data, few steps).
 TINY = {
@@ -22,7 +22,7 @@ TINY = {
     "pixel-probe": {"per_class": 8, "test_per_class": 8, "tile": 32},
     "segment": {"fractions": (0.1,), "steps": 1, "batch_size": 2, "probe_steps": 1},
     "regress": {"epochs": 1, "min_labelled": 0.5, "batch_size": 16},
-    "multilabel": {"epochs": 1, "size": 32, "batch_size": 8},
+    "multilabel": {"epochs": 1, "batch_size": 8},
     "ensemble": {"epochs": 1, "saliency_patches": 0},
     "per-band": {"probe_bands": ("B04", "B11")},
     "pictures": {"patches": 2, "map_side": 64},
@@ -31,46 +31,51 @@ TINY = {
 
 
 class SmallContext(Context):
-    """The real data, fewer of it: every fold keeps a seeded sample of its patches, tiles and
-    pixels, so nine encoders x ten evaluations run in a test's time."""
+    """The real data, fewer of it: two folds, each keeping a seeded sample of its patches,
+    tiles and pixels, so nine encoders x ten evaluations run in a test's time."""
 
     def patch_folds(self, size=16):
         return self.cached(("small-patches", size), lambda: [
             type(f)(f.index, _subset(f.train, 48), _subset(f.test, 32))
-            for f in super(SmallContext, self).patch_folds(size)])
+            for f in super(SmallContext, self).patch_folds(size)[:2]])
 
     def area_folds(self, gap=16):
-        labelled = self.source.label_map() < 8
+        labelled = [lm < 8 for lm in self.source.label_maps()]
 
-        def small(mask):
-            """The best-labelled 64 x 192 px window of the area."""
+        def small(mask, k):
+            """The best-labelled 64 x 192 px window of scene k's area."""
             cols = np.flatnonzero(mask.any(axis=0))
+            if len(cols) == 0:
+                return mask
             r, c = max(((r, c) for r in range(0, mask.shape[0] - 64, 64)
-                        for c in range(cols[0], cols[-1] - 192, 64)),
-                       key=lambda rc: labelled[rc[0]:rc[0] + 64, rc[1]:rc[1] + 192].mean())
+                        for c in range(cols[0], max(cols[0] + 1, cols[-1] - 192), 64)),
+                       key=lambda rc: labelled[k][rc[0]:rc[0] + 64, rc[1]:rc[1] + 192].mean())
             out = np.zeros_like(mask)
             out[r:r + 64, c:c + 192] = mask[r:r + 64, c:c + 192]
             return out
 
         return self.cached(("small-areas", gap), lambda: [
-            type(f)(f.index, small(f.train), small(f.test))
-            for f in super(SmallContext, self).area_folds(gap)])
+            type(f)(f.index, [small(m, k) for k, m in enumerate(f.train)],
+                    [small(m, k) for k, m in enumerate(f.test)])
+            for f in super(SmallContext, self).area_folds(gap)[:2]])
 
-    def tile_folds(self, size, num_classes):
+    def tile_folds(self, size):
         return self.cached(("small-tiles", size), lambda: [
             (_tiles(tr, 6), _tiles(te, 4))
-            for tr, te in super(SmallContext, self).tile_folds(size, num_classes)])
+            for tr, te in super(SmallContext, self).tile_folds(size)[:2]])
 
 
 def _subset(ds, n):
-    from eossl.evaluate.folds import PatchSubset
+    """A seeded sample of ``n`` labelled patches."""
+    from eossl.data.datasets import LabelledPatches
 
-    idx = np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False)
-    return PatchSubset(ds, np.sort(idx))
+    idx = np.sort(np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False))
+    return LabelledPatches(ds.scenes, size=ds.size, classes=ds.classes,
+                           items=[ds.items[i] for i in idx])
 
 
 def _tiles(ds, n):
-    ds.corners = ds.corners[:: max(1, len(ds.corners) // n)][:n]
+    ds.items = ds.items[:: max(1, len(ds.items) // n)][:n]
     return ds
 
 

@@ -339,7 +339,7 @@ def test_corrupt_lmdb_entry(capsys, ckpt, tmp_path, ben_dir):
     pid = _first_test_patch(ben_dir)
     root = _ben_copy(ben_dir, tmp_path / "ben", corrupt_key=pid)
     code, err = cli(capsys, "evaluate", "multilabel", "--checkpoint", ckpt, "--root", root,
-                    "--epochs", "1", "--no-random-init", "--seeds", "0")
+                    "--no-finetune", "--no-random-init", "--seeds", "0")
     assert code == 2 and one_line(err, "corrupt safetensors entry", pid, root)
 
 
@@ -347,11 +347,11 @@ def test_label_ids_out_of_range(capsys, ckpt, tmp_path, ben_dir):
     pid = _first_test_patch(ben_dir)
     root = _ben_copy(ben_dir, tmp_path / "ids", labels=(pid, [2, 25]))
     code, err = cli(capsys, "evaluate", "multilabel", "--checkpoint", ckpt, "--root", root,
-                    "--epochs", "1", "--no-random-init", "--seeds", "0")
+                    "--no-finetune", "--no-random-init", "--seeds", "0")
     assert code == 2 and one_line(err, "metadata.parquet", pid, "label id 25", "0..18")
     root = _ben_copy(ben_dir, tmp_path / "names", labels=(pid, ["Arable land", "Lava"]))
     code, err = cli(capsys, "evaluate", "multilabel", "--checkpoint", ckpt, "--root", root,
-                    "--epochs", "1", "--no-random-init", "--seeds", "0")
+                    "--no-finetune", "--no-random-init", "--seeds", "0")
     assert code == 2 and one_line(err, pid, "'Lava'", "19 BigEarthNet v2 classes")
 
 

@@ -61,7 +61,7 @@ def test_bandwise_radar_encoder_on_bigearthnet_reads_sentinel1(tiny_checkpoints,
     out = tmp_path / "ml"
     rc = main(["--cache", str(sample_cache), "evaluate", "multilabel", "--checkpoint",
                f"rsbyol={tiny_checkpoints['rsbyol']}", "--seeds", "0", "--epochs", "1",
-               "--size", "32", "--out", str(out)])
+               "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 0, err
     records = json.loads((out / "results.json").read_text())["records"]
@@ -85,8 +85,8 @@ def test_l1c_encoder_on_l2a_fills_the_cirrus_band(tiny_checkpoints, sample_cache
     from eossl.evaluate.base import Context
     from eossl.evaluate.multilabel import MultiLabel
 
-    ev = MultiLabel(epochs=1, size=32, layers=("last",))
-    recs = ev.run(Context(cache=sample_cache), {"moco": load_encoder(tiny_checkpoints["moco"])},
+    ev = MultiLabel(epochs=1, layers=("last",))
+    recs = ev.run(Context("bigearthnet", cache=sample_cache), {"moco": load_encoder(tiny_checkpoints["moco"])},
                   seed=0)
     assert "filled with its training mean: B10" in ev.inputs["moco"]
     assert {r["column"] for r in recs} == {"linear, last stage", "fine-tuned"}

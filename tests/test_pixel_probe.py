@@ -16,18 +16,19 @@ from eossl.normalization import Normalizer
 
 def test_sampling_is_bounded_seeded_and_inside_the_area(brandenburg):
     lm = brandenburg.label_map()
-    fold = area_folds(brandenburg)[0]
-    tiles = area_tiles(fold.test, 32)
-    assert tiles and all(fold.test[r:r + 32, c:c + 32].all() for r, c in tiles)
-    r, c, y = sample_pixels(lm, fold.test, tiles, 32, 50, seed=3)
-    assert fold.test[r, c].all() and not fold.train[r, c].any()
+    fold = area_folds(brandenburg)[0]  # spatial k-fold blocks: fold 0's test blocks
+    train, test = fold.train[0], fold.test[0]
+    tiles = area_tiles(test, 32)
+    assert tiles and all(test[r:r + 32, c:c + 32].all() for r, c in tiles)
+    k, r, c, y = sample_pixels([lm], [tiles], 32, 50, seed=3)
+    assert (k == 0).all() and test[r, c].all() and not train[r, c].any()
     assert (lm[r, c] == y).all() and (y != IGNORE_INDEX).all()
     counts = np.bincount(y)
     assert counts.max() <= 50 and (counts[counts > 0] >= 1).all()
-    assert len(np.unique(y)) >= 6  # the real test area holds most OSM classes
-    r2, c2, _ = sample_pixels(lm, fold.test, tiles, 32, 50, seed=3)
+    assert len(np.unique(y)) >= 6  # the real test blocks hold most OSM classes
+    _, r2, c2, _ = sample_pixels([lm], [tiles], 32, 50, seed=3)
     assert (r2 == r).all() and (c2 == c).all()
-    r3, _, _ = sample_pixels(lm, fold.test, tiles, 32, 50, seed=4)
+    _, r3, _, _ = sample_pixels([lm], [tiles], 32, 50, seed=4)
     assert not np.array_equal(r3, r)
 
 

@@ -7,7 +7,6 @@ import pytest
 from eossl.data.datasets import OSM_CLASSES, SpatialSplit
 from eossl.errors import DataError
 from eossl.evaluate.features import spectral_features
-from eossl.evaluate.folds import area_folds
 from eossl.evaluate.regress import (class_share_patches, read_target_table, regression_metrics,
                                     ridge_head)
 from eossl.normalization import default_log_flags
@@ -23,8 +22,10 @@ def test_metrics_hand_computed():
 
 
 def _shares(source):
-    fold = area_folds(source)[0]
-    return class_share_patches(source, fold.train), class_share_patches(source, fold.test)
+    """Class shares on the west 60% / east 40% blocks of the scene (one area per scene)."""
+    scene = source.scenes[0]
+    fold = SpatialSplit(gap=16).folds(scene.height, scene.width)[0]
+    return class_share_patches(source, [fold.train]), class_share_patches(source, [fold.test])
 
 
 def test_class_shares_on_real_scene(brandenburg):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from eossl.data.datasets import IGNORE_INDEX, OSM_CLASSES, DenseLabelTiles, SpatialSplit
+from eossl.data.datasets import OSM_CLASSES, DenseLabelTiles, SpatialSplit
 from eossl.errors import ConfigError, DataError
 from eossl.evaluate.base import Context
 from eossl.evaluate.metrics import iou_scores

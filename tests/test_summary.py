@@ -46,7 +46,7 @@ def _records(values: dict, min_per_class=20, units=((0, 0), (1, 0), (2, 0)), tab
 
 
 def _text(recs):
-    blocks = report_blocks([Toy()], recs, title="t", header=["h"], folds_text="one fold")
+    blocks = report_blocks([Toy()], recs, title="t", header=["h"], splits={Toy.name: "one fold"})
     return to_markdown(blocks, root=__import__("pathlib").Path(".")), blocks
 
 

@@ -227,7 +227,7 @@ def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], cache
             _step(folder, name, method, seed, partial(_evaluate_rows, ev, ctx, {method: enc},
                                                       rows, seed), echo)
         for (twin, seed), enc in twins.items():
-            def job(twin=twin, enc=enc, seed=seed):
+            def job(twin=twin, enc=enc, seed=seed, ev=ev, ctx=ctx):
                 t = enc.random_twin(seed)
                 rows = {twin: {**row_info(twin, t), "twin_of": groups[twin]}}
                 return _evaluate_rows(ev, ctx, {twin: t}, rows, seed)

@@ -138,7 +138,10 @@ def add_evaluation_parser(tsub, name: str):
                                  "(never overwritten)")
     for key, default in cls.settings.items():
         flag = "--" + key.replace("_", "-")
-        if isinstance(default, bool):
+        if default is True:  # on by default: --no-KEY turns it off
+            p.add_argument("--no-" + key.replace("_", "-"), action="store_false", default=None,
+                           dest=key, help=f"leave out {key.replace('_', ' ')} (default on)")
+        elif isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None,
                            help=f"setting {key} (default off)")
         else:
@@ -217,6 +220,11 @@ def run_evaluation(name: str, args, options: dict | None = None) -> int:
     if why:
         raise ConfigError(f"evaluate {name}: {why}")
     encoders = {n: load_encoder(p) for n, p in checkpoints.items()}
+    print(f"split: {ev.splits(ctx)}")
+    for n, enc in encoders.items():  # whether each pretraining saw these test areas
+        note = ev.pretraining_note(ctx, enc)
+        if note:
+            print(f"{n}: {note}")
     records = compare(ev, ctx, encoders, seeds, twins=not args.no_random_init, log=print)
     command = "eossl " + " ".join(getattr(args, "argv", sys.argv[1:]))
     header = [f"**command**: `{command}`", f"**seeds**: {', '.join(map(str, seeds))}"]

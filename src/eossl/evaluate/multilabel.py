@@ -71,7 +71,7 @@ class MultiLabel(Evaluation):
     title = "Multi-label (BigEarthNet v2)"
     shown_metrics = ("micro_map", "macro_map", "micro_f1")
     settings = dict(layers=("last", "multiscale"), epochs=3, lr=1e-3, backbone_lr_scale=0.1,
-                    batch_size=8)
+                    batch_size=8, finetune=True)
     default_data = "bigearthnet"
     quick = {"epochs": 1}
     description = ("Multi-label chips (by default the BigEarthNet v2 sample: S2 L2A, plus S1 "
@@ -79,14 +79,16 @@ class MultiLabel(Evaluation):
                    "validation train, test scores; 8 test patches, so a smoke test of the path, "
                    "not a ranking). Linear probe: one logistic regression per class on frozen "
                    "features standardised on the training patches, for the layers {layers}; "
-                   "fine-tuned: encoder + linear head, BCE, about {epochs} epochs of batch "
-                   "{batch_size}, lr {lr} (a pretrained encoder at {backbone_lr_scale} x lr). "
+                   "{finetuned}. "
                    "Spectral baseline: the same linear probe on per-band mean and std of the "
                    "optical bands. Micro mAP first.")
 
     def protocol(self) -> str:
+        finetuned = ("fine-tuned: encoder + linear head, BCE, about {epochs} epochs of batch "
+                     "{batch_size}, lr {lr} (a pretrained encoder at {backbone_lr_scale} x "
+                     "lr)".format(**self.params()) if self.finetune else "no fine-tuning")
         return self.description.format(**{**self.params(), "layers": ", ".join(
-            layer_title(x) for x in self.layers)})
+            layer_title(x) for x in self.layers)}, finetuned=finetuned)
 
     def _folds(self, ctx: Context, sar: bool) -> list:
         """The folds of the data's split (BigEarthNet: its own, one fold), with Sentinel-1
@@ -103,6 +105,17 @@ class MultiLabel(Evaluation):
                 pass
         return src.folds()
 
+    def _score(self, name: str, seed: int, fold: int, column: str, order: float,
+               y_test: np.ndarray, probs: np.ndarray, y_train: np.ndarray) -> list[dict]:
+        """The records of one cell; ``min_per_class``: the fewest training positives of a
+        class that has any (a cell trained on a handful says so)."""
+        m = multilabel_metrics(y_test, probs)
+        pos = np.asarray(y_train).sum(axis=0)
+        return self.rec(self.tables[0], name, seed, fold, column, order, m, METRICS,
+                        n_train=len(y_train), n_test=len(y_test),
+                        classes_scored=m["classes_scored"],
+                        min_per_class=int(pos[pos > 0].min()) if (pos > 0).any() else 0)
+
     def baseline(self, ctx: Context, seed: int) -> list[dict]:
         out = []
         for fold in self._folds(ctx, sar=False):
@@ -114,7 +127,7 @@ class MultiLabel(Evaluation):
             probs = linear_multilabel_probe(f_tr, y_tr, f_te, seed=seed)
             out += [r for i, layer in enumerate(self.layers) for r in self._score(
                 R.SPECTRAL, seed, fold.index, f"linear, {layer_title(layer)}", i, y_te, probs,
-                len(y_tr))]
+                y_tr)]
         return out
 
     def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
@@ -133,7 +146,9 @@ class MultiLabel(Evaluation):
                     probs = linear_multilabel_probe(f_tr.layer(layer), y_tr,
                                                     f_te.layer(layer), seed=seed)
                     out += self._score(name, seed, fold.index, f"linear, {layer_title(layer)}",
-                                       i, y_te, probs, len(y_tr))
+                                       i, y_te, probs, y_tr)
+                if not self.finetune:
+                    continue
                 net = PatchNet(copy.deepcopy(fed), y_tr.shape[1])
                 fit(net, train, "bce", steps=epochs_to_steps(self.epochs, len(y_tr),
                                                              self.batch_size),
@@ -142,5 +157,5 @@ class MultiLabel(Evaluation):
                     accelerator=_accelerator(ctx))
                 logits, _ = predict(net, test, batch_size=16)
                 out += self._score(name, seed, fold.index, "fine-tuned", len(self.layers),
-                                   y_te, torch.sigmoid(torch.cat(logits)).numpy(), len(y_tr))
+                                   y_te, torch.sigmoid(torch.cat(logits)).numpy(), y_tr)
         return out

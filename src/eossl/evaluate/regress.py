@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data.datasets import IGNORE_INDEX
+from ..data.datasets import IGNORE_INDEX, LabelledPatches
 from ..data.splits import SpatialKFold, SpatialSplit
 from ..errors import ConfigError, DataError
 from ..normalization import default_log_flags
@@ -45,77 +45,53 @@ SPLIT_COLUMN = "split"
 RIDGE_ALPHAS = tuple(np.logspace(-2, 5, 15))
 
 
-class RegressionPatches(Dataset):
-    """Patches of scenes with a vector of targets each: ``{"image": raw (C, s, s),
-    "label": float32 (T,)}``. ``items`` are (scene index, row, col) of each patch's top-left
-    pixel; ``bounds`` the range the targets can take (None: unbounded)."""
+class TargetSet(Dataset):
+    """Images with a vector of targets each: ``{"image": raw (C, s, s), "label": float32
+    (T,)}``. ``images`` is any data set of ``{"image": ...}`` items with an ``images()`` method
+    and ``bands``; ``bounds`` the range the targets can take (None: unbounded)."""
+
+    def __init__(self, images, targets: np.ndarray, target_names: Sequence[str],
+                 bounds: tuple[float, float] | None = None) -> None:
+        targets = np.asarray(targets, dtype=np.float32)
+        if targets.ndim != 2 or len(targets) != len(images):
+            raise DataError(f"targets of shape {targets.shape} do not match {len(images)} "
+                            "images; expected (images, targets)")
+        self.patches, self.bounds = images, bounds
+        self.targets, self.target_names = targets, [str(t) for t in target_names]
+        self.bands = list(images.bands)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.patches[i]["image"], "label": torch.from_numpy(self.targets[i])}
+
+    def images(self) -> np.ndarray:
+        return self.patches.images()
+
+
+class RegressionPatches(TargetSet):
+    """Patches of scenes with targets. ``items`` are (scene index, row, col) of each patch's
+    top-left pixel; the patches are read as classification patches are (nodata filled the
+    same way)."""
 
     def __init__(self, scenes, items: Sequence[tuple[int, int, int]], targets: np.ndarray,
                  target_names: Sequence[str], size: int,
                  bounds: tuple[float, float] | None = None) -> None:
-        targets = np.asarray(targets, dtype=np.float32)
-        if targets.ndim != 2 or len(targets) != len(items):
-            raise DataError(f"targets of shape {targets.shape} do not match {len(items)} "
-                            "patches; expected (patches, targets)")
-        self.scenes = list(scenes) if isinstance(scenes, (list, tuple)) else [scenes]
-        self.size, self.bounds = int(size), bounds
-        self.items = [(int(k), int(r), int(c)) for k, r, c in items]
-        self.targets, self.target_names = targets, [str(t) for t in target_names]
-
-    @property
-    def corners(self) -> list[tuple[int, int]]:
-        return [(r, c) for _, r, c in self.items]
-
-    @property
-    def bands(self) -> list[str]:
-        return self.scenes[0].bands
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.targets
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _read(self, i: int) -> np.ndarray:
-        k, r, c = self.items[i]
-        return self.scenes[k].read((r, c, self.size, self.size))
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": torch.from_numpy(np.ascontiguousarray(self._read(i))),
-                "label": torch.from_numpy(self.targets[i])}
-
-    def images(self) -> np.ndarray:
-        return np.stack([self._read(i) for i in range(len(self))])
+        patches = LabelledPatches(scenes, size=int(size),
+                                  items=[(k, r, c, 0) for k, r, c in items])
+        super().__init__(patches, targets, target_names, bounds)
+        self.scenes, self.size, self.corners = patches.scenes, int(size), patches.corners
+        self.items = [it[:3] for it in patches.items]
 
 
-class ChipTargets(Dataset):
-    """A regression chip set (a chip table or torchgeo data set with numeric targets) seen as
-    RegressionPatches are: ``targets``, ``target_names``, ``bounds`` (None), ``images()``."""
-
-    bounds = None
-
-    def __init__(self, chips) -> None:
-        self.chips = chips
-        self.targets = np.asarray(chips.labels, dtype=np.float32)
-        self.target_names = [str(t) for t in chips.classes]
-
-    @property
-    def bands(self) -> list[str]:
-        return list(self.chips.bands)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.targets
-
-    def __len__(self) -> int:
-        return len(self.chips)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.chips[i]["image"], "label": torch.from_numpy(self.targets[i])}
-
-    def images(self) -> np.ndarray:
-        return self.chips.images()
+def chip_targets(chips) -> TargetSet:
+    """A regression chip set (a chip table or torchgeo data set with numeric targets)."""
+    return TargetSet(chips, np.asarray(chips.labels, dtype=np.float32), chips.classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,28 +324,31 @@ class Regression(Evaluation):
     title = "Regression"
     shown_metrics, lower_is_better = METRICS, ("mean_rmse",)
     settings = dict(patch_size=16, min_labelled=0.5, layers=("last", "multiscale"), epochs=3,
-                    lr=1e-3, backbone_lr_scale=0.1, batch_size=64)
+                    lr=1e-3, backbone_lr_scale=0.1, batch_size=64, finetune=True)
     quick = {"epochs": 1}
     description = ("{task}. Ridge on frozen features standardised on the training patches "
                    "(features active on too few of them dropped, a variance floor), alpha per "
                    "target by leave-one-out CV on the training patches, for the layers "
-                   "{layers}; and the encoder fine-tuned with a linear head (about {epochs} "
-                   "epochs of batch {batch_size}, lr {lr}, a pretrained encoder at "
-                   "{backbone_lr_scale} x lr, a random twin at lr; MSE on standardised "
-                   "targets). Predictions are clipped to {bounds}. Mean R² over the targets "
+                   "{layers}{finetuned}. Predictions are clipped to {bounds}. Mean R² over the "
+                   "targets "
                    "the test patches vary in (R² of a target whose test variance is under 5% "
                    "of its training variance is undefined and left out; higher is better); "
                    "mean RMSE (lower is better). Spectral baseline: ridge on each patch's "
                    "per-band mean and std of log reflectance.")
 
     def protocol(self) -> str:
-        table = getattr(self, "_table_name", None)
+        table, chips = getattr(self, "_table_name", None), getattr(self, "_chip_targets", None)
         task = (f"Targets from the table {table}" if table else
+                f"Targets: chip targets {', '.join(chips)}" if chips else
                 f"Targets: the share of each of the 8 OSM classes in each {self.patch_size} px "
                 f"patch with >= {self.min_labelled:.0%} labelled pixels")
+        finetuned = ("; and the encoder fine-tuned with a linear head (about {epochs} epochs of "
+                     "batch {batch_size}, lr {lr}, a pretrained encoder at {backbone_lr_scale} x "
+                     "lr, a random twin at lr; MSE on standardised targets)".format(
+                         **self.params()) if self.finetune else "; no fine-tuning")
         return self.description.format(**{**self.params(), "layers": ", ".join(
-            layer_title(x) for x in self.layers)}, task=task, bounds=(
-            "the training range of each target" if table else "[0, 1]"))
+            layer_title(x) for x in self.layers)}, task=task, finetuned=finetuned, bounds=(
+            "the training range of each target" if table or chips else "[0, 1]"))
 
     def _data(self, ctx: Context) -> list[tuple[int, object, object]]:
         """(fold, train, test) per fold: a user's table, a regression chip set, or the class
@@ -382,7 +361,8 @@ class Regression(Evaluation):
             if table:
                 return self._table_folds(src, table, ctx.options.get("targets"))
             if src.task == "regression":
-                return [(f.index, ChipTargets(f.train), ChipTargets(f.test))
+                self._chip_targets = [str(c) for c in src.classes]
+                return [(f.index, chip_targets(f.train), chip_targets(f.test))
                         for f in src.folds()]
             out = []
             for fold in ctx.area_folds(self.patch_size):
@@ -440,6 +420,8 @@ class Regression(Evaluation):
                                       bounds=tr.bounds)
                     out += self._score(name, seed, fold, f"ridge, {layer_title(layer)}", i,
                                        tr, te, pred)
+                if not self.finetune:
+                    continue
                 pred = finetune_regression(
                     enc, tr, te, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                     backbone_lr_scale=1.0 if enc.is_random_twin else self.backbone_lr_scale,
@@ -449,6 +431,6 @@ class Regression(Evaluation):
         return out
 
 
-__all__ = ["ID_COLUMNS", "RegressionPatches", "class_share_patches", "read_target_table",
+__all__ = ["ID_COLUMNS", "RegressionPatches", "TargetSet", "chip_targets", "class_share_patches", "read_target_table",
            "regression_metrics", "ridge_head", "finetune_regression", "Regression",
            "IGNORE_INDEX"]
