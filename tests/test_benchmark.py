@@ -173,14 +173,27 @@ def test_report_rerenders_without_recomputing(bench_dir, tmp_path):
     assert (bench_dir / "report.md").exists() and (bench_dir / "report.html").exists()
     assert sorted(p.stat().st_mtime_ns for p in (bench_dir / "evals").rglob("*.json")) == \
         evals_before
-    # a committed report keeps results.json and its figures only: that is enough
+    # a committed report keeps plan.json, results.json and its figures: that is enough to
+    # re-render it with every figure and the same captions
     kept = tmp_path / "committed"
     kept.mkdir()
-    shutil.copy(bench_dir / "results.json", kept / "results.json")
+    for name in ("plan.json", "results.json"):
+        shutil.copy(bench_dir / name, kept / name)
     shutil.copytree(bench_dir / "figures", kept / "figures")
     assert main(["report", str(kept)]) == 0
     md = (kept / "report.md").read_text()
     assert "| moco |" in md and "## Findings" in md
+
+    def figures(text):
+        return re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", text)
+
+    original = figures((bench_dir / "report.md").read_text())
+    assert len(original) >= 2 and figures(md) == original  # every figure, the same captions
+    assert any(path == "figures/training.png" for _, path in original)
+    for caption, path in original:
+        assert (kept / path).is_file(), path
+        words = caption.replace(":", " ").split()
+        assert all(a != b for a, b in zip(words, words[1:])), caption  # "colorization colorization"
 
 
 def _chromium() -> str | None:
@@ -216,9 +229,24 @@ def _render_in_chromium(folder, min_images: int = 2) -> str:
 
 
 def test_html_report_renders_in_chromium(bench_dir):
+    """The page opens in a browser with its table of contents (a link to every section, each
+    link's target present) and every figure of the Markdown report decoded."""
     if not (bench_dir / "report.html").exists():
         pytest.skip("needs the benchmark run of the previous tests")
-    _render_in_chromium(bench_dir)
+    md = (bench_dir / "report.md").read_text()
+    n_figures = len(re.findall(r"!\[[^\]]*\]\(figures/", md))
+    dom = _render_in_chromium(bench_dir, min_images=n_figures)
+    toc = re.search(r'<nav id="contents">(.*?)</nav>', dom, re.S)
+    assert toc, "no table of contents"
+    targets = re.findall(r'<a href="#([^"]+)">', toc.group(1))
+    sections = re.findall(r"^## (.+)$", md, re.M)
+    assert len(targets) >= len(sections) - 1 >= 4  # every h2 after the contents (and h3s)
+    for t in targets:
+        assert f'id="{t}"' in dom, t
+    for title in ("Findings", "Pretraining", "Linear probe"):
+        assert any(title in a for a in re.findall(r'<a href="#[^"]+">(.*?)</a>', toc.group(1)))
+    assert dom.count("<img ") == n_figures  # each figure of the Markdown report is on the page
+    assert dom.find("How to read this report") < dom.find('<nav id="contents">')
 
 
 # ------------------------------------------------------------------ every evaluation

@@ -569,12 +569,12 @@ def test_resume_with_another_band_list(capsys, ckpt, tmp_path, sample_cache):
 def test_probe_and_demo_check_arguments_before_any_work(capsys, ckpt, tmp_path, monkeypatch):
     """Item 10: probe --out was checked only after every probe had run, and demo --seeds ",,"
     only after pretraining; both are refused before any work."""
-    from eossl.evaluate import compare
+    from eossl.evaluate import base
 
     def no_work(*a, **k):
         raise AssertionError("the probe ran before its arguments were checked")
 
-    monkeypatch.setattr(compare, "probe_checkpoints", no_work)
+    monkeypatch.setattr(base, "compare", no_work)  # every evaluation runs through compare()
     used = tmp_path / "used"
     used.mkdir()
     (used / "results.json").write_text("{}")

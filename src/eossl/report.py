@@ -35,14 +35,45 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
 # ------------------------------------------------------------------------------ rendering
 # One list of blocks, rendered twice: Markdown beside PNG files, and one self-contained HTML
 # page (images inlined). Blocks: ("h1".."h4", text), ("p", text), ("list", items),
-# ("table", rows), ("details", summary, rows), ("img", path, caption).
+# ("table", rows), ("details", summary, rows), ("img", path, caption), and ("toc",): the
+# table of contents (every h2 and h3 after it, linked).
+
+TOC_LEVELS = ("h2", "h3")
+
+
+def _anchors(blocks: Sequence[tuple]) -> dict[int, str]:
+    """{block index: anchor} of every heading, as GitHub names them (lower case, punctuation
+    dropped, spaces to hyphens, -1, -2, ... for repeats), so the Markdown's links work on
+    GitHub and the HTML page uses the same ids."""
+    import re
+
+    seen: dict[str, int] = {}
+    out = {}
+    for i, b in enumerate(blocks):
+        if b[0] in ("h1", "h2", "h3", "h4"):
+            text = re.sub(r"[*`]", "", b[1]).strip().lower()
+            slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            out[i] = slug if n == 0 else f"{slug}-{n}"
+    return out
+
+
+def _toc(blocks: Sequence[tuple], start: int, anchors: dict[int, str]) -> list[tuple]:
+    """(depth, text, anchor) of the headings after block ``start``."""
+    return [(TOC_LEVELS.index(b[0]), b[1], anchors[i]) for i, b in enumerate(blocks)
+            if i > start and b[0] in TOC_LEVELS]
 
 
 def to_markdown(blocks: Sequence[tuple], root: Path) -> str:
     out = []
-    for b in blocks:
+    anchors = _anchors(blocks)
+    for i, b in enumerate(blocks):
         kind = b[0]
-        if kind in ("h1", "h2", "h3", "h4"):
+        if kind == "toc":
+            out += ["**Contents**", ""] + [f"{'  ' * d}- [{t}](#{a})"
+                                           for d, t, a in _toc(blocks, i, anchors)] + [""]
+        elif kind in ("h1", "h2", "h3", "h4"):
             out += ["#" * int(kind[1]) + " " + b[1], ""]
         elif kind == "p":
             out += [b[1], ""]
@@ -67,7 +98,9 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
 color:#222}table{border-collapse:collapse;margin:.5em 0 1em;font-size:.85em}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}td:first-child,th:first-child
 {text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}
-code{background:#f5f5f5;padding:0 .2em}details{margin-bottom:1em}"""
+code{background:#f5f5f5;padding:0 .2em}details{margin-bottom:1em}
+nav#contents{background:#fafafa;border:1px solid #ddd;padding:.5em 1em;font-size:.9em}
+nav#contents ul{margin:.2em 0;padding-left:1.2em}"""
 
 # Lets a headless browser (the report test) tell that every image decoded.
 _CHECK = """<script>window.addEventListener('load',function(){var im=document.images,ok=0;
@@ -98,10 +131,19 @@ def to_html(blocks: Sequence[tuple], title: str = "eossl report") -> str:
     import html
 
     parts = []
-    for b in blocks:
+    anchors = _anchors(blocks)
+    for i, b in enumerate(blocks):
         kind = b[0]
-        if kind in ("h1", "h2", "h3", "h4"):
-            parts.append(f"<{kind}>{_inline(b[1])}</{kind}>")
+        if kind == "toc":
+            items, depth = [], 0
+            for d, text, anchor in _toc(blocks, i, anchors):
+                items.append("<ul>" * max(d - depth, 0) + "</ul>" * max(depth - d, 0)
+                             + f'<li><a href="#{anchor}">{_inline(text)}</a></li>')
+                depth = d
+            parts.append('<nav id="contents"><b>Contents</b><ul>' + "".join(items)
+                         + "</ul>" * depth + "</ul></nav>")
+        elif kind in ("h1", "h2", "h3", "h4"):
+            parts.append(f'<{kind} id="{anchors[i]}">{_inline(b[1])}</{kind}>')
         elif kind == "p":
             parts.append(f"<p>{_inline(b[1])}</p>")
         elif kind == "list":
@@ -134,5 +176,5 @@ def write_blocks(folder: str | os.PathLike, blocks: Sequence[tuple], title: str,
 def blocks_to_text(blocks: Sequence[tuple]) -> str:
     """The tables and findings of some blocks as terminal text (Markdown without pictures and
     per-unit details)."""
-    keep = [b for b in blocks if b[0] not in ("img", "details")]
+    keep = [b for b in blocks if b[0] not in ("img", "details", "toc")]
     return to_markdown(keep, Path("."))

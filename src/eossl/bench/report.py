@@ -69,9 +69,11 @@ def _plt():
 
 
 def plot_training_curves(folder: BenchmarkFolder, status: dict, methods: list[str], seed: int,
-                         path: Path) -> Path | None:
+                         path: Path, colours: dict[str, str] | None = None) -> Path | None:
     """Pretext loss and online kNN accuracy against wall-clock time (from each run's
-    metrics.csv; time = step x the run's mean step time)."""
+    metrics.csv; time = step x the run's mean step time), each method in its report colour.
+    Without the run folders (a committed report keeps only results.json and figures/), the
+    picture drawn when the runs were there."""
     import pandas as pd
 
     curves = []
@@ -82,18 +84,20 @@ def plot_training_curves(folder: BenchmarkFolder, status: dict, methods: list[st
             continue
         curves.append((m, pd.read_csv(csv), info["seconds"] / max(info["steps"], 1)))
     if not curves:
-        return None
+        return path if path.exists() else None
+    colours = colours or {}
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     for m, df, spt in curves:
         if "train/loss" in df:
             d = df[["step", "train/loss"]].dropna()
             a1.plot(d["step"] * spt, d["train/loss"] / max(abs(d["train/loss"].iloc[0]), 1e-9),
-                    lw=1, label=m)
+                    lw=1, label=m, color=colours.get(m))
         if "val/knn_acc" in df:
             d = df[["step", "val/knn_acc"]].dropna()
             if len(d):
-                a2.plot(d["step"] * spt, d["val/knn_acc"], "o-", ms=3, label=m)
+                a2.plot(d["step"] * spt, d["val/knn_acc"], "o-", ms=3, label=m,
+                        color=colours.get(m))
     a1.set_title("pretext loss / its first value", fontsize=9)
     a2.set_title("online kNN accuracy (test block)", fontsize=9)
     for a in (a1, a2):
@@ -110,8 +114,8 @@ def plot_embeddings(records: list[dict], path: Path) -> Path | None:
     for r in records:
         if r.get("table") == "_embedding" and r["model"] not in emb:
             emb[r["model"]] = r
-    if not emb:
-        return None
+    if not emb:  # results.json leaves the embeddings out: keep the picture drawn from them
+        return path if path.exists() else None
     plt = _plt()
     ms = list(emb)
     cols = min(len(ms), 4)
@@ -141,7 +145,8 @@ def plot_embeddings(records: list[dict], path: Path) -> Path | None:
 def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
     from ..evaluate.base import available_evaluations, get_evaluation
     from ..evaluate.folds import describe_folds
-    from ..evaluate.summary import report_blocks
+    from ..evaluate import results as R
+    from ..evaluate.summary import report_blocks, row_colours, row_infos, row_order
 
     plan, st, records = load_results(folder)
     figs = folder.root / "figures"
@@ -174,18 +179,24 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
         evaluations.append(ev)
     splits = {ev.name: protocols.get(ev.name, {}).get("splits") or describe_folds()
               for ev in evaluations}
+    # one colour per method in every plot (plan order), the references in theirs
+    infos = row_infos(records)
+    colours = row_colours(list(plan.methods) + row_order(
+        [r for r in records if not R.hidden(r)], infos), infos)
     blocks = report_blocks(evaluations, records, title="eossl benchmark", header=header,
-                           splits=splits, figures=figs)
+                           splits=splits, figures=figs, colours=colours)
     # the pretraining section goes before the evaluations (after the findings)
-    first_eval = next((i for i, b in enumerate(blocks) if i > 4 and b[0] == "h2"), len(blocks))
-    blocks[first_eval:first_eval] = _pretraining_blocks(folder, plan, st, figs)
+    findings = blocks.index(("h2", "Findings"))
+    first_eval = next((i for i, b in enumerate(blocks) if i > findings and b[0] == "h2"),
+                      len(blocks))
+    blocks[first_eval:first_eval] = _pretraining_blocks(folder, plan, st, figs, colours)
     emb = plot_embeddings(records, figs / "embeddings.png")
     if emb:
         blocks += [("h2", "Embeddings"),
                    ("p", "First two principal components of the test patches' frozen features "
                          "(standardised), coloured by OSM class (first seed)."),
                    ("img", emb, "Embedding scatter")]
-    pics = _run_pictures(folder, plan, records)
+    pics = _run_pictures(folder, plan, records, figs)
     if pics:
         blocks.append(("h2", "Pictures from the methods' training runs"))
         blocks += [("img", p, cap) for p, cap in pics]
@@ -200,7 +211,7 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
     return blocks
 
 
-def _pretraining_blocks(folder, plan, st, figs) -> list[tuple]:
+def _pretraining_blocks(folder, plan, st, figs, colours=None) -> list[tuple]:
     from ..evaluate.summary import COLLAPSED
 
     rows = [["method", "seed", "data", "steps", "seconds", "images/s", "collapse monitor",
@@ -223,23 +234,33 @@ def _pretraining_blocks(folder, plan, st, figs) -> list[tuple]:
                  "of the pretext embeddings over the last steps as a share of a healthy one; "
                  f"below 0.25 the run is flagged {COLLAPSED} here and in every table."),
            ("table", rows)]
-    tc = plot_training_curves(folder, st, plan.methods, plan.seeds[0], figs / "training.png")
+    tc = plot_training_curves(folder, st, plan.methods, plan.seeds[0], figs / "training.png",
+                              colours)
     if tc:
         out.append(("img", tc, "Training curves"))
     return out
 
 
-def _run_pictures(folder: BenchmarkFolder, plan, records: list[dict]) -> list[tuple]:
-    """Pictures the methods drew into their first-seed run folders, unless an evaluation drew
-    that method's picture on held-out data."""
+def _run_pictures(folder: BenchmarkFolder, plan, records: list[dict], figs: Path
+                  ) -> list[tuple]:
+    """Pictures the methods drew into their first-seed run folders (unless an evaluation drew
+    that method's picture on held-out data), copied to figures/runs/METHOD/ so that a report
+    re-rendered from results.json and figures/ alone still shows them."""
+    import shutil
+
     drawn = {r["model"] for r in records if r.get("table") == "_figure"
              and r.get("evaluation") == "pictures"}
     pics = []
     for m in plan.methods:
         if m in drawn:
             continue
-        run = folder.run_dir(m, plan.seeds[0])
-        pics += [(p, f"{m}: {p.stem.replace('_', ' ')}") for p in sorted(run.glob("*.png"))]
+        kept = figs / "runs" / m
+        for p in sorted(folder.run_dir(m, plan.seeds[0]).glob("*.png")):
+            kept.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, kept / p.name)
+        what = (f"picture drawn at the end of its pretraining run (seed {plan.seeds[0]})")
+        pics += [(p, f"{m}: {what}" if p.stem.replace("_", " ").lower() == m.lower() else
+                  f"{m}: {p.stem.replace('_', ' ')} ({what})") for p in sorted(kept.glob("*.png"))]
     return pics
 
 

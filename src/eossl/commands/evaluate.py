@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 # counts must be positive, rates positive, --out a folder that can be written.
 POSITIVE = ("patch_size", "tile", "tile_size", "size", "epochs", "steps", "probe_steps",
             "batch_size", "per_class", "test_per_class", "crop", "patches")
-RATES = ("lr", "backbone_lr_factor")
+RATES = ("lr", "backbone_lr_scale", "C")
 SHARES = ("min_labelled",)
 
 
@@ -133,7 +133,7 @@ def add_evaluation_parser(tsub, name: str):
                    help="seeds (comma-separated); each is a random twin's and a fit's seed")
     p.add_argument("--no-random-init", action="store_true",
                    help="leave out the random-twin reference rows")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    add_accelerator_option(p)
     p.add_argument("--out", help="write results.json, report.md and report.html here "
                                  "(never overwritten)")
     for key, default in cls.settings.items():
@@ -150,6 +150,25 @@ def add_evaluation_parser(tsub, name: str):
             p.add_argument(flag, type=_typed(default), default=None, dest=key,
                            help=f"default {shown}")
     return p
+
+
+def add_accelerator_option(p) -> None:
+    """``--accelerator``: where encoders run (the word of Lightning and of ``eossl pretrain``)."""
+    p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu",
+                   help="cpu, gpu or auto (a GPU when there is one; default cpu)")
+
+
+def torch_device(accelerator: str | None) -> str:
+    """The torch device of an ``--accelerator`` value."""
+    import torch
+
+    if accelerator in ("gpu", "auto") and torch.cuda.is_available():
+        return "cuda"
+    if accelerator == "gpu":
+        from ..errors import ConfigError
+
+        raise ConfigError("--accelerator gpu: no GPU is visible to torch here; use cpu or auto")
+    return "cpu"
 
 
 def add_scene_options(p, name: str) -> None:
@@ -213,13 +232,14 @@ def run_evaluation(name: str, args, options: dict | None = None) -> int:
         out = check_writable_folder(args.out)
         if (out / "results.json").exists():
             raise OutputExistsError(f"{out} already holds results.json; choose another --out")
+    device = torch_device(getattr(args, "accelerator", None))
+    encoders = {n: load_encoder(p) for n, p in checkpoints.items()}  # unreadable: refused now
     request = data_request(args)
-    ctx = Context(request, cache=args.cache, root=out, device=args.device,
+    ctx = Context(request, cache=args.cache, root=out, device=device,
                   options={**(options or {}), "first_seed": seeds[0]})
     why = ev.available(ctx)
     if why:
         raise ConfigError(f"evaluate {name}: {why}")
-    encoders = {n: load_encoder(p) for n, p in checkpoints.items()}
     print(f"split: {ev.splits(ctx)}")
     for n, enc in encoders.items():  # whether each pretraining saw these test areas
         note = ev.pretraining_note(ctx, enc)

@@ -13,7 +13,9 @@ def add_parser(tsub) -> None:
 
     add_data_options(p, default="brandenburg")
     p.add_argument("--out", required=True, help="PNG file to write (never overwritten)")
-    p.add_argument("--device", default="cpu")
+    from .evaluate import add_accelerator_option
+
+    add_accelerator_option(p)
 
 
 def run(args) -> int:
@@ -25,6 +27,7 @@ def run(args) -> int:
     from ._data_options import open_from_args
     from ..errors import ConfigError, OutputExistsError
     from ..methods.dense import write_embedding_map
+    from .evaluate import torch_device
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -32,14 +35,15 @@ def run(args) -> int:
     if out.exists():
         raise OutputExistsError(f"{out} exists; choose another --out")
     encoder = load_encoder(args.checkpoint)
-    unet = encoder.unet().to(args.device).eval()  # the dense checkpoint's own U-Net
+    device = torch_device(args.accelerator)
+    unet = encoder.unet().to(device).eval()  # the dense checkpoint's own U-Net
     source = open_from_args(args, bands=args.bands or encoder.bands)
     labels = source.label_map() if getattr(source, "labels", None) is not None else None
 
     def embed(raw: torch.Tensor) -> torch.Tensor:
         return unet(raw)
 
-    write_embedding_map(embed, source.scenes[0], labels, out, device=args.device,
+    write_embedding_map(embed, source.scenes[0], labels, out, device=device,
                         class_names=source.classes)
     print(f"embedding picture: {out}")
     return 0

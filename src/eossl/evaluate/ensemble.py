@@ -63,7 +63,8 @@ def rgb_encoder(stats: BandStats, rgb: Sequence[str], backbone: str = "resnet18"
 class Ensemble(Evaluation):
     title = "RGB + spectral ensemble"
     comparisons = (("ensemble", "rgb"), ("ensemble", "spectral"))
-    settings = dict(epochs=6, lr=1e-3, batch_size=32, patch_size=16, saliency_patches=4)
+    settings = dict(epochs=6, lr=1e-3, batch_size=32, patch_size=16, saliency_patches=4,
+                    saliency_size=64)
     quick = {"epochs": 2}
     description = ("Two classifiers fine-tuned on the training patches of {patch_size} px "
                    "(about {epochs} epochs of batch {batch_size}, AdamW lr {lr}, the encoder "
@@ -72,7 +73,10 @@ class Ensemble(Evaluation):
                    "bands and starts from {rgb_init}; 'ensemble' averages their logits. The "
                    "claim under test: the ensemble beats both members, in accuracy and in "
                    "balanced accuracy. Saliency (gradient x input) of both members on "
-                   "{saliency_patches} test patches.")
+                   "{saliency_patches} test windows of {saliency_size} px (at the "
+                   "{patch_size} px of the scores a ResNet's last map is 1 x 1, and every "
+                   "map would show where its strided convolutions sample, not what the "
+                   "member looks at).")
 
     def protocol(self) -> str:
         return self.description.format(**self.params(), rgb_init=getattr(
@@ -125,12 +129,27 @@ class Ensemble(Evaluation):
                         if seed == ctx.options.get("first_seed", seed) and fold.index == 0
                         and self.saliency_patches > 0 else None)
                 if path is not None:
-                    saliency_picture({"rgb": rgb_net, "spectral": spectral}, te, rgb, classes,
-                                     path, self.saliency_patches, seed)
-                    out.append(figure_record(ctx, self.name, name, seed, path,
-                                             f"{name}: saliency of the RGB and the spectral "
-                                             f"member (seed {seed}, test patches)"))
+                    windows = self._saliency_windows(ctx, fold.index) or te
+                    saliency_picture({"rgb": rgb_net, "spectral": spectral}, windows, rgb,
+                                     classes, path, self.saliency_patches, seed)
+                    out.append(figure_record(
+                        ctx, self.name, name, seed, path,
+                        f"{name}: saliency of the RGB and the spectral member (seed {seed}, "
+                        f"test windows of {getattr(windows, 'size', self.patch_size)} px)"))
         return out
+
+
+    def _saliency_windows(self, ctx: Context, fold: int):
+        """The test windows of ``saliency_size`` px of a fold (wholly inside its test area),
+        or None where the test area holds none that large."""
+        from ..errors import EosslError
+
+        try:
+            folds = ctx.patch_folds(self.saliency_size)
+        except EosslError:
+            return None
+        test = folds[fold].test if fold < len(folds) else None
+        return test if test is not None and len(test) > 0 else None
 
 
 def _slug(text: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models.encoder import RANDOM_TWIN
 from . import results as R
 
 COLLAPSED = "⚠ collapsed"
@@ -43,6 +44,37 @@ def row_order(records: list[dict], infos: dict[str, dict]) -> list[str]:
     twins = [m for m in present if infos.get(m, {}).get("role") == "twin"]
     rest = [m for m in present if m not in ref and m not in twins]
     return ref + twins + rest
+
+
+# One colour per row in every plot of a report. Methods take the colours of a palette with no
+# grey in it (matplotlib's tab10 and the light half of tab20, greys left out), in the order the
+# report lists them; the references keep theirs: the spectral baseline black, random twins grey,
+# both dashed, so no method is ever drawn like a reference.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+           "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5")
+SPECTRAL_COLOUR, TWIN_COLOUR = "#000000", "#8a8a8a"
+
+
+def row_colours(rows: list[str], infos: dict[str, dict] | None = None) -> dict[str, str]:
+    """{row: colour} for every plot of one report; ``rows`` in report order (methods first
+    seen first); ``infos`` (row_infos) tells which rows are random twins."""
+    infos = infos or {}
+    out, k = {}, 0
+    for m in dict.fromkeys(rows):
+        if m == R.SPECTRAL:
+            out[m] = SPECTRAL_COLOUR
+        elif infos.get(m, {}).get("role") == "twin" or m.startswith(RANDOM_TWIN):
+            out[m] = TWIN_COLOUR
+        else:
+            out[m] = PALETTE[k % len(PALETTE)]
+            k += 1
+    return out
+
+
+def is_reference(model: str, infos: dict[str, dict]) -> bool:
+    return (model == R.SPECTRAL or infos.get(model, {}).get("role") == "twin"
+            or model.startswith(RANDOM_TWIN))
 
 
 def label(model: str, infos: dict[str, dict]) -> str:
@@ -304,7 +336,8 @@ def protocol_blocks(ev, records: list[dict], infos: dict, models: list[str],
 
 
 def evaluation_blocks(ev, records: list[dict], *, folds_text: str, figures: Path | None = None,
-                      level: int = 2) -> tuple[list[tuple], list[Comparison]]:
+                      level: int = 2, colours: dict[str, str] | None = None
+                      ) -> tuple[list[tuple], list[Comparison]]:
     """Blocks of one evaluation's section and its comparisons (for the findings: the caller
     Holm-adjusts over the whole report and then calls :func:`finding_lines`)."""
     recs = [r for r in records if r.get("evaluation") == ev.name]
@@ -343,7 +376,8 @@ def evaluation_blocks(ev, records: list[dict], *, folds_text: str, figures: Path
             metric = metrics[0]
             p = plot_fraction_curves(trecs, t, metric, tmodels, infos,
                                      figures / f"{_slug(t)}-fractions.png",
-                                     xlabel=ev.fraction_label)
+                                     xlabel=ev.fraction_label,
+                                     colours=colours or row_colours(models, infos))
             if p:
                 blocks.append(("img", p, f"{t}: score vs label fraction"))
     for f in recs:
@@ -361,8 +395,10 @@ def _slug(text: str) -> str:
 
 
 def plot_fraction_curves(recs: list[dict], table: str, metric: str, models: list[str],
-                         infos: dict, path: Path, xlabel: str | None = None) -> Path | None:
-    """Score vs label fraction, mean and 95% CI over seeds and folds, one line per row."""
+                         infos: dict, path: Path, xlabel: str | None = None,
+                         colours: dict[str, str] | None = None) -> Path | None:
+    """Score vs label fraction, one line per row in the row's colour of the report: the mean
+    over seeds and folds with error bars of the table's 95% CI (the same mean_ci)."""
     from ..report import save_figure
 
     recs = [r for r in recs if r["metric"] == metric and r["value"] is not None]
@@ -374,7 +410,7 @@ def plot_fraction_curves(recs: list[dict], table: str, metric: str, models: list
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=100)
-    methods = [m for m in models if infos.get(m, {}).get("role") == "encoder"]
+    colours = colours or row_colours(models, infos)
     for m in models:
         by = defaultdict(list)
         for r in recs:
@@ -384,12 +420,11 @@ def plot_fraction_curves(recs: list[dict], table: str, metric: str, models: list
             continue
         xs = sorted(by)
         stats = [R.mean_ci(by[x]) for x in xs]
-        ref = m not in methods
-        color = ("0.55" if m == R.SPECTRAL else "black" if ref else
-                 matplotlib.colormaps["tab10"](methods.index(m) % 10))
+        ref = is_reference(m, infos)
         ax.errorbar([x * 100 for x in xs], [s[0] for s in stats],
                     yerr=[s[1] or 0 for s in stats], marker="o", capsize=3,
-                    label=label(m, infos), ls="--" if ref else "-", color=color)
+                    label=label(m, infos), ls="--" if ref else "-",
+                    color=colours.get(m, TWIN_COLOUR if ref else PALETTE[0]))
     ax.set_xscale("log")
     ax.set_xlabel(xlabel or "labelled training patches used (%)")
     ax.set_ylabel(_name(metric))
@@ -410,16 +445,41 @@ FINDINGS_NOTE = ("Each line compares every method with its own random twin (same
                  "pretraining's collapse monitor tripped.")
 
 
+HOW_TO_READ = [
+    "**Rows.** Each pretrained encoder is one row. Its reference is its **random twin**: the "
+    "same architecture, stem, bands and normalisation with random weights, so a difference to "
+    "it is what the pretraining learnt. **spectral** is a baseline without a network "
+    "(per-band statistics of each patch). Each section's protocol lists every row's "
+    "architecture and inputs.",
+    "**Cells.** mean ± half-width of the 95% confidence interval (Student t) over units; a "
+    "unit is one seed on one spatial fold (train and test areas apart, with a gap). The "
+    "best mean of a column is bold; two cells whose intervals overlap are not told apart. "
+    "Every unit's own number is under 'per unit'; plots show the same means and intervals.",
+    "**Flags.** ⚠ collapsed: the pretraining's collapse monitor tripped (its embeddings "
+    "carry little information); ‡: fewer than a handful of labelled examples per class in that "
+    "cell's training set.",
+    "**Findings** say 'beats' only when a row is better on every unit in every metric named "
+    "(accuracy and balanced accuracy for classification), and say so when the best row was "
+    "picked among several by its mean.",
+]
+
+
 def report_blocks(evaluations, records: list[dict], *, title: str, header: list[str],
-                  splits: dict[str, str], figures: Path | None = None, level: int = 2
+                  splits: dict[str, str], figures: Path | None = None, level: int = 2,
+                  colours: dict[str, str] | None = None, contents: bool = True
                   ) -> list[tuple]:
-    """A whole report: title, header lines, the findings of every evaluation (p-values
-    adjusted over all of them together), then one section per evaluation (``splits``: each
-    evaluation's folds, in a sentence)."""
+    """A whole report: title, header lines, how to read it, a table of contents
+    (``contents``), the findings of every evaluation (p-values adjusted over all of them
+    together), then one section per evaluation (``splits``: each evaluation's folds, in a
+    sentence). ``colours``: {row: colour} for every plot (default: row_colours over the rows
+    of all records, in report order)."""
+    if colours is None:
+        infos = row_infos(records)
+        colours = row_colours(row_order([r for r in records if not R.hidden(r)], infos), infos)
     sections, comps = [], []
     for ev in evaluations:
         blocks, c = evaluation_blocks(ev, records, folds_text=splits.get(ev.name, ""),
-                                      figures=figures, level=level)
+                                      figures=figures, level=level, colours=colours)
         sections.append((ev, blocks, c))
         comps += c
     adjust(comps)
@@ -427,7 +487,10 @@ def report_blocks(evaluations, records: list[dict], *, title: str, header: list[
     for ev, _, c in sections:
         recs = [r for r in records if r.get("evaluation") == ev.name]
         findings += finding_lines(ev, c, row_infos(recs), [r for r in recs if not R.hidden(r)])
-    out = [("h1", title), ("list", header), (f"h{level}", "Findings"),
+    out = [("h1", title), ("list", header)]
+    if contents:
+        out += [(f"h{level}", "How to read this report"), ("list", HOW_TO_READ), ("toc",)]
+    out += [(f"h{level}", "Findings"),
            ("p", FINDINGS_NOTE.format(n=len(comps))),
            ("list", findings or ["no evaluation finished yet"])]
     for _, blocks, _ in sections:
