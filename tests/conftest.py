@@ -72,3 +72,22 @@ def tiny_checkpoints(brandenburg, tmp_path_factory) -> dict:
         torch.save({"eossl": model.eossl_metadata(), "state_dict": model.state_dict(),
                     "hyper_parameters": dict(model.hparams)}, out[name])
     return out
+
+
+def first_fold_context(*args, **kw):
+    """An evaluation Context on the real data whose folds (patches, areas, tiles) are cut to
+    the first one: a whole evaluation at a test's cost (the k-fold logic is tested in
+    test_splits; mean and CI over folds in test_summary)."""
+    from eossl.evaluate.base import Context
+
+    class FirstFold(Context):
+        def patch_folds(self, size=16):
+            return super().patch_folds(size)[:1]
+
+        def area_folds(self, gap=16):
+            return super().area_folds(gap)[:1]
+
+        def tile_folds(self, size):
+            return super().tile_folds(size)[:1]
+
+    return FirstFold(*args, **kw)

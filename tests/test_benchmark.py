@@ -79,7 +79,7 @@ def failing_method():
 TINY = {
     "probe": {"C": 1.0, "layers": ("last",)},
     "finetune": {"epochs": 1, "batch_size": 64},
-    "pixel-probe": {"per_class": 10, "test_per_class": 10, "tile": 32},
+    "pixel-probe": {"per_class": 10, "test_per_class": 10, "patch_size": 32},
     "segment": {"steps": 2, "batch_size": 4, "probe_steps": 2},
     "regress": {"epochs": 1, "min_labelled": 0.95, "layers": ("last",)},
     "multilabel": {"epochs": 1, "layers": ("last",)},

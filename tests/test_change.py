@@ -74,7 +74,7 @@ def test_oscd_layout_trains_and_scores(tmp_path):
     assert (p.after - p.before)[:, p.mask.bool()].mean() > 2000
     from eossl.evaluate.base import Context
 
-    ev = ch.ChangeDetection(steps=25, crop=32, batch_size=4, lr=3e-3)
+    ev = ch.ChangeDetection(steps=25, patch_size=32, batch_size=4, lr=3e-3)
     ctx = Context(options={"oscd": str(root)})
     assert ev.available(ctx) is None and ev.available(Context()) is not None
     recs = {r["metric"]: r for r in ev.run(ctx, {"random": _encoder()}, seed=0)}
@@ -137,7 +137,7 @@ def test_cli_pair_runs_end_to_end(tmp_path):
                "--no-random-init", "--pair", str(tmp_path / "before.tif"),
                str(tmp_path / "after.tif"), str(tmp_path / "mask.tif"), "--steps", "2",
                "--band-names", "B04,B03,B02",
-               "--crop", "32", "--batch-size", "2", "--out", str(tmp_path / "res")])
+               "--patch-size", "32", "--batch-size", "2", "--out", str(tmp_path / "res")])
     assert rc == 0 and (tmp_path / "res" / "results.json").exists()
     assert main(["evaluate", "change", "--checkpoint", str(tmp_path / "enc.ckpt"), "--pair",
                  str(tmp_path / "before.tif"), str(tmp_path / "after.tif"),

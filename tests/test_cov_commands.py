@@ -86,12 +86,14 @@ def test_evaluate_regress_on_a_table_of_real_targets(capsys, ckpt, tmp_path, bra
 
 def test_evaluate_pixel_probe_and_segment(capsys, ckpt, tmp_path):
     _run(capsys, "evaluate", "pixel-probe", "--checkpoint", f"moco={ckpt}", "--per-class", "20",
-         "--test-per-class", "40", "--seeds", "0", "--out", tmp_path / "pp")
+         "--test-per-class", "40", "--seeds", "0", "--split", "west-east", "--out",
+         tmp_path / "pp")  # one fold (west/east): a test's time
     cells = _values(_results(tmp_path / "pp")["records"], "accuracy")
     assert {m for m, _ in cells} == {"spectral baseline", "moco", "random init"}
     assert all(0.0 <= r["value"] <= 1.0 for r in cells.values())
     out = _run(capsys, "evaluate", "segment", "--checkpoint", f"moco={ckpt}", "--steps", "1",
-               "--probe-steps", "3", "--fractions", "1", "--seeds", "0", "--out",
+               "--probe-steps", "3", "--fractions", "1", "--seeds", "0", "--split", "west-east",
+               "--out",
                tmp_path / "sg")
     assert "Segmentation: frozen encoder, linear probe" in out
     cells = _values(_results(tmp_path / "sg")["records"], "miou")
@@ -117,7 +119,7 @@ def test_evaluate_change_on_a_pair_with_a_planted_change(capsys, ckpt, tmp_path,
         paths.append(p)
     out = _run(capsys, "evaluate", "change", "--checkpoint", f"moco={ckpt}", "--pair", *paths,
                "--band-names", ",".join(BANDS),
-               "--steps", "2", "--crop", "32", "--batch-size", "2", "--seeds", "0", "--out",
+               "--steps", "2", "--patch-size", "32", "--batch-size", "2", "--seeds", "0", "--out",
                tmp_path / "ch")
     assert "f1" in out
     cells = _values(_results(tmp_path / "ch")["records"], "f1")

@@ -25,14 +25,15 @@ def colorization_ckpt(brandenburg, tmp_path_factory):
 def test_ensemble_on_real_patches(brandenburg, colorization_ckpt, tmp_path):
     """Each row (the colorization encoder, its random twin) holds the three members; the RGB
     member is the same for both rows of a seed; the saliency picture is written and recorded."""
-    from eossl.evaluate.base import Context
+    from conftest import first_fold_context
     from eossl.evaluate.ensemble import Ensemble
 
     path, _ = colorization_ckpt
     enc = load_encoder(path)
     ev = Ensemble(epochs=1, batch_size=64, saliency_patches=3)
     assert ev.applies(enc) is None
-    ctx = Context("brandenburg", source=brandenburg, root=tmp_path, options={"first_seed": 0})
+    ctx = first_fold_context("brandenburg", source=brandenburg, root=tmp_path,
+                             options={"first_seed": 0})
     recs = ev.run(ctx, {"colorization": enc, "twin": enc.random_twin(0)}, seed=0)
     acc = {(r["model"], r["column"]): r["value"] for r in recs if r["metric"] == "accuracy"}
     assert set(acc) == {(m, c) for m in ("colorization", "twin")

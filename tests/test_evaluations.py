@@ -19,14 +19,14 @@ UNIT_RANGE = {"accuracy", "balanced_accuracy", "macro_f1", "miou", "pixel_accura
 TINY = {
     "probe": {"fractions": (0.5,), "C": 1.0},
     "finetune": {"epochs": 1, "batch_size": 16},
-    "pixel-probe": {"per_class": 8, "test_per_class": 8, "tile": 32},
+    "pixel-probe": {"per_class": 8, "test_per_class": 8, "patch_size": 32},
     "segment": {"fractions": (0.1,), "steps": 1, "batch_size": 2, "probe_steps": 1},
     "regress": {"epochs": 1, "min_labelled": 0.5, "batch_size": 16},
     "multilabel": {"epochs": 1, "batch_size": 8},
     "ensemble": {"epochs": 1, "saliency_patches": 0},
     "per-band": {"probe_bands": ("B04", "B11")},
     "pictures": {"patches": 2, "map_side": 64},
-    "change": {"steps": 1, "crop": 32, "batch_size": 2},
+    "change": {"steps": 1, "patch_size": 32, "batch_size": 2},
 }
 
 

@@ -642,7 +642,7 @@ def test_pretraining_on_a_mostly_nodata_scene_is_not_called_empty(capsys, tmp_pa
     (["probe", "--checkpoint", "{ckpt}", "--seeds", "-1"], "seed -1 is out of range"),
     (["probe", "--checkpoint", "A="], "no path after '='"),
     (["evaluate", "regress", "--checkpoint", "{ckpt}", "--patch-size", "0"], "--patch-size 0"),
-    (["evaluate", "pixel-probe", "--checkpoint", "{ckpt}", "--tile", "0"], "--tile 0"),
+    (["evaluate", "pixel-probe", "--checkpoint", "{ckpt}", "--patch-size", "0"], "--patch-size 0"),
     (["evaluate", "segment", "--checkpoint", "{ckpt}", "--out", "{file}"], "is a file"),
     (["benchmark", "--methods", "moco", "--seeds", "1", "--budget", "2-steps", "--backbone",
       "resnet81", "--out", "{tmp}/b"], "model.backbone='resnet81'"),

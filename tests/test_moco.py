@@ -249,3 +249,24 @@ def test_collapse_monitor_flags_identical_embeddings_and_warns(recwarn):
     # the loaded encoder carries the verdict; its random twin carries none
     enc = model.encoder()
     assert enc.collapsed and not enc.random_twin(0).collapsed
+
+
+def test_pretraining_warns_of_collapse_on_the_console_and_in_summary(sample_cache, tmp_path,
+                                                                       monkeypatch):
+    """A run whose monitor trips says so when it ends (a warning on the console) and in its
+    summary.json, not only in the checkpoint metadata (here every spread counts as collapsed)."""
+    import json
+
+    from eossl.cli import main
+    from eossl.methods import base
+
+    monkeypatch.setattr(base, "COLLAPSE_RATIO", 1e6)
+    monkeypatch.setattr(base, "COLLAPSE_MIN_STEPS", 1)
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="COLLAPSED"):
+        assert main(["--cache", str(sample_cache), "pretrain", "--max-steps", "2",
+                     "--batch-size", "4", "--crop-size", "32", "--out", str(run),
+                     "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["collapse"]["collapsed"] is True
+    assert "COLLAPSED" in summary["warnings"][0]

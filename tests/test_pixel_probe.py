@@ -53,7 +53,7 @@ def test_a_spectral_stem_is_compared_with_a_random_spectral_stem(tiny_checkpoint
     out = tmp_path / "pp"
     assert main(["--cache", str(sample_cache), "evaluate", "pixel-probe", "--checkpoint",
                  f"spectral={tiny_checkpoints['spectral']}", "--seeds", "0", "--per-class",
-                 "30", "--test-per-class", "60", "--tile", "32", "--out", str(out)]) == 0
+                 "30", "--test-per-class", "60", "--patch-size", "32", "--out", str(out)]) == 0
     records = json.loads((out / "results.json").read_text())["records"]
     rows = {r["model"]: r for r in records if r["table"] == "_model"}
     assert set(rows) == {"spectral", "random init"}

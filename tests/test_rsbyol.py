@@ -161,21 +161,21 @@ def test_pretrain_on_real_pairs_and_load_encoder(pretrained):
 
 def test_per_band_probe_on_real_patches(pretrained, brandenburg, tmp_path):
     from eossl.checkpoint import load_encoder
-    from eossl.evaluate.base import Context
+    from conftest import first_fold_context
     from eossl.evaluate.perband import ALL, PerBand
 
     enc = load_encoder(pretrained.checkpoint)
     ev = PerBand(probe_bands=("B04", "B11"), C=0.01)
     assert ev.applies(enc) is None
-    ctx = Context("brandenburg", source=brandenburg)
+    ctx = first_fold_context("brandenburg", source=brandenburg)
     recs = ev.run(ctx, {"rsbyol": enc, "random init": enc.random_twin(0)}, seed=0)
     recs += ev.baseline(ctx, seed=0)
     acc = {(r["model"], r["column"]): r for r in recs if r["metric"] == "accuracy"}
     assert set(acc) == {(m, b) for m in ("rsbyol", "random init") for b in ("B04", "B11", ALL)} \
         | {("spectral baseline", b) for b in ("B04", "B11")}
-    train = brandenburg.patches("train", 16)
+    (fold,) = ctx.patch_folds(16)
     for r in acc.values():
-        assert 0.0 <= r["value"] <= 1.0 and r["n_train"] == len(train)
+        assert 0.0 <= r["value"] <= 1.0 and r["n_train"] == len(fold.train) and r["fold"] == 0
     # The features really are band-specific: B04 and B11 give different probes.
     b04, b11 = acc[("rsbyol", "B04")], acc[("rsbyol", "B11")]
     f1 = {(r["model"], r["column"]): r["value"] for r in recs if r["metric"] == "macro_f1"}

@@ -965,6 +965,8 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
     }
     if stop.requested:
         summary["interrupted"] = True
+    if model.collapse_warning():  # said on the console at the end of fit, kept here too
+        summary["warnings"] = [model.collapse_warning()]
     if trainer.is_global_zero and not idle:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     if stop.requested:

@@ -47,8 +47,8 @@ def add_parser(sub) -> None:
 
 # Options several tasks share, checked here once before any task starts work: sizes and
 # counts must be positive, rates positive, --out a folder that can be written.
-POSITIVE = ("patch_size", "tile", "tile_size", "size", "epochs", "steps", "probe_steps",
-            "batch_size", "per_class", "test_per_class", "crop", "patches")
+POSITIVE = ("patch_size", "size", "epochs", "steps", "probe_steps",
+            "batch_size", "per_class", "test_per_class", "patches")
 RATES = ("lr", "backbone_lr_scale", "C")
 SHARES = ("min_labelled",)
 
@@ -63,7 +63,7 @@ def check_common(args) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {value}: expected at least 1")
     for name in RATES:
         value = getattr(args, name, None)
-        if value is not None and not value > 0:
+        if isinstance(value, (int, float)) and not value > 0:  # (C may also be "cv")
             raise ConfigError(f"--{name.replace('_', '-')} {value}: expected a number > 0")
     for name in SHARES:
         value = getattr(args, name, None)

@@ -188,11 +188,11 @@ class ChangeDetection(Evaluation):
 
     title = "Change detection"
     shown_metrics, finding_metrics = ("f1", "precision", "recall"), ("f1",)
-    settings = dict(steps=200, crop=64, batch_size=8, lr=1e-3)
+    settings = dict(steps=200, patch_size=64, batch_size=8, lr=1e-3)
     in_benchmark = False
     description = ("{where}. Both dates go through the frozen encoder; the absolute difference "
                    "of their feature maps at every scale feeds a U-Net decoder trained for "
-                   "{steps} AdamW steps of batch {batch_size} random {crop} px crops (lr {lr}, "
+                   "{steps} AdamW steps of batch {batch_size} random {patch_size} px windows (lr {lr}, "
                    "warmup and cosine, flips and 90-degree rotations of both dates and the "
                    "mask together, BCE weighted by the no-change / change ratio); precision, "
                    "recall and F1 of change over every test pixel.")
@@ -239,7 +239,7 @@ class ChangeDetection(Evaluation):
         out = []
         for name, enc in encoders.items():
             net = ChangeNet(self.fed(name, enc, bands))
-            fit(net, ChangeCrops(train, self.crop, self.steps * self.batch_size, seed),
+            fit(net, ChangeCrops(train, self.patch_size, self.steps * self.batch_size, seed),
                 "change_bce", steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                 pos_weight=pos_weight_of(train), seed=seed, accelerator=_accelerator(ctx))
             scores = change_scores(net, test)

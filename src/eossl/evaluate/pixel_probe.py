@@ -113,12 +113,12 @@ def embed_pixels(embed_fn, image_reader, tiles, tile: int, rows: np.ndarray,
 class PixelProbe(Evaluation):
     title = "Pixel probe"
     shown_metrics = ("balanced_accuracy", "macro_f1")
-    settings = dict(per_class=200, test_per_class=400, C=1.0, tile=64)
+    settings = dict(per_class=200, test_per_class=400, C=1.0, patch_size=64)
     quick = {"per_class": 100, "test_per_class": 200}
     description = ("Per-pixel embeddings (a spectral stem's own, else the last feature map "
                    "upsampled) of up to {per_class} labelled pixels per class from the "
                    "training area and {test_per_class} per class from the test area (seeded "
-                   "draw), each embedded in a {tile} px tile that lies wholly inside its area; "
+                   "draw), each embedded in a tile of {patch_size} px that lies wholly inside its area; "
                    "features standardised on the training pixels, logistic regression, C = {C}. "
                    "The test sample is class-balanced, so read balanced accuracy and macro F1. "
                    "Spectral baseline: each pixel's standardised log spectrum, no network.")
@@ -129,7 +129,7 @@ class PixelProbe(Evaluation):
             src = ctx.source
             maps, n = src.label_maps(), len(src.classes)
             valid = [s.valid_map() for s in src.scenes]
-            t = min([self.tile] + [min(s.height, s.width) for s in src.scenes])
+            t = min([self.patch_size] + [min(s.height, s.width) for s in src.scenes])
             out = []
             for fold in ctx.area_folds(16):
                 tiles = {part: [area_tiles(m, t) for m in getattr(fold, part)]
@@ -140,7 +140,7 @@ class PixelProbe(Evaluation):
                 out.append((fold.index, tiles, t, tr, te))
             return out
 
-        return ctx.cached(("pixel-draws", self.tile, self.per_class, self.test_per_class,
+        return ctx.cached(("pixel-draws", self.patch_size, self.per_class, self.test_per_class,
                            seed), build)
 
     def _embed(self, ctx, fn, tiles, t, draw) -> np.ndarray:

@@ -113,10 +113,10 @@ class Segmentation(Evaluation):
     tables = ("Segmentation: fine-tuned U-Net", "Segmentation: frozen encoder, linear probe")
     shown_metrics = ("miou", "pixel_accuracy")
     fraction_tables, fraction_label = True, "labelled training pixels used, in whole tiles (%)"
-    settings = dict(fractions=(0.01, 0.1, 1.0), tile_size=32, steps=20, batch_size=16, lr=1e-3,
+    settings = dict(fractions=(0.01, 0.1, 1.0), patch_size=32, steps=20, batch_size=16, lr=1e-3,
                     backbone_lr_scale=0.1, probe_steps=100)
     quick = {"steps": 10, "probe_steps": 50, "fractions": (0.1, 1.0)}
-    description = ("OSM land-use map in {tile_size} px tiles; label fractions {fractions} are "
+    description = ("OSM land-use map in tiles of {patch_size} px; label fractions {fractions} are "
                    "shares of the training area's labelled pixels taken as whole tiles "
                    "(seeded); mIoU over the classes present in the test tiles. Fine-tuned: "
                    "U-Net on the encoder (a dense checkpoint keeps its pretrained decoder, "
@@ -136,7 +136,7 @@ class Segmentation(Evaluation):
 
         classes = list(ctx.source.classes)
         k = len(classes)
-        folds = ctx.tile_folds(self.tile_size)
+        folds = ctx.tile_folds(self.patch_size)
         out = []
         for fold, (train, test) in enumerate(folds):
             counts = train.labelled_counts()

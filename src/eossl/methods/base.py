@@ -219,15 +219,21 @@ class PretextMethod(L.LightningModule):
         return {"collapsed": ratio < COLLAPSE_RATIO, "embed_std_ratio": round(ratio, 4),
                 "embed_cos": round(cos, 4), "steps": len(window), "threshold": COLLAPSE_RATIO}
 
-    def on_fit_end(self) -> None:
+    def collapse_warning(self) -> str | None:
+        """The warning a tripped collapse monitor gives (console and summary.json), or None."""
         status = self.collapse_status()
-        if status["collapsed"]:
-            rank_zero_warn(
-                f"{self.method_name}: the embeddings COLLAPSED (collapse monitor: spread "
+        if not status["collapsed"]:
+            return None
+        return (f"{self.method_name}: the embeddings COLLAPSED (collapse monitor: spread "
                 f"{status['embed_std_ratio']:.2f} of a healthy one over the last "
                 f"{status['steps']} steps, below {COLLAPSE_RATIO}; mean cosine "
                 f"{status['embed_cos']:.3f}); evaluations of this encoder measure little more "
                 "than its architecture. Try a lower learning rate, a larger batch or more data.")
+
+    def on_fit_end(self) -> None:
+        warning = self.collapse_warning()
+        if warning:
+            rank_zero_warn(warning)
 
     # ---------------------------------------------------------------- kNN probe
     def on_validation_epoch_start(self) -> None:
