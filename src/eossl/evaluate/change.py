@@ -313,6 +313,6 @@ def write_landsat_change_map(encoder: nn.Module, ts, path: str | Path,
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    save_figure(fig, path)
     return {"date_a": str(ts.dates[i]), "date_b": str(ts.dates[j]), "path": str(path),
             "mean_change": float(change.mean()), "p95_change": float(np.percentile(change, 95))}

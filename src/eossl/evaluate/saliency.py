@@ -69,4 +69,4 @@ def saliency_figure(rgb: np.ndarray, maps: Mapping[str, np.ndarray],
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path)

@@ -299,4 +299,4 @@ def colorization_figure(result: dict[str, torch.Tensor], path: str | os.PathLike
             ax.axis("off")
     fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.6, label="Lab a,b distance")
     fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path)

@@ -420,7 +420,7 @@ def write_embedding_map(embed_fn, scene, label_map: np.ndarray | None, path: str
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout(rect=(0, 0.06 if label_map is not None else 0, 1, 1))
-    return save_figure(fig, path, dpi=110)
+    return save_figure(fig, path)
 
 
 @dataclass
