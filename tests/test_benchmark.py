@@ -380,7 +380,8 @@ def test_benchmark_per_band_table_of_a_bandwise_encoder(band_dir, sample_cache, 
     the visible bands) and says why."""
     args = ["--cache", str(sample_cache), "benchmark", "--methods", "rsbyol",
             "--budget", "2-steps", "--seeds", "0,", "--evaluations",
-            "per-band,segment,ensemble", "--out", str(band_dir), "--no-progress"]
+            "per-band,segment,ensemble", "--split", "west-east", "--out", str(band_dir),
+            "--no-progress"]
     assert main(args) == 0
     st = json.loads((band_dir / "status.json").read_text())
     assert st["runs"]["rsbyol/seed0"]["data"] == "bigearthnet-pairs"
