@@ -17,6 +17,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
+from ._options import add_devices, parse_checkpoints, seed_list, torch_device
+
 COMMAND = "evaluate"
 
 
@@ -86,13 +88,6 @@ def run(args) -> int:
 
 
 # ------------------------------------------------------------------ options
-def ints(text: str) -> list[int]:
-    """--seeds of every evaluate task: the one seed-list parser (cli.seed_list)."""
-    from ..cli import seed_list
-
-    return seed_list(text)
-
-
 def _typed(default):
     """An argparse type for a setting, from its default value."""
     def number_or_cv(text):
@@ -129,11 +124,11 @@ def add_evaluation_parser(tsub, name: str):
     p = tsub.add_parser(name, help=cls.title)
     p.add_argument("--checkpoint", action="append", default=[],
                    help="pretrained checkpoint (repeatable; NAME=PATH names the row)")
-    p.add_argument("--seeds", type=ints, default=[0, 1, 2],
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2],
                    help="seeds (comma-separated); each is a random twin's and a fit's seed")
     p.add_argument("--no-random-init", action="store_true",
                    help="leave out the random-twin reference rows")
-    add_accelerator_option(p)
+    add_devices(p, many=False)
     p.add_argument("--out", help="write results.json, report.md and report.html here "
                                  "(never overwritten)")
     for key, default in cls.settings.items():
@@ -152,25 +147,6 @@ def add_evaluation_parser(tsub, name: str):
     return p
 
 
-def add_accelerator_option(p) -> None:
-    """``--accelerator``: where encoders run (the word of Lightning and of ``eossl pretrain``)."""
-    p.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu",
-                   help="cpu, gpu or auto (a GPU when there is one; default cpu)")
-
-
-def torch_device(accelerator: str | None) -> str:
-    """The torch device of an ``--accelerator`` value."""
-    import torch
-
-    if accelerator in ("gpu", "auto") and torch.cuda.is_available():
-        return "cuda"
-    if accelerator == "gpu":
-        from ..errors import ConfigError
-
-        raise ConfigError("--accelerator gpu: no GPU is visible to torch here; use cpu or auto")
-    return "cpu"
-
-
 def add_scene_options(p, name: str) -> None:
     """The data options of an evaluation (the one option family, commands/_data_options.py),
     defaulting to the evaluation's own data."""
@@ -178,26 +154,6 @@ def add_scene_options(p, name: str) -> None:
     from ._data_options import add_data_options
 
     add_data_options(p, default=get_evaluation(name).default_data)
-
-
-def parse_checkpoints(items) -> dict[str, str]:
-    """``NAME=PATH`` or ``PATH`` (named after its run folder) -> {name: path}."""
-    from ..errors import ConfigError
-
-    out = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip():
-            path = path if sep else item
-            name = Path(path).parent.parent.name or Path(path).stem
-        if not path.strip():
-            raise ConfigError(f"--checkpoint {item!r}: no path after '='; expected NAME=PATH "
-                              "or PATH")
-        if name in out:
-            raise ConfigError(f"--checkpoint: two checkpoints are named {name!r}; name them "
-                              "with NAME=PATH")
-        out[name] = path
-    return out
 
 
 # ------------------------------------------------------------------ running
@@ -232,7 +188,8 @@ def run_evaluation(name: str, args, options: dict | None = None) -> int:
         out = check_writable_folder(args.out)
         if (out / "results.json").exists():
             raise OutputExistsError(f"{out} already holds results.json; choose another --out")
-    device = torch_device(getattr(args, "accelerator", None))
+    device = str(torch_device(getattr(args, "accelerator", None),
+                              getattr(args, "devices", "1")))
     encoders = {n: load_encoder(p) for n, p in checkpoints.items()}  # unreadable: refused now
     request = data_request(args)
     ctx = Context(request, cache=args.cache, root=out, device=device,

@@ -13,9 +13,9 @@ def add_parser(tsub) -> None:
 
     add_data_options(p, default="brandenburg")
     p.add_argument("--out", required=True, help="PNG file to write (never overwritten)")
-    from .evaluate import add_accelerator_option
+    from ._options import add_devices
 
-    add_accelerator_option(p)
+    add_devices(p, many=False)
 
 
 def run(args) -> int:
@@ -27,7 +27,7 @@ def run(args) -> int:
     from ._data_options import open_from_args
     from ..errors import ConfigError, OutputExistsError
     from ..methods.dense import write_embedding_map
-    from .evaluate import torch_device
+    from ._options import torch_device
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -35,7 +35,7 @@ def run(args) -> int:
     if out.exists():
         raise OutputExistsError(f"{out} exists; choose another --out")
     encoder = load_encoder(args.checkpoint)
-    device = torch_device(args.accelerator)
+    device = torch_device(args.accelerator, args.devices)
     unet = encoder.unet().to(device).eval()  # the dense checkpoint's own U-Net
     source = open_from_args(args, bands=args.bands or encoder.bands)
     labels = source.label_map() if getattr(source, "labels", None) is not None else None
