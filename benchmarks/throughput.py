@@ -412,7 +412,6 @@ def _profiler(model, batch):
 
 def profile_simclr_step(model, batch, repeats: int) -> dict:
     """The parts of SimCLR.training_step (src/eossl/methods/simclr.py), replayed."""
-    import torch
 
     opt, parts, tick = _profiler(model, batch)
     for _ in range(repeats):

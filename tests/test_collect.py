@@ -9,7 +9,6 @@ collector must filter cloud cover on the client). Nothing is mocked.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess

@@ -1,7 +1,6 @@
 """MoCo v2 on the real Sentinel-2 scene: the loss falls, checkpoints carry what evaluation needs."""
 
 import numpy as np
-import pytest
 import torch
 from lightning import Callback, Trainer
 from torch.utils.data import DataLoader

@@ -3,7 +3,6 @@ short pretraining run on the real Landsat series."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
