@@ -16,7 +16,7 @@ def test_sentinel2_registry_counts_and_roles():
     assert get_sensor("landsat5-tm").rgb() == ["b3", "b2", "b1"]
     assert get_sensor("landsat8-oli").rgb() == ["OLI_B4", "OLI_B3", "OLI_B2"]
     assert get_sensor("landsat9").rgb() == ["OLI_B4", "OLI_B3", "OLI_B2"]
-    # colorization input: everything but the visible bands (for L2A the 9 of methods.md)
+    # colorization input: everything but the visible bands (for L2A the paper's 9)
     non_visible = [b.name for b in SENTINEL2_L2A.bands if not b.is_visible]
     assert non_visible == ["B01", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 

@@ -22,7 +22,7 @@ def _stats(bands):
 
 def test_split_uses_registry_roles():
     inputs, rgb = split_bands(SENTINEL2_L2A.band_names)
-    # methods.md: the paper's 9 BigEarthNet L2A input channels
+    # the paper's 9 BigEarthNet L2A input channels
     assert inputs == ["B01", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
     assert rgb == ["B04", "B03", "B02"]
     inputs, rgb = split_bands(["B08", "B02", "B11", "B04", "B03"])  # any order, a subset

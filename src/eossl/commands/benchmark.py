@@ -36,8 +36,8 @@ def add_parser(sub) -> None:
     from ._data_options import add_data_options
 
     add_data_options(p, default="brandenburg", pretrain=True, data_help="pretraining data for "
-                     "crop-based methods, and (with --labels) the evaluations' labelled data "
-                     "(default: the sample scene)")
+                     "crop-based methods, and (with --labels) the evaluations' labelled data; "
+                     "brandenburg is the shipped Sentinel-2 sample scene")
     p.add_argument("--backbone", default="resnet18", help="timm backbone for every method")
     p.add_argument("--fractions", help="label fractions, e.g. 0.01,0.1,1")
     p.add_argument("--evaluations", help="comma-separated subset of evaluations "

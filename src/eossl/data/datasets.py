@@ -22,7 +22,7 @@ from ..errors import ConfigError, DataError
 from .readers import SceneStack, check_patch_size
 from .splits import SpatialSplit, inside  # noqa: F401  (SpatialSplit: its old home)
 
-# The eight OSM land-use classes of the sample scene that matter (data.md), in a fixed order so
+# The eight OSM land-use classes of the sample scene that matter, in a fixed order so
 # label ids mean the same thing in every run.
 OSM_CLASSES = ("farm", "meadow", "forest", "residential", "scrub", "water", "wetland", "grass")
 IGNORE_INDEX = 255  # unlabelled pixels in dense label maps

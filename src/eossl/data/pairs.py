@@ -1,6 +1,6 @@
 """Co-registered optical/radar (Sentinel-2 + Sentinel-1) patch pairs as one data source.
 
-RS-BYOL (methods.md section 4) makes its views from the bands of one location, optical or
+RS-BYOL makes its views from the bands of one location, optical or
 radar, so it needs each S2 patch stacked with its S1 partner on one 10 m grid. This module
 turns two on-disk layouts into such stacks (S2 bands first, then ``VV``, ``VH``):
 

@@ -1,6 +1,6 @@
 """Multi-date data sources: the same place seen at several dates, for seasonal positives.
 
-SeCo and MoCo with temporal positives (methods.md section 3) need each sample to be one
+SeCo and MoCo with temporal positives need each sample to be one
 location at several timestamps. This module turns four on-disk layouts into one
 :class:`MultiDateSource`:
 

@@ -6,7 +6,7 @@ detection are a network on an eossl encoder, a loss and a Lightning Trainer.
   pretrained decoder) and :class:`ChangeNet` (frozen encoder on both dates, |f1 - f2| per scale,
   trained U-Net decoder). Each takes RAW images; the encoder normalises them.
 - :class:`FineTune` (the LightningModule): AdamW, the encoder at ``backbone_lr_scale`` x lr
-  (methods.md: a smaller backbone learning rate, so a few labels do not wash out what
+  (as in the SSL literature: a smaller backbone learning rate, so a few labels do not wash out what
   pretraining learnt; 1.0 for a random twin, which has nothing to keep), linear warmup then
   cosine decay per step, and ONE augmentation for image and mask alike: kornia's
   AugmentationSequential of flips and 90-degree rotations (the 8 symmetries of a square: nadir

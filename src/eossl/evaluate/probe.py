@@ -1,5 +1,5 @@
 """Frozen-feature probes (linear and kNN) over label fractions: the standard way to compare
-pretrained encoders (methods.md, "Evaluation protocols").
+pretrained encoders (the usual SSL evaluation protocol).
 
 Features are extracted once with the encoder frozen (evaluate/features.py), standardised with
 :class:`~eossl.evaluate.features.FeatureScaler`, then cheap classifiers are fitted on 1%, 10%
