@@ -82,7 +82,7 @@ def test_timm_safetensors_with_a_sidecar_is_probed_on_the_real_scene(
     records = json.loads((out / "results.json").read_text())["records"]
     rows = {r["model"] for r in records}
     assert {"rgbn", "random init", "spectral baseline"} <= rows
-    acc = [r["accuracy"] for r in records if r["model"] == "rgbn"]
+    acc = [r["value"] for r in records if r["model"] == "rgbn" and r["metric"] == "accuracy"]
     assert acc and all(0 <= a <= 1 for a in acc)
 
 

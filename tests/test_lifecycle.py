@@ -175,8 +175,12 @@ def test_second_ctrl_c_before_first_checkpoint_leaves_nothing(capsys, tmp_path, 
     from eossl.train import StopOnInterrupt
 
     monkeypatch.setattr(StopOnInterrupt, "_on_sigint", stop_now)
+    # the handler in place before the run (Python's default, or whatever an earlier test in
+    # this process left: some libraries set SIG_IGN in the parent) must be the one after it
+    before = signal.getsignal(signal.SIGINT)
     code, _, err = cli(capsys, "--cache", sample_cache, "pretrain", "--max-steps", "50",
                        "--out", run, *SMALL)
     assert code == 130 and one_line(err, "interrupted", "no checkpoint", "rerun the command")
     assert not run.exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before  # restored
+    assert signal.getsignal(signal.SIGINT) is not StopOnInterrupt._on_sigint
