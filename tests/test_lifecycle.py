@@ -183,4 +183,3 @@ def test_second_ctrl_c_before_first_checkpoint_leaves_nothing(capsys, tmp_path, 
     assert code == 130 and one_line(err, "interrupted", "no checkpoint", "rerun the command")
     assert not run.exists()
     assert signal.getsignal(signal.SIGINT) is before  # restored
-    assert signal.getsignal(signal.SIGINT) is not StopOnInterrupt._on_sigint
