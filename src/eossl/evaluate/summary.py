@@ -430,7 +430,8 @@ def plot_fraction_curves(recs: list[dict], table: str, metric: str, models: list
     ax.set_ylabel(_name(metric))
     ax.set_title(f"{table}: {_name(metric)} vs label fraction (95% CI)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # a plot of unlabelled rows needs no legend
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, path)
