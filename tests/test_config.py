@@ -5,27 +5,18 @@ fails on the code before the schema existed."""
 
 import pytest
 import yaml
+from test_hostile import cli_output as cli
+from test_hostile import one_line
 
-from eossl.cli import main
-from eossl.config import (DEFAULTS, RECIPES_DIR, load_config, model_schema, packaged_recipes,
-                          validate_config)
+from eossl.config import (
+    DEFAULTS,
+    RECIPES_DIR,
+    load_config,
+    model_schema,
+    packaged_recipes,
+    validate_config,
+)
 from eossl.errors import ConfigError
-from test_hostile import log
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    log(args, code, err)
-    return code, out, err.strip()
-
-
-def one_line(err, *needles):
-    assert err.startswith("eossl: error: "), err
-    assert "\n" not in err and "Traceback" not in err and "internal error" not in err, err
-    for n in needles:
-        assert str(n) in err, (n, err)
-    return True
 
 
 @pytest.mark.parametrize("name", packaged_recipes())

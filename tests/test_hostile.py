@@ -25,16 +25,25 @@ def log(args, code, err) -> None:
             f.write(f"{' '.join(str(a) for a in args)}\t{code}\t{err.strip()}\n")
 
 
-def cli(capsys, *args):
+def cli_output(capsys, *args):
+    """Run the CLI in-process: exit code, stdout and stderr (logged for the doc); test_config
+    and test_lifecycle use it too."""
     code = main([str(a) for a in args])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     log(args, code, err)
-    return code, err.strip()
+    return code, out, err.strip()
 
 
-def one_line(err, *needles):
-    assert err.startswith("eossl: error: "), err
-    assert "\n" not in err and "Traceback" not in err, err
+def cli(capsys, *args):
+    code, _, err = cli_output(capsys, *args)
+    return code, err
+
+
+def one_line(err, *needles, prefix="eossl: error: "):
+    """The message is one line starting with ``prefix``, no traceback or internal error, and
+    names each of ``needles``."""
+    assert err.startswith(prefix), err
+    assert "\n" not in err and "Traceback" not in err and "internal error" not in err, err
     for n in needles:
         assert str(n) in err, (n, err)
     return True
