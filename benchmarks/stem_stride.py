@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -133,18 +131,12 @@ def table(records, a) -> list[str]:
 
 
 def machine() -> str:
-    import torch
+    """One line for the report, from throughput.py's machine record (one CPU lookup)."""
+    from throughput import machine_info  # benchmarks/ is on sys.path when run as a script
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    m = machine_info()
+    return (f"{m['cpu_model']}, {m['cpu_cores']} cores, torch {m['torch']} "
+            f"({m['torch_threads']} threads), Python {m['python']}")
 
 
 def main(argv=None) -> int:

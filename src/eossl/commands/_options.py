@@ -116,15 +116,21 @@ def int_at_least(minimum: int, what: str = "an integer"):
 SIZE = int_at_least(1, "a size in px")
 
 
+def _comma_list(text: str, cast, what: str) -> list:
+    """``a,b,c`` cast item by item; an item that does not cast, or no item at all, is an
+    argparse error naming ``what`` (e.g. "number")."""
+    try:
+        vals = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}s, got {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected at least one {what}, got {text!r}")
+    return vals
+
+
 def floats(text: str) -> list[float]:
     """``0.01,0.1,1`` -> [0.01, 0.1, 1.0]."""
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    if not vals:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return vals
+    return _comma_list(text, float, "number")
 
 
 def fractions(text: str) -> list[float]:
@@ -140,12 +146,7 @@ def fractions(text: str) -> list[float]:
 def seed_list(text: str) -> list[int]:
     """``--seeds 0,1,2``: at least one seed, each a non-negative 32-bit integer (what numpy
     and scikit-learn accept). The one parser of seed lists for every command."""
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not vals:
-        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    vals = _comma_list(text, int, "integer")
     bad = [v for v in vals if not 0 <= v < 2**32]
     if bad:
         raise argparse.ArgumentTypeError(f"seed {bad[0]} is out of range; expected integers "
