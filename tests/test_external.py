@@ -188,3 +188,16 @@ def test_a_folder_that_is_no_export_is_named_as_such(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet18"}))
     with pytest.raises(ConfigError, match="not an eossl export names no bands"):
         load_encoder(tmp_path)
+
+
+def test_probe_takes_a_folder_as_checkpoint(capsys, tmp_path, sample_cache):
+    """An export's timm folder is a checkpoint for the evaluations too: the folder reaches the
+    encoder loader (here an empty one, refused there as no export) instead of being refused
+    up front as a missing file."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    code = main(["--cache", str(sample_cache), "probe", "--checkpoint", f"x={folder}",
+                 "--seeds", "0", "--fractions", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder; expected a checkpoint file" in err, err
+    assert "does not exist" not in err

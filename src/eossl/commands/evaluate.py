@@ -15,7 +15,6 @@ import importlib
 import json
 import pkgutil
 import sys
-from pathlib import Path
 
 from ._options import add_devices, parse_checkpoints, seed_list, torch_device
 
@@ -161,7 +160,7 @@ def run_evaluation(name: str, args, options: dict | None = None) -> int:
     """Run evaluation ``name`` as the options in ``args`` say, print its tables and findings,
     and (``--out``) write results.json, report.md and report.html."""
     from ..checkpoint import load_encoder
-    from ..errors import ConfigError, DataError, OutputExistsError
+    from ..errors import ConfigError, OutputExistsError
     from ..evaluate.base import Context, compare, get_evaluation
     from ..evaluate.summary import report_blocks
     from ..io import atomic_write_text, check_writable_folder
@@ -177,9 +176,7 @@ def run_evaluation(name: str, args, options: dict | None = None) -> int:
     if not checkpoints:
         raise ConfigError(f"evaluate {name}: give --checkpoint PATH (repeatable); the "
                           "reference row is each checkpoint's random twin")
-    for row, path in checkpoints.items():
-        if not Path(path).is_file():
-            raise DataError(f"checkpoint {path} ({row}) does not exist")
+    # parse_checkpoints has checked each path exists (a file, or an export's folder)
     seeds = list(args.seeds)
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
