@@ -187,13 +187,13 @@ def _band_constant(n, c, size):
 @settings(max_examples=20, deadline=None)
 @given(c=st.integers(2, 14), data=st.data(), seed=st.integers(0, 2**16))
 def test_band_views_draw_distinct_pool_bands_and_never_mix_them(c, data, seed):
-    from eossl.methods.rsbyol import BandViews, SpatialViews
+    from eossl.methods.rsbyol import BandViews, spatial_views
 
     names = [f"b{i}" for i in range(c)]
     pool = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=c, unique=True))
     k = data.draw(st.integers(1, len(pool)))
     torch.manual_seed(seed)
-    views = BandViews(names, pool, k, SpatialViews(size=8))
+    views = BandViews(names, pool, k, spatial_views(size=8))
     v = views(_band_constant(3, c, 16))
     assert v.shape == (3, k, 8, 8)
     # crops, flips, rotations and blur move pixels, never values between bands
@@ -220,19 +220,26 @@ def test_seasonal_views_any_band_count(c, size, seed):
     torch.testing.assert_close(q, _band_constant(2, c, size), rtol=0, atol=1e-4)
 
 
-@settings(max_examples=20, deadline=None)
-@given(size=st.integers(1, 12), n=st.integers(1, 5), seed=st.integers(0, 2**16))
-def test_rot90_gives_one_of_the_four_rotations(size, n, seed):
-    from eossl.views import RandomRot90
+def _dihedral(img):
+    """The 8 rotations and reflections of a (..., S, S) image."""
+    rots = [torch.rot90(img, r, dims=(-2, -1)) for r in range(4)]
+    return rots + [r.flip(-1) for r in rots]
 
+
+@settings(max_examples=20, deadline=None)
+@given(size=st.integers(1, 12), n=st.integers(1, 5), seed=st.integers(0, 2**16),
+       rot90=st.booleans())
+def test_whole_image_view_is_a_rotation_or_reflection(size, n, seed, rot90):
+    """A view whose crop is the whole image is the image turned by one element of the
+    dihedral group (without rot90: the identity or a flip), exactly up to float rounding."""
     torch.manual_seed(seed)
     x = torch.randn(n, 3, size, size)
-    y = RandomRot90()(x)
+    y = ContrastiveViews(size, scale=(1.0, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0,
+                         rot90=rot90)(x)
     for i in range(n):
-        assert any(torch.equal(y[i], torch.rot90(x[i], r, dims=(-2, -1))) for r in range(4))
-    if size > 1:
-        with pytest.raises(DataError, match="square"):
-            RandomRot90()(torch.randn(n, 3, size, size - 1))
+        allowed = _dihedral(x[i])
+        allowed = allowed if rot90 else [allowed[0], allowed[2], allowed[4], allowed[6]]
+        assert any(torch.allclose(y[i], a, atol=1e-5) for a in allowed)
 
 
 @settings(max_examples=15, deadline=None)

@@ -76,7 +76,7 @@ class BYOL(PretextMethod):
 
     def make_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two augmentations of the normalised batch ``x`` (override for other view types)."""
-        return self.views(x), self.views(x)
+        return self.views.pair(x)
 
     # ---------------------------------------------------------------- training
     def current_ema_momentum(self) -> float:

@@ -199,7 +199,7 @@ class MoCoV2(PretextMethod):
     def make_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (query, key) views of a normalised batch: two augmentations of one image.
         Subclasses with other positives (moco-tp: two dates of one place) override this."""
-        return self.views(x), self.views(x)
+        return self.views.pair(x)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = self.normalizer(batch["image"])

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import kornia.augmentation as K
 import torch
 from torch import nn
 
 from ..bands import band_indices, find_in
 from ..errors import ConfigError, DataError
 from ..models.bandwise import REDUCES, BandwiseEncoder
-from ..views import RandomRot90, _blur_kernel
+from ..views import ContrastiveViews
 from . import register_method
 from .byol import BYOL
 
@@ -60,24 +59,15 @@ def resolve_pool(data_bands: Sequence[str], pool: Sequence[str] | str | None = N
     return out
 
 
-class SpatialViews(nn.Module):
+def spatial_views(size: int, scale: Sequence[float] = (0.2, 1.0), blur_p: float = 0.5,
+                  blur_sigma: Sequence[float] = (0.1, 2.0), rot90: bool = True) -> nn.Module:
     """The spatial half of RS-BYOL's views (the spectral half is the band draw): random resized
-    crop, flips, 90-degree rotations and Gaussian blur, per sample, for any channel count."""
-
-    def __init__(self, size: int, scale: Sequence[float] = (0.2, 1.0), blur_p: float = 0.5,
-                 blur_sigma: Sequence[float] = (0.1, 2.0), rot90: bool = True) -> None:
-        super().__init__()
-        if not 0 < scale[0] <= scale[1] <= 1:
-            raise ConfigError(f"rsbyol: crop scale must satisfy 0 < min <= max <= 1, got {scale}")
-        ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=tuple(scale)),
-                                K.RandomHorizontalFlip(), K.RandomVerticalFlip()]
-        if rot90:
-            ops.append(RandomRot90())
-        ops.append(K.RandomGaussianBlur(_blur_kernel(size), sigma=tuple(blur_sigma), p=blur_p))
-        self.ops = nn.Sequential(*ops)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ops(x)
+    crop, flips, 90-degree rotations and Gaussian blur, per sample, for any channel count;
+    ContrastiveViews with its band jitter and grayscale off."""
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"rsbyol: crop scale must satisfy 0 < min <= max <= 1, got {scale}")
+    return ContrastiveViews(size, scale=tuple(scale), jitter_p=0.0, gray_p=0.0, blur_p=blur_p,
+                            blur_sigma=tuple(blur_sigma), rot90=rot90)
 
 
 class BandViews(nn.Module):
@@ -127,7 +117,7 @@ class RSBYOL(BYOL):
         resolved = resolve_pool(list(bands), pool, ms_only, mode)  # fail before building nets
         super().__init__(bands, stats, **kwargs)
         self.pool = resolved
-        spatial = SpatialViews(self.hparams.crop_size, scale=scale, blur_p=blur_p)
+        spatial = spatial_views(self.hparams.crop_size, scale=scale, blur_p=blur_p)
         self.band_views = BandViews(list(bands), self.pool, MODES[mode], spatial)
         self._val_encoder: list = []  # plain list: not a registered submodule
 

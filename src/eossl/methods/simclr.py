@@ -58,7 +58,7 @@ class SimCLR(PretextMethod):
 
     def make_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two independent augmentations of a normalised batch (override for other views)."""
-        return self.views(x), self.views(x)
+        return self.views.pair(x)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = self.normalizer(batch["image"])

@@ -151,8 +151,7 @@ class SpectralSpatial(PretextMethod):
         return masked_mse(pred, spectra, mask), mask
 
     def object_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v0 = self.band_dropout(self.views(x))
-        v1 = self.band_dropout(self.views(x))
+        v0, v1 = (self.band_dropout(v) for v in self.views.pair(x))
         z0 = self.projection_head(self.backbone(v0))
         z1 = self.projection_head(self.backbone(v1))
         return float32_loss(self.criterion, z0, z1), z0
