@@ -5,7 +5,8 @@ setting is methods/base.py DEFAULT_STEM_STRIDE): a 16 px probe patch keeps a 2x2
 last stage. timm's own stem (stride 4) leaves it 1x1 but makes exports load as-is in timm,
 torchgeo and terratorch (docs/export.md). This script pretrains one recipe at both strides
 with the same budget and seeds, probes every encoder with eossl's evaluation code (linear and
-kNN probes on the spatial split of the labelled sample scene, evaluate/compare.py) at each
+kNN probes on the spatial folds of the labelled sample scene, the evaluation registry's
+probe) at each
 probe patch size beside a random-init twin of the same stem, and writes a Markdown table with
 the command and the machine.
 
@@ -82,21 +83,31 @@ def _same_config(out: Path, cfg: dict) -> bool:
 
 
 def probe(a, runs) -> list[dict]:
-    """Linear and kNN probe records of every run and a random-init twin per stride."""
-    from eossl.data.sources import open_source
-    from eossl.evaluate.compare import probe_checkpoints
+    """Linear and kNN probe records (balanced accuracy, last stage) of every run and of the
+    random twin per stride, from the evaluation registry's probe on the scene's spatial
+    folds: one record per (model, probe, fraction, probe seed, fold)."""
+    from eossl.checkpoint import load_encoder
+    from eossl.evaluate.base import Context, compare, get_evaluation
 
-    source = open_source("brandenburg", a.cache)
+    ctx = Context("brandenburg", cache=a.cache)
     records = []
     for size in a.patch_sizes:
+        ev = get_evaluation("probe")(fractions=tuple(a.fractions), layers=("last",),
+                                     patch_size=size)
         for stride in STRIDES:
-            ckpts = {f"seed {seed}": runs[(stride, seed)]["checkpoint"] for seed in a.seeds}
+            encoders = {f"seed {seed}": load_encoder(runs[(stride, seed)]["checkpoint"])
+                        for seed in a.seeds}
             print(f"probing stem {stride} at {size} px ...", flush=True)
-            for r in probe_checkpoints(source, ckpts, patch_size=size, fractions=a.fractions,
-                                       seeds=a.probe_seeds, random_init=True):
-                if r["model"] == "spectral baseline" and stride != STRIDES[0]:
+            for r in compare(ev, ctx, encoders, seeds=a.probe_seeds):
+                if r["metric"] != "balanced_accuracy" or r["table"].startswith("_"):
+                    continue
+                model = "random init" if r["model"].startswith("random init") else r["model"]
+                if model == "spectral baseline" and stride != STRIDES[0]:
                     continue  # the same for both strides
-                records.append({**r, "stride": stride, "patch_size": size})
+                kind = "knn" if r["table"].startswith("kNN") else "linear"
+                records.append({"model": model, "kind": kind, "fraction": r["order"],
+                                "balanced_accuracy": r["value"], "seed": r["seed"],
+                                "fold": r["fold"], "stride": stride, "patch_size": size})
     return records
 
 
@@ -151,11 +162,11 @@ def main(argv=None) -> int:
     lines = [
         "# Stem stride 4 (timm's) vs 2 (eossl's small-patch stem)", "",
         f"Recipe `{a.config}`, budget {budget} per run, pretraining seeds "
-        f"{', '.join(map(str, a.seeds))}; linear and kNN probes on the spatial split of the "
-        "Brandenburg scene's OSM land-use patches (eossl.evaluate.compare), label subsets of "
-        f"probe seeds {', '.join(map(str, a.probe_seeds))}. Balanced accuracy, mean ± sd "
-        "(ddof 1) over pretraining × probe seeds; the random-init twin has the same stem and "
-        "random weights.", "",
+        f"{', '.join(map(str, a.seeds))}; linear and kNN probes on the spatial folds of the "
+        "Brandenburg scene's OSM land-use patches (eossl.evaluate probe, spatial folds, last "
+        f"stage), label subsets of probe seeds {', '.join(map(str, a.probe_seeds))}. Balanced "
+        "accuracy, mean ± sd (ddof 1) over pretraining × probe seeds × folds; the random-init "
+        "twin has the same stem and random weights.", "",
         *table(records, a), "",
         "Steps reached: " + "; ".join(f"stem {s}: {', '.join(map(str, v))}"
                                       for s, v in steps.items()) + ".", "",
