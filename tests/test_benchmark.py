@@ -161,7 +161,7 @@ def band_dir(tmp_path_factory, sample_cache):
 def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, failing_method,
                                                       tiny, capsys):
     args = ["--cache", str(sample_cache), "benchmark", "--methods", f"moco,{failing_method}",
-            "--budget", "3-steps", "--seeds", "0,1", "--fractions", "0.5,1",
+            "--max-steps", "3", "--seeds", "0,1", "--fractions", "0.5,1",
             "--evaluations", "probe,ensemble,per-band,pictures", "--split", "west-east",
             "--out", str(bench_dir), "--no-progress"]  # one fold (west/east): a test's time
     assert main(args) == 0
@@ -415,7 +415,7 @@ def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny):
     rows (the random twin of the same 10-band encoder, the spectral baseline), and its
     pictures land in the report."""
     args = ["--cache", str(sample_cache), "benchmark", "--methods", "colorization",
-            "--budget", "2-steps", "--seeds", "0,", "--fractions", "0.5,1",
+            "--max-steps", "2", "--seeds", "0,", "--fractions", "0.5,1",
             "--split", "west-east", "--out", str(full_dir), "--no-progress"]
     assert main(args) == 0
     st = json.loads((full_dir / "status.json").read_text())
@@ -490,7 +490,7 @@ def test_benchmark_per_band_table_of_a_bandwise_encoder(band_dir, sample_cache, 
     heat map and a U-Net on its band-wise encoder; the ensemble does not apply (its pool holds
     the visible bands) and says why."""
     args = ["--cache", str(sample_cache), "benchmark", "--methods", "rsbyol",
-            "--budget", "2-steps", "--seeds", "0,", "--evaluations",
+            "--max-steps", "2", "--seeds", "0,", "--evaluations",
             "per-band,segment,ensemble", "--split", "west-east", "--out", str(band_dir),
             "--no-progress"]
     assert main(args) == 0

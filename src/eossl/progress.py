@@ -191,7 +191,9 @@ class Work:
         self._token = _WORK_SHOWN.set(self.enabled)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:  # the error's own line follows: the bar goes away
+            self.bar.leave = False
         self.close()
 
 
