@@ -39,17 +39,62 @@ def test_plan_and_folder_refusals(tmp_path):
     assert folder.open(Plan(methods=["moco"], seeds=[0], budget="1m")) is True  # resume
     with pytest.raises(OutputExistsError, match="another benchmark.*seeds"):
         folder.open(Plan(methods=["moco"], seeds=[0, 1], budget="1m"))
+    # a plan.json of an older eossl (no encoders, accelerator, devices) is the same plan, and
+    # where it runs may change on a resume
+    old = {k: v for k, v in Plan(methods=["moco"], seeds=[0], budget="1m").to_dict().items()
+           if k not in ("encoders", "accelerator", "devices")}
+    folder.plan_path.write_text(json.dumps(old))
+    assert folder.open(Plan(methods=["moco"], seeds=[0], budget="1m", accelerator="cpu"))
+    assert json.loads(folder.plan_path.read_text())["accelerator"] == "cpu"
+    # encoders from elsewhere: alone, or beside methods under names of their own
+    assert Plan(methods=[], seeds=[0], budget="1m", encoders={"ssl4eo": "w.pth"}).encoders
+    with pytest.raises(ConfigError, match="no method to benchmark"):
+        Plan(methods=[], seeds=[0], budget="1m")
+    for name, msg in (("moco", "also a benchmarked method"), ("random init", "reference row"),
+                      ("_baseline", "reference row")):
+        with pytest.raises(ConfigError, match=msg):
+            Plan(methods=["moco"], seeds=[0], budget="1m", encoders={name: "w.pth"})
+    from eossl.bench.plan import resolve_methods
+
+    assert resolve_methods("none") == [] and resolve_methods("") == []
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="not a benchmark folder"):
         BenchmarkFolder(tmp_path / "other").open(Plan(methods=["moco"], seeds=[0], budget="1m"))
 
 
+def test_budget_of_both_limits_reads_back():
+    b = Budget.parse("90s,500-steps")
+    assert b == Budget(seconds=90, steps=500) and Budget.parse(b.spec()) == b
+    assert str(b) == "500 steps or 90 s wall clock, whichever ends first"
+    with pytest.raises(ConfigError, match="two step budgets"):
+        Budget.parse("5-steps,6-steps")
+
+
 def test_cli_bad_input(tmp_path, capsys):
     assert main(["benchmark", "--methods", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["benchmark", "--budget", "0s", "--out", str(tmp_path / "x")]) == 2
-    assert "more than zero" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--budget is now --max-time" in err and "--budget '0s'" in err and "more than zero" in err
+    assert main(["benchmark", "--max-time", "soon", "--out", str(tmp_path / "x")]) == 2
+    assert "--max-time 'soon': expected a duration" in capsys.readouterr().err
+    assert main(["benchmark", "--max-steps", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--max-steps 0: expected at least 1 step" in capsys.readouterr().err
+    assert main(["benchmark", "--budget", "1m", "--max-steps", "3"]) == 2
+    assert "give the budget once" in capsys.readouterr().err
+    # only encoders from elsewhere: --methods none needs --checkpoint
+    assert main(["benchmark", "--methods", "none", "--out", str(tmp_path / "x")]) == 2
+    assert "give --checkpoint NAME=PATH" in capsys.readouterr().err
+    assert main(["benchmark", "--methods", "none", "--checkpoint",
+                 f"ssl4eo={tmp_path / 'missing.pth'}", "--out", str(tmp_path / "x")]) == 2
+    assert "missing.pth (ssl4eo) does not exist" in capsys.readouterr().err
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"not weights")
+    assert main(["benchmark", "--methods", "moco", "--checkpoint", f"moco={weights}",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "w.pth" in capsys.readouterr().err  # unreadable: refused before any pretraining
+    assert not (tmp_path / "x").exists()
     assert main(["benchmark", "--evaluations", "astrology", "--out", str(tmp_path / "x")]) == 2
     assert "unknown evaluation 'astrology'" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
@@ -116,7 +161,7 @@ def band_dir(tmp_path_factory, sample_cache):
 def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, failing_method,
                                                       tiny, capsys):
     args = ["--cache", str(sample_cache), "benchmark", "--methods", f"moco,{failing_method}",
-            "--budget", "3-steps", "--seeds", "0,1", "--fractions", "0.5,1",
+            "--max-steps", "3", "--seeds", "0,1", "--fractions", "0.5,1",
             "--evaluations", "probe,ensemble,per-band,pictures", "--split", "west-east",
             "--out", str(bench_dir), "--no-progress"]  # one fold (west/east): a test's time
     assert main(args) == 0
@@ -162,6 +207,72 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
     assert "over 2 session(s)" in (bench_dir / "report.md").read_text()
     assert main(["benchmark", "--out", str(bench_dir.parent / "nothing"), "--resume"]) == 2
     assert "holds no benchmark to continue" in capsys.readouterr().err
+
+
+# torchgeo's file name of ResNet18_Weights.SENTINEL2_ALL_MOCO, by which eossl knows the file
+TORCHGEO_FILE = "resnet18_sentinel2_all_moco-59bfdff9.pth"
+
+
+def test_encoders_pretrained_elsewhere_are_rows_beside_the_methods(tmp_path, sample_cache,
+                                                                   tiny, capsys):
+    """A weight file in torchgeo's format (timm keys, torchgeo's file name: SSL4EO-S12 MoCo
+    ResNet-18, weights drawn here) is a row of every evaluation beside a method the benchmark
+    pretrains, with its own random twin; plan.json keeps it for --resume and re-rendering, and
+    the report says what it is and that the benchmark did not pretrain it."""
+    import timm
+    import torch
+
+    torch.manual_seed(7)
+    weights = tmp_path / TORCHGEO_FILE
+    torch.save(timm.create_model("resnet18", in_chans=13, num_classes=0).state_dict(), weights)
+    out = tmp_path / "bench"
+    args = ["--cache", str(sample_cache), "benchmark", "--methods", "moco", "--checkpoint",
+            f"ssl4eo={weights}", "--max-steps", "2", "--seeds", "0,", "--fractions", "1",
+            "--evaluations", "probe", "--split", "west-east", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["methods"] == ["moco"] and plan["encoders"] == {"ssl4eo": str(weights)}
+    assert plan["budget"] == "2-steps"
+    st = json.loads((out / "status.json").read_text())
+    assert st["runs"]["moco/seed0"]["steps"] == 2
+    assert st["external"]["ssl4eo"]["pretrained_on"] == "SSL4EO-S12"
+    assert st["evals"]["probe/ssl4eo/seed0"]["state"] == "done"
+    records = json.loads((out / "results.json").read_text())["records"]
+    rows = {r["model"]: r for r in records if r["table"] == "_model"}
+    # each encoder has its own twin: same architecture and inputs, other weights
+    assert rows["ssl4eo"]["twin"] == "random init (ssl4eo)"
+    assert rows["moco"]["twin"] == "random init (moco)"
+    assert rows["random init (ssl4eo)"]["signature"] == rows["ssl4eo"]["signature"]
+    assert rows["random init (ssl4eo)"]["signature"] != rows["moco"]["signature"]
+    assert "not pretrained by this benchmark" in rows["ssl4eo"]["origin"]
+    assert "origin" not in rows["moco"]
+    acc = {r["model"] for r in records if r["metric"] == "accuracy" and r["value"] is not None}
+    assert {"ssl4eo", "random init (ssl4eo)", "moco", "random init (moco)",
+            "spectral baseline"} <= acc
+    md = (out / "report.md").read_text()
+    assert "## Encoders pretrained elsewhere" in md
+    assert re.search(r"^\| ssl4eo \| weights pretrained elsewhere: " + re.escape(TORCHGEO_FILE),
+                     md, re.M)
+    assert re.search(r"\*\*ssl4eo\*\*: resnet18 .*on 13 bands.*not pretrained by this "
+                     r"benchmark; pretrained on other data \(SSL4EO-S12\)", md)
+    assert "| ssl4eo | " in md.split("## Patch classification probes")[1]  # a table row
+
+    # --resume keeps every finished step, the external rows' included
+    evals = sorted((out / "evals").rglob("*.json"))
+    before = {p: p.stat().st_mtime_ns for p in evals}
+    assert main(["--cache", str(sample_cache), "benchmark", "--out", str(out), "--resume",
+                 "--no-progress"]) == 0
+    assert "methods and encoders moco, ssl4eo" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in evals} == before
+    # and a committed report (plan.json, results.json, figures) re-renders with them
+    kept = tmp_path / "committed"
+    kept.mkdir()
+    for name in ("plan.json", "results.json"):
+        shutil.copy(out / name, kept / name)
+    shutil.copytree(out / "figures", kept / "figures")
+    assert main(["report", str(kept)]) == 0
+    again = (kept / "report.md").read_text()
+    assert "## Encoders pretrained elsewhere" in again and "random init (ssl4eo)" in again
 
 
 def test_report_rerenders_without_recomputing(bench_dir, tmp_path):
@@ -304,7 +415,7 @@ def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny):
     rows (the random twin of the same 10-band encoder, the spectral baseline), and its
     pictures land in the report."""
     args = ["--cache", str(sample_cache), "benchmark", "--methods", "colorization",
-            "--budget", "2-steps", "--seeds", "0,", "--fractions", "0.5,1",
+            "--max-steps", "2", "--seeds", "0,", "--fractions", "0.5,1",
             "--split", "west-east", "--out", str(full_dir), "--no-progress"]
     assert main(args) == 0
     st = json.loads((full_dir / "status.json").read_text())
@@ -379,7 +490,7 @@ def test_benchmark_per_band_table_of_a_bandwise_encoder(band_dir, sample_cache, 
     heat map and a U-Net on its band-wise encoder; the ensemble does not apply (its pool holds
     the visible bands) and says why."""
     args = ["--cache", str(sample_cache), "benchmark", "--methods", "rsbyol",
-            "--budget", "2-steps", "--seeds", "0,", "--evaluations",
+            "--max-steps", "2", "--seeds", "0,", "--evaluations",
             "per-band,segment,ensemble", "--split", "west-east", "--out", str(band_dir),
             "--no-progress"]
     assert main(args) == 0

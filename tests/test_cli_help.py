@@ -91,7 +91,8 @@ def test_help_of_every_command_renders():
 
 
 @pytest.mark.parametrize("command", [["probe"], ["embed"], ["export"], ["data", "pack"],
-                                     ["collect"], ["demo"], ["pretrain"]])
+                                     ["collect"], ["demo"], ["pretrain"], ["benchmark"],
+                                     ["evaluate", "probe"], ["evaluate", "segment"]])
 def test_the_shared_vocabulary_is_spelt_one_way(command):
     parser = dict((p[1:], q) for p, q in PARSERS)[tuple(command)]
     visible = {o for a in parser._actions if a.help != argparse.SUPPRESS
@@ -101,6 +102,68 @@ def test_the_shared_vocabulary_is_spelt_one_way(command):
         assert old not in visible, (command, old)
     if "--patch-size" in visible or "--crop-size" in visible:
         assert ("--crop-size" in visible) == (command == ["pretrain"])
+    assert "--budget" not in visible  # benchmark's old spelling of --max-time / --max-steps
+
+
+def _visible(parser) -> set[str]:
+    return {o for a in parser._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
+
+
+def test_long_commands_share_budget_device_progress_and_checkpoint_options():
+    from eossl.evaluate.base import available_evaluations
+
+    parsers = {p[1:]: q for p, q in PARSERS}
+    bench = _visible(parsers[("benchmark",)])
+    assert {"--max-time", "--max-steps", "--accelerator", "--devices", "--checkpoint",
+            "--seeds", "--no-progress"} <= bench
+    for name in ["probe", *(("evaluate", e) for e in available_evaluations())]:
+        key = (name,) if isinstance(name, str) else name
+        assert {"--no-progress", "--checkpoint", "--seeds", "--accelerator"} <= \
+            _visible(parsers[key]), key
+    # the two spellings of seeds: a list everywhere; benchmark also a count
+    args = build_parser().parse_args(["benchmark", "--seeds", "3"])
+    assert args.seeds == [0, 1, 2]
+    assert build_parser().parse_args(["benchmark", "--seeds", "5,"]).seeds == [5]
+    assert build_parser().parse_args(["probe", "--checkpoint", "x", "--seeds", "3"]).seeds == [3]
+    assert "a count (3 = seeds 0,1,2)" in parsers[("benchmark",)].format_help().replace(
+        "\n", " ").replace("  ", " ")
+
+
+def test_benchmark_budget_old_spelling_still_works_with_one_note(capsys):
+    from eossl.commands.benchmark import _budget
+
+    args = build_parser().parse_args(["benchmark", "--budget", "3-steps"])
+    assert _budget(args) == "3-steps"
+    err = capsys.readouterr().err
+    assert "--budget is now --max-time DURATION / --max-steps N" in err and err.count("\n") == 1
+    both = build_parser().parse_args(["benchmark", "--max-time", "90s", "--max-steps", "7"])
+    assert _budget(both) == "90s,7-steps"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["probe", "--seeds", "x"], "argument --seeds: expected comma-separated integers"),
+    (["benchmark", "--budget", "xyz"], "--budget 'xyz': expected a duration"),
+    (["benchmark", "--seeds", "x"], "argument --seeds: expected a seed count"),
+    (["pretrain", "--max-time", "abc", "--max-steps", "1"], "cannot read duration 'abc'"),
+    (["evaluate", "probe", "--epochs", "3"], "unrecognized arguments: --epochs 3 (see 'eossl "
+     "evaluate probe --help')"),
+    (["frob"], "invalid choice: 'frob'"),
+    (["embed", "a.ckpt", "b.tif", "c", "--out", "e"], "unexpected arguments a.ckpt b.tif c"),
+    (["embed", "--out", "e"], "--checkpoint and --data are required"),
+])
+def test_every_error_has_one_prefix(capsys, tmp_path, monkeypatch, argv, needle):
+    """argparse's errors and eossl's own read ``eossl: error: MESSAGE`` once, on one line."""
+    monkeypatch.chdir(tmp_path)  # nothing may be written, and nowhere that matters
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if not line.startswith("eossl: note:")]
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("eossl: error: ") and err[0].count("eossl: error") == 1, err
+    assert not err[0].startswith("eossl: error: eossl"), err
+    assert needle in err[0], err
 
 
 @pytest.mark.parametrize("argv,dest,value,note", [

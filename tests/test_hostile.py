@@ -348,7 +348,8 @@ def test_corrupt_lmdb_entry(capsys, ckpt, tmp_path, ben_dir):
     pid = _first_test_patch(ben_dir)
     root = _ben_copy(ben_dir, tmp_path / "ben", corrupt_key=pid)
     code, err = cli(capsys, "evaluate", "multilabel", "--checkpoint", ckpt, "--root", root,
-                    "--no-finetune", "--no-random-init", "--seeds", "0")
+                    "--no-finetune", "--no-random-init", "--seeds", "0",
+                    "--no-progress")
     assert code == 2 and one_line(err, "corrupt safetensors entry", pid, root)
 
 
@@ -356,11 +357,13 @@ def test_label_ids_out_of_range(capsys, ckpt, tmp_path, ben_dir):
     pid = _first_test_patch(ben_dir)
     root = _ben_copy(ben_dir, tmp_path / "ids", labels=(pid, [2, 25]))
     code, err = cli(capsys, "evaluate", "multilabel", "--checkpoint", ckpt, "--root", root,
-                    "--no-finetune", "--no-random-init", "--seeds", "0")
+                    "--no-finetune", "--no-random-init", "--seeds", "0",
+                    "--no-progress")
     assert code == 2 and one_line(err, "metadata.parquet", pid, "label id 25", "0..18")
     root = _ben_copy(ben_dir, tmp_path / "names", labels=(pid, ["Arable land", "Lava"]))
     code, err = cli(capsys, "evaluate", "multilabel", "--checkpoint", ckpt, "--root", root,
-                    "--no-finetune", "--no-random-init", "--seeds", "0")
+                    "--no-finetune", "--no-random-init", "--seeds", "0",
+                    "--no-progress")
     assert code == 2 and one_line(err, pid, "'Lava'", "19 BigEarthNet v2 classes")
 
 
@@ -458,7 +461,7 @@ def test_out_naming_an_existing_file(capsys, ckpt, tmp_path, sample_cache):
     afile.write_text("mine")
     for args in (["pretrain", "--max-steps", "1"],
                  ["collect", "--locations", "1", "--preset", "earth-search-s2l2a"],
-                 ["benchmark", "--methods", "moco", "--seeds", "1", "--budget", "2-steps"],
+                 ["benchmark", "--methods", "moco", "--seeds", "1", "--max-steps", "2"],
                  ["probe", "--checkpoint", ckpt, "--seeds", "0", "--fractions", "1"],
                  ["embed", "--checkpoint", ckpt, "--data", "brandenburg"]):
         code, err = cli(capsys, "--cache", sample_cache, *args, "--out", afile)
@@ -557,7 +560,8 @@ def test_bigearthnet_metadata_without_labels(capsys, ckpt, tmp_path, ben_dir):
     root = _ben_copy(ben_dir, tmp_path / "ben")
     pd.read_parquet(root / METADATA).drop(columns=["labels"]).to_parquet(root / METADATA)
     code, err = cli(capsys, "evaluate", "multilabel", "--checkpoint", ckpt, "--root", root,
-                    "--no-finetune", "--no-random-init", "--seeds", "0")
+                    "--no-finetune", "--no-random-init", "--seeds", "0",
+                    "--no-progress")
     assert code == 2 and one_line(err, root / METADATA, "lacks column(s) labels")
 
 
@@ -653,7 +657,7 @@ def test_pretraining_on_a_mostly_nodata_scene_is_not_called_empty(capsys, tmp_pa
     (["evaluate", "regress", "--checkpoint", "{ckpt}", "--patch-size", "0"], "--patch-size 0"),
     (["evaluate", "pixel-probe", "--checkpoint", "{ckpt}", "--patch-size", "0"], "--patch-size 0"),
     (["evaluate", "segment", "--checkpoint", "{ckpt}", "--out", "{file}"], "is a file"),
-    (["benchmark", "--methods", "moco", "--seeds", "1", "--budget", "2-steps", "--backbone",
+    (["benchmark", "--methods", "moco", "--seeds", "1", "--max-steps", "2", "--backbone",
       "resnet81", "--out", "{tmp}/b"], "model.backbone='resnet81'"),
     (["collect", "--out", "{tmp}/c", "--locations", "1", "--preset", "earth-search-s2l2a",
       "--resolution", "-10"], "resolution must be > 0"),

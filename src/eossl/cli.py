@@ -23,7 +23,27 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kw)
 
     def error(self, message: str):
-        self.exit(2, f"eossl: error: {self.prog}: {message} (see '{self.prog} --help')\n")
+        # one prefix, as every other eossl error; the command is named by the help pointer
+        self.exit(2, f"eossl: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, but arguments no parser took are refused by the innermost command's
+        parser (argparse leaves that to the top-level one, whose help does not list them)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._innermost(ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _innermost(self, ns) -> argparse.ArgumentParser:
+        """The parser of the (sub)command ``ns`` was parsed for."""
+        parser = self
+        while True:
+            sub = next((a for a in parser._actions
+                        if isinstance(a, argparse._SubParsersAction)), None)
+            chosen = sub.choices.get(getattr(ns, sub.dest, None)) if sub else None
+            if chosen is None:
+                return parser
+            parser = chosen
 
 
 def seed_list(text: str) -> list[int]:  # kept importable here for the evaluate tasks
@@ -131,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_out(pr, "write results.json, report.md and report.html here (a new or empty folder)")
     pr.add_argument("--per-band", action="store_true", help="band-wise encoders (rsbyol): "
                     "probe the frozen encoder on each band alone; table + heat map in --out")
+    add_progress(pr)
 
     dm = sub.add_parser("demo", help="the main job: fetch, pretrain MoCo v2, probe, report")
     add_budget(dm, max_time_default="10m")

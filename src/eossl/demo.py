@@ -55,7 +55,8 @@ def run_demo(out: str | Path, *, max_time: str = "10m", max_steps: int | None = 
                        patch_size=int(cfg["data"]["probe_patch_size"]))
     ctx = Context("brandenburg", cache=cache, source=res.source,
                   options={"first_seed": seeds[0]})
-    records = compare(probe, ctx, {"MoCo v2": load_encoder(res.checkpoint)}, seeds)
+    records = compare(probe, ctx, {"MoCo v2": load_encoder(res.checkpoint)}, seeds,
+                      progress=progress)
     header = [
         f"**command**: `{' '.join(['eossl'] + sys.argv[1:]) if sys.argv else 'eossl demo'}`",
         "**data**: Sentinel-2 L1C T33UUU 2017-02-16 (13 bands), OSM land use; 16 px patches, "

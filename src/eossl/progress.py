@@ -7,6 +7,9 @@ actually ends the work.
   (pretraining's ``--max-steps`` / ``--max-time``): its percentage and ETA are those of the
   budget, not of an epoch. :class:`~eossl.train.BudgetProgressBar` is the same bar inside
   Lightning.
+- :class:`Work`: an evaluation's runs (one encoder, or the baseline, for one seed), counted in
+  folds once the first run says how many folds it has; while it is open, :func:`inner_bar`
+  shows the steps of each fine-tuning below it.
 
 Every bar takes ``enabled`` (the commands' ``--no-progress``); tqdm's own ``TQDM_DISABLE=1``
 environment variable turns them all off. tqdm is used rather than a bar of our own: it already
@@ -18,6 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -127,3 +131,73 @@ tqdm is ``.tqdm`` (Lightning drives it as its bar).
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Whether an enabled Work bar is open (in this thread or task): fits inside it show their steps.
+_WORK_SHOWN: ContextVar[bool] = ContextVar("eossl_work_shown", default=False)
+
+
+class Work:
+    """A bar over the ``runs`` of an evaluation (each: one encoder or the baseline on every
+    fold, for one seed), with an honest total in the finest unit known.
+
+    The evaluation's fold loops go through :meth:`track`: the first one tells how many folds a
+    run has, and from then on the bar counts folds (``runs x folds``); until then, or for an
+    evaluation without folds, it counts runs. :meth:`end_run` completes a run's share (a run
+    that had nothing to do, a baseline an evaluation does not have). Use as a context manager;
+    while it is open and enabled, :func:`inner_bar` bars (fine-tuning steps) show below it.
+    """
+
+    def __init__(self, desc: str, runs: int, *, enabled: bool = True,
+                 leave: bool = True) -> None:
+        self.runs, self.done, self.per_run, self.in_run = max(1, runs), 0, 1, 0
+        self._counted = False  # whether per_run is known (folds) or a guess (one per run)
+        self.bar = bar(self.runs, desc, "run", enabled=enabled, leave=leave)
+        self.enabled = enabled and not self.bar.disable
+        self._token = None
+
+    def _show(self) -> None:
+        self.bar.n = self.done * self.per_run + min(self.in_run, self.per_run)
+        self.bar.refresh()
+
+    def track(self, items: Iterable[T]) -> Iterator[T]:
+        """``items`` (the folds of one run), advancing the bar after each."""
+        items = list(items)
+        if not self._counted and items:
+            self._counted, self.per_run = True, len(items)
+            self.bar.total, self.bar.unit = self.runs * self.per_run, "fold"
+            self._show()
+        for x in items:
+            yield x
+            self.in_run += 1
+            self._show()
+
+    def end_run(self) -> None:
+        self.done, self.in_run = min(self.done + 1, self.runs), 0
+        self._show()
+
+    def write(self, text: str, out=print) -> None:
+        """``out(text)`` (a line on stdout) with the bars cleared first and redrawn after."""
+        with tqdm.external_write_mode(file=sys.stdout):
+            out(text)
+
+    def close(self) -> None:
+        if self._token is not None:
+            _WORK_SHOWN.reset(self._token)
+            self._token = None
+        self.bar.close()
+
+    def __enter__(self) -> "Work":
+        self._token = _WORK_SHOWN.set(self.enabled)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:  # the error's own line follows: the bar goes away
+            self.bar.leave = False
+        self.close()
+
+
+def inner_bar(total: int, desc: str, unit: str = "step") -> tqdm:
+    """A bar of one piece of an evaluation's work (a fine-tuning's steps), shown below the
+    evaluation's :class:`Work` bar while that is open and enabled, gone when done."""
+    return bar(total, desc, unit, enabled=_WORK_SHOWN.get(), leave=False)

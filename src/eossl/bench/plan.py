@@ -22,36 +22,47 @@ QUICK = {"budget": "45s", "seeds": [0], "fractions": [0.1, 1.0]}
 
 @dataclass(frozen=True)
 class Budget:
-    """A pretraining budget: wall-clock seconds or optimiser steps (one of the two)."""
+    """A pretraining budget per run: wall-clock seconds, optimiser steps, or both (the run
+    stops at whichever limit it reaches first, as ``eossl pretrain --max-time --max-steps``)."""
 
     seconds: float | None = None
     steps: int | None = None
 
     @classmethod
     def parse(cls, text: str | int | float) -> "Budget":
-        """'10m', '90s', '1h' (wall clock) or '500-steps' / '500steps' / '500 steps'."""
-        t = str(text).strip().lower()
-        m = re.fullmatch(r"(\d+)\s*-?\s*steps?", t)
-        if m:
-            steps = int(m.group(1))
-            if steps < 1:
-                raise ConfigError(f"--budget {text!r}: a step budget must be >= 1 step")
-            return cls(steps=steps)
-        if re.fullmatch(r"0+(\.0*)?\s*[a-z-]*", t):
-            raise ConfigError(f"--budget {text!r}: the budget must be more than zero")
-        try:
-            secs = parse_duration(t)
-        except ConfigError:
-            secs = None
-        if secs is None:
-            raise ConfigError(f"--budget {text!r}: expected a duration (90s, 10m, 1h) or a "
-                              "step count (500-steps)")
-        if secs <= 0:
-            raise ConfigError(f"--budget {text!r}: the budget must be more than zero")
-        return cls(seconds=secs)
+        """'10m', '90s', '1h' (wall clock), '500-steps' / '500 steps', or both joined by a
+        comma ('10m,500-steps'): how a plan stores ``--max-time`` and ``--max-steps``."""
+        seconds = steps = None
+        for part in [p.strip() for p in str(text).lower().split(",") if p.strip()] or [""]:
+            m = re.fullmatch(r"(\d+)\s*-?\s*steps?", part)
+            if m:
+                if steps is not None:
+                    raise ConfigError(f"budget {text!r}: two step budgets")
+                steps = int(m.group(1))
+                if steps < 1:
+                    raise ConfigError(f"budget {text!r}: a step budget must be >= 1 step")
+                continue
+            if re.fullmatch(r"0+(\.0*)?\s*[a-z-]*", part):
+                raise ConfigError(f"budget {text!r}: the budget must be more than zero")
+            try:
+                secs = parse_duration(part)
+            except ConfigError:
+                secs = None
+            if secs is None or seconds is not None:
+                raise ConfigError(f"budget {text!r}: expected a duration (90s, 10m, 1h), a "
+                                  "step count (500-steps), or one of each joined by a comma")
+            seconds = secs
+        return cls(seconds=seconds, steps=steps)
+
+    def spec(self) -> str:
+        """The text :meth:`parse` reads back (what plan.json stores)."""
+        return ",".join(([f"{self.seconds:g}s"] if self.seconds else [])
+                        + ([f"{self.steps}-steps"] if self.steps else []))
 
     def __str__(self) -> str:
-        return f"{self.steps} steps" if self.steps else f"{self.seconds:g} s wall clock"
+        parts = ([f"{self.steps} steps"] if self.steps else []) + (
+            [f"{self.seconds:g} s wall clock"] if self.seconds else [])
+        return " or ".join(parts) + (", whichever ends first" if len(parts) > 1 else "")
 
 
 @dataclass
@@ -77,10 +88,30 @@ class Plan:
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     evaluations: list[str] = field(default_factory=list)
     quick: bool = False  # --quick: the evaluations' small settings (kept so a resume matches)
+    # encoders pretrained elsewhere (--checkpoint NAME=PATH): rows beside the methods
+    encoders: dict[str, str] = field(default_factory=dict)
+    # where it runs (--accelerator / --devices); not part of what is measured, so a resume
+    # may change them (RUNTIME)
+    accelerator: str | None = None
+    devices: str | None = None
+
+    RUNTIME = ("accelerator", "devices")
 
     def __post_init__(self) -> None:
-        if not self.methods:
-            raise ConfigError("--methods: no method to benchmark")
+        from ..evaluate.results import SPECTRAL
+        from ..models.encoder import RANDOM_TWIN
+
+        if not self.methods and not self.encoders:
+            raise ConfigError("--methods: no method to benchmark; name methods (see 'eossl "
+                              "methods'), or give --checkpoint NAME=PATH to benchmark encoders "
+                              "pretrained elsewhere")
+        for name in self.encoders:
+            if name in self.methods:
+                raise ConfigError(f"--checkpoint {name}=...: {name!r} is also a benchmarked "
+                                  "method; name the row otherwise (NAME=PATH)")
+            if name.startswith("_") or name == SPECTRAL or name.startswith(RANDOM_TWIN):
+                raise ConfigError(f"--checkpoint {name}=...: {name!r} is the name of a "
+                                  "reference row; name the row otherwise (NAME=PATH)")
         if not self.seeds:
             raise ConfigError("--seeds: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -97,6 +128,17 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def differences(self, stored: dict) -> list[str]:
+        """The keys in which this plan differs from a stored one (plan.json): what it measures,
+        not where it runs; a key an older eossl did not store counts as its default."""
+        import dataclasses
+
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING
+                    else f.default for f in dataclasses.fields(self)}
+        new = self.to_dict()
+        return [k for k in new if k not in self.RUNTIME
+                and stored.get(k, defaults.get(k)) != new[k]]
+
 
 def resolve_methods(text: str | None) -> list[str]:
     """'all' (or None) -> every registered method; 'a,b' -> those, checked by name."""
@@ -104,6 +146,8 @@ def resolve_methods(text: str | None) -> list[str]:
 
     if text is None or text.strip() == "all":
         return available_methods()
+    if text.strip().lower() == "none":  # only encoders pretrained elsewhere (--checkpoint)
+        return []
     names = [m.strip() for m in text.split(",") if m.strip()]
     for n in names:
         get_method(n)  # ConfigError naming the unknown method and the choices
@@ -126,12 +170,14 @@ class BenchmarkFolder:
         if self.plan_path.exists():
             old = json.loads(self.plan_path.read_text())
             new = plan.to_dict()
-            diff = [k for k in new if old.get(k) != new[k]]
+            diff = plan.differences(old)
             if diff:
                 raise OutputExistsError(
                     f"{self.root} holds another benchmark (its {', '.join(diff)} differ: "
                     + "; ".join(f"{k}: {old.get(k)} there vs {new[k]} now" for k in diff)
                     + "); choose another --out, or continue it with --out and --resume alone")
+            if any(old.get(k) != new[k] for k in plan.RUNTIME):  # a resume elsewhere: noted
+                atomic_write_text(self.plan_path, json.dumps(new, indent=1))
             return True
         if self.root.exists() and any(self.root.iterdir()):
             raise OutputExistsError(f"{self.root} exists, is not empty and is not a benchmark "

@@ -155,8 +155,15 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
     sessions = st.get("sessions", [])
     header = [
         f"**command**: `{sessions[-1]['command'] if sessions else '(not recorded)'}`",
-        f"**methods**: {', '.join(plan.methods)}; **seeds**: {', '.join(map(str, plan.seeds))}; "
-        f"**backbone**: {plan.backbone}; **budget per run**: {plan.budget_obj}",
+        f"**methods**: {', '.join(plan.methods) or 'none'}; **seeds**: "
+        f"{', '.join(map(str, plan.seeds))}; **backbone**: {plan.backbone}; **budget per "
+        f"run**: {plan.budget_obj}"
+        + (f"; **where**: --accelerator {plan.accelerator or 'auto'}"
+           + (f" --devices {plan.devices}" if plan.devices else "")
+           if plan.accelerator or plan.devices else ""),
+        *([f"**encoders pretrained elsewhere** (--checkpoint; evaluated beside the methods, "
+           f"not pretrained by this benchmark): {', '.join(plan.encoders)}"]
+          if plan.encoders else []),
         f"**pretraining data**: {plan.data} (methods that need time series or sensor pairs use "
         "their own, listed below); **evaluation data**: the plan's labelled data (default: the "
         "Brandenburg S2 scene's OSM labels) on spatial folds, and the BigEarthNet v2 sample "
@@ -181,7 +188,7 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
               for ev in evaluations}
     # one colour per method in every plot (plan order), the references in theirs
     infos = row_infos(records)
-    colours = row_colours(list(plan.methods) + row_order(
+    colours = row_colours(list(plan.methods) + list(plan.encoders) + row_order(
         [r for r in records if not R.hidden(r)], infos), infos)
     blocks = report_blocks(evaluations, records, title="eossl benchmark", header=header,
                            splits=splits, figures=figs, colours=colours)
@@ -212,6 +219,31 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
 
 
 def _pretraining_blocks(folder, plan, st, figs, colours=None) -> list[tuple]:
+    out = _method_blocks(folder, plan, st, figs, colours) if plan.methods else []
+    return out + _external_blocks(plan, st)
+
+
+def _external_blocks(plan, st) -> list[tuple]:
+    """The encoders given by --checkpoint: what each is and where it came from."""
+    if not plan.encoders:
+        return []
+    rows = [["row", "weights", "encoder", "pretrained on", "state"]]
+    for name, path in plan.encoders.items():
+        i = st.get("external", {}).get(name, {})
+        rows.append([name, i.get("origin") or Path(path).name, i.get("encoder", "–"),
+                     i.get("pretrained_on", "–"), i.get("state", "not run")
+                     + (f": {i['error']}" if i.get("error") else "")])
+    return [("h2", "Encoders pretrained elsewhere"),
+            ("p", "Given by --checkpoint and evaluated beside the methods, each with its own "
+                  "random twin (the same architecture, bands and normalisation, random weights) "
+                  "as reference. This benchmark did not pretrain them: its budget and "
+                  "pretraining data do not apply, and the pretraining note of each row says "
+                  "whether its pretraining could have seen the test areas. Weights files: "
+                  + ", ".join(f"{n}: `{p}`" for n, p in plan.encoders.items()) + "."),
+            ("table", rows)]
+
+
+def _method_blocks(folder, plan, st, figs, colours=None) -> list[tuple]:
     from ..evaluate.summary import COLLAPSED
 
     rows = [["method", "seed", "data", "steps", "seconds", "images/s", "collapse monitor",
@@ -267,7 +299,7 @@ def _run_pictures(folder: BenchmarkFolder, plan, records: list[dict], figs: Path
 def _problems(st: dict) -> list[str]:
     """Failures one by one; evaluations that do not apply grouped by reason."""
     out, skipped = [], defaultdict(list)
-    for sec in ("runs", "evals"):
+    for sec in ("runs", "external", "evals"):
         for k, v in st.get(sec, {}).items():
             if v.get("state") == "failed":
                 out.append(f"{k}: failed ({v.get('error', '')})")
@@ -302,7 +334,7 @@ def _timing_table(st: dict, plan) -> list[list[str]] | None:
                 float(v["seconds"]))
     if not secs:
         return None
-    models = ["references"] + [m for m in plan.methods
+    models = ["references"] + [m for m in [*plan.methods, *plan.encoders]
                                if any(m in by for by in secs.values())]
     rows = [["evaluation"] + models]
     for name, by in secs.items():

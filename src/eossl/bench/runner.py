@@ -46,11 +46,28 @@ def run_config(plan: Plan, method: str, seed: int) -> dict:
     opts = {f"data.{k}": v for k, v in (getattr(plan, "data_options", None) or {}).items()
             } if data == plan.data else {}
     b = plan.budget_obj
+    # where it runs: only what the user named (the recipe's or Lightning's choice otherwise)
+    where = {f"trainer.{k}": getattr(plan, k) for k in plan.RUNTIME
+             if getattr(plan, k, None) is not None}
     # the plan's budget replaces the recipe's whole budget (config.py's merge rule)
     return load_config(recipe, {"method": method, "seed": seed, "model.backbone": plan.backbone,
-                                "data.name": data, **opts,
+                                "data.name": data, **opts, **where,
                                 "trainer.max_time": f"{b.seconds:g}s" if b.seconds else None,
                                 "trainer.max_steps": b.steps})
+
+
+def evaluation_device(plan: Plan) -> str:
+    """The one device the evaluations run on (their fits are single-device): the plan's
+    ``--accelerator`` and, when ``--devices`` names one device index, that one; a device
+    count (pretraining on several) gives the first device."""
+    import re
+
+    from ..commands._options import torch_device
+
+    devices = str(plan.devices or "1").replace(" ", "")
+    if not re.fullmatch(r"\[?(\d+)(,\]?|\])", devices):  # a count, auto, -1: the first one
+        devices = "1"
+    return str(torch_device(plan.accelerator, devices))
 
 
 @contextlib.contextmanager
@@ -173,12 +190,12 @@ def evaluation_data(plan: Plan, ev):
 
 
 def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], cache=None,
-                 echo=print) -> None:
-    """Every evaluation of the plan on every run it applies to, beside the encoder-free
-    baseline and the random twins of those runs (one per distinct architecture and inputs,
-    per seed), each step saved as it finishes; a failure is recorded and the next step runs.
-    The protocol and the folds each evaluation ran with go into status.json for the
-    report."""
+                 echo=print, progress: bool = True) -> None:
+    """Every evaluation of the plan on every run it applies to and on every encoder pretrained
+    elsewhere (``plan.encoders``), beside the encoder-free baseline and the random twins of
+    those encoders (one per distinct architecture and inputs, per seed), each step saved as it
+    finishes; a failure is recorded and the next step runs. The protocol and the folds each
+    evaluation ran with go into status.json for the report."""
     from ..checkpoint import load_encoder
     from ..evaluate.base import Context, row_info, twin_rows
 
@@ -190,22 +207,25 @@ def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], cache
         except Exception as e:  # an unreadable checkpoint fails its evaluations, not all
             folder.set_status("runs", f"{run.method}/seed{run.seed}",
                               {**run.summary, "state": "failed", "error": _short(e)})
+    rows = list(runs) + external_rows(plan, folder, encoders)
     first: dict = {}
     for (method, _), enc in encoders.items():
         first.setdefault(method, enc)
     groups = twin_rows(first)
     twin_of = {m: t for t, members in groups.items() for m in members}
+    device = evaluation_device(plan)
     for name in benchmark_evaluations(plan):
         ev = _evaluation(name, plan)
         req = evaluation_data(plan, ev)
         ctx = contexts.setdefault(req.data, Context(req, cache=cache, root=folder.root,
+                                                    device=device,
                                                     options={"first_seed": plan.seeds[0]}))
         why = ev.available(ctx)
         if why:
             folder.set_status("evals", name, {"state": "not available", "reason": why})
             continue
         todo, twins = [], {}
-        for run in runs:
+        for run in rows:
             enc = encoders.get((run.method, run.seed))
             if enc is None:
                 continue
@@ -214,41 +234,84 @@ def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], cache
                 folder.set_status("evals", f"{name}/{run.method}/seed{run.seed}",
                                   {"state": "not applicable", "reason": reason})
                 continue
-            todo.append((run.method, run.seed, enc, {run.method: {
-                **row_info(run.method, enc, twin_of[run.method] if ev.twins else None),
-                "pretraining": ev.pretraining_note(ctx, enc)}}))
+            info = {**row_info(run.method, enc, twin_of[run.method] if ev.twins else None),
+                    "pretraining": ev.pretraining_note(ctx, enc)}
+            if run.method in plan.encoders:
+                info["origin"] = external_origin(enc, plan.encoders[run.method])
+            todo.append((run.method, run.seed, enc, {run.method: info}))
             if ev.twins:
                 twins.setdefault((twin_of[run.method], run.seed), enc)
         if not todo:
             continue
+        step = partial(_step, folder, name, ctx=ctx, progress=progress, echo=echo)
         for seed in plan.seeds:
-            _step(folder, name, "_baseline", seed, partial(ev.baseline, ctx, seed), echo)
-        for method, seed, enc, rows in todo:
-            _step(folder, name, method, seed, partial(_evaluate_rows, ev, ctx, {method: enc},
-                                                      rows, seed), echo)
+            step("_baseline", seed, partial(ev.baseline, ctx, seed))
+        for method, seed, enc, info in todo:
+            step(method, seed, partial(_evaluate_rows, ev, ctx, {method: enc}, info, seed))
         for (twin, seed), enc in twins.items():
             def job(twin=twin, enc=enc, seed=seed, ev=ev, ctx=ctx):
                 t = enc.random_twin(seed)
                 rows = {twin: {**row_info(twin, t), "twin_of": groups[twin]}}
                 return _evaluate_rows(ev, ctx, {twin: t}, rows, seed)
 
-            _step(folder, name, f"_twin {twin}", seed, job, echo)
+            step(f"_twin {twin}", seed, job)
         folder.set_status("protocols", name, {"params": ev.params(), "text": ev.protocol(),
                                                "splits": ev.splits(ctx)})
+
+
+def external_rows(plan: Plan, folder: BenchmarkFolder, encoders: dict) -> list[RunInfo]:
+    """The encoders pretrained elsewhere as rows of every seed (the seed draws the fits and
+    the random twin; the weights are the same): each read once into ``encoders``, and what
+    it is recorded in status.json (``external``) for the report. An unreadable one is
+    recorded as failed; the others go on."""
+    from ..checkpoint import load_encoder
+
+    rows = []
+    for name, path in plan.encoders.items():
+        try:
+            enc = load_encoder(path)
+        except Exception as e:
+            folder.set_status("external", name, {"state": "failed", "path": path,
+                                                 "error": _short(e)})
+            continue
+        pd = enc.metadata.get("pretrain_data") or {}
+        folder.set_status("external", name, {
+            "state": "done", "path": path, "encoder": enc.describe(),
+            "origin": external_origin(enc, path),
+            "pretrained_on": pd.get("data") or "not recorded"})
+        for seed in plan.seeds:
+            encoders[(name, seed)] = enc
+            rows.append(RunInfo(name, seed, Path(path), Path(path), {"external": True}))
+    return rows
+
+
+def external_origin(encoder, path: str) -> str:
+    """What a --checkpoint row is, for the report: weights from elsewhere, or an eossl
+    checkpoint or export, and that this benchmark did not pretrain it."""
+    from ..evaluate.base import origin
+
+    what = origin(encoder) or (f"an eossl {encoder.metadata.get('method', '')} encoder from "
+                               f"{Path(path).name}").replace("  ", " ")
+    return f"{what}; given by --checkpoint, not pretrained by this benchmark"
 
 
 def _evaluate_rows(ev, ctx, encoders: dict, rows: dict, seed: int) -> list[dict]:
     return ev.run(ctx, encoders, seed) + ev.model_records(rows, seed)
 
 
-def _step(folder: BenchmarkFolder, name: str, model: str, seed: int, fn, echo) -> None:
-    """One saved step of an evaluation (kept when it already finished)."""
+def _step(folder: BenchmarkFolder, name: str, model: str, seed: int, fn, *, ctx=None,
+          progress: bool = False, echo=print) -> None:
+    """One saved step of an evaluation (kept when it already finished), with a bar of its
+    folds (and fine-tuning steps) while it runs."""
     if folder.load_eval(name, model, seed) is not None:
         return
     key = f"{name}/{model}/seed{seed}"
-    echo(f"      {name}: {model.lstrip('_')} seed {seed}")
-    ok, recs, seconds = _recorded(folder, key, fn, f"{name}: {model.lstrip('_')} seed {seed}",
-                                  echo)
+    label = f"{name}: {model.lstrip('_')} seed {seed}"
+    echo(f"      {label}")
+    with contextlib.ExitStack() as stack:
+        if ctx is not None:
+            stack.enter_context(ctx.work(label, runs=1, enabled=progress, leave=False))
+        ok, recs, seconds = _recorded(folder, key, fn, label, echo)
     if ok:
         folder.save_eval(name, model, seed, recs)
         folder.set_status("evals", key, {"state": "done", "seconds": seconds})
@@ -268,7 +331,7 @@ def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = T
     echo = _session_clock(folder, command, echo)
     runs = pretrain_all(plan, folder, cache=cache, progress=progress, echo=echo)
     echo("evaluating")
-    evaluate_all(plan, folder, runs, cache=cache, echo=echo)
+    evaluate_all(plan, folder, runs, cache=cache, echo=echo, progress=progress)
     echo("writing the report")
     return write_benchmark_report(folder)
 

@@ -159,12 +159,13 @@ def seed_list(text: str) -> list[int]:
 # ------------------------------------------------------------------------------ the options
 
 
-def add_checkpoint(p, *, many: bool = False, required: bool = True) -> argparse.Action:
+def add_checkpoint(p, *, many: bool = False, required: bool = True,
+                   help: str | None = None) -> argparse.Action:
     """``--checkpoint``: one eossl pretraining checkpoint, or (``many``) several to compare,
     each ``PATH`` or ``NAME=PATH`` (the row's name; default: its run folder's)."""
     if many:
         return p.add_argument("--checkpoint", action="append", required=required,
-                              metavar="[NAME=]PATH", help="eossl pretraining checkpoint "
+                              metavar="[NAME=]PATH", help=help or "eossl pretraining checkpoint "
                               "(runs/RUN/checkpoints/last.ckpt) or external weights "
                               "(docs/external-encoders.md); repeatable, NAME=PATH names its "
                               "row (default: the run folder's name, else the file's)")
@@ -228,9 +229,14 @@ def add_patch_size(p, help: str, *, default=None, minimum: int = 1,
     return action
 
 
-def add_budget(p, *, max_time_default=None, what: str = "pretraining") -> list:
+def add_budget(p, *, max_time_default=None, what: str = "pretraining",
+               max_time_help_default: str | None = None) -> list:
+    """``--max-time`` / ``--max-steps``; ``max_time_help_default``: the words of a default
+    that is not the parser's (it depends on another option)."""
+    shown = f" (default: {max_time_help_default})" if max_time_help_default else ""
     return [p.add_argument("--max-time", default=max_time_default, metavar="DURATION",
-                           help=f"{what} wall-clock budget: 90s, 10m, 1.5h or HH:MM:SS"),
+                           help=f"{what} wall-clock budget: 90s, 10m, 1.5h or HH:MM:SS"
+                           + shown),
             # checked by the configuration schema (config.py), the one place budgets are
             p.add_argument("--max-steps", type=int, metavar="N",
                            help=f"{what} step budget (with --max-time: whichever ends first)")]
@@ -244,15 +250,16 @@ def add_progress(p) -> argparse.Action:
 ONE_DEVICE = ("runs on one device")
 
 
-def add_devices(p, *, many: bool) -> list:
+def add_devices(p, *, many: bool, what: str = "") -> list:
     """``--accelerator`` and ``--devices``, Lightning's names and values. ``many``: the
     command trains through Lightning and takes several devices; otherwise it runs on one
-    device (:func:`torch_device`)."""
+    device (:func:`torch_device`). ``what``: where they apply, when not the whole command."""
     if many:
+        where = f" ({what})" if what else ""
         return [p.add_argument("--accelerator", metavar="NAME", help="Lightning accelerator: "
-                               "auto, cpu, gpu, mps, ..."),
+                               f"auto, cpu, gpu, mps, ...{where}"),
                 p.add_argument("--devices", metavar="N", help="devices per node: a number, "
-                               "'auto', or device indices such as 0,1")]
+                               f"'auto', or device indices such as 0,1{where}")]
     return [p.add_argument("--accelerator", default="auto", metavar="NAME",
                            help="auto (a GPU when there is one), cpu, gpu (cuda) or mps"),
             p.add_argument("--devices", default="1", metavar="N", help="this command runs on "
@@ -325,20 +332,20 @@ def take_positionals(args, command: str, names: tuple[str, ...]) -> None:
     old = " ".join(n.upper() for n in names)
     new = " ".join(f"{flags[n]} {n.upper()}" for n in names)
     if len(given) > len(names):
-        raise ConfigError(f"eossl {command}: unexpected arguments {' '.join(given)}; write "
-                          f"eossl {command} {new}")
+        raise ConfigError(f"unexpected arguments {' '.join(given)}; write eossl {command} "
+                          f"{new}")
     if len(given) < len(names):  # the one option not given as such takes the value
         free = [n for n in names if getattr(args, n, None) is None]
         if len(free) != len(given):
-            raise ConfigError(f"eossl {command}: unexpected argument {' '.join(given)}; write "
-                              f"eossl {command} {new}")
+            raise ConfigError(f"unexpected argument {' '.join(given)}; write eossl "
+                              f"{command} {new}")
         targets = free
     else:
         targets = list(names)
     for name, value in zip(targets, given):
         if getattr(args, name, None) is not None:
-            raise ConfigError(f"eossl {command}: {flags[name]} is given twice ({value} and "
-                              f"{getattr(args, name)}); give it once")
+            raise ConfigError(f"{flags[name]} is given twice ({value} and "
+                              f"{getattr(args, name)}); give it once (eossl {command})")
         setattr(args, name, value)
     note(f"'eossl {command} {old}' is now 'eossl {command} {new}'; the old form will be "
          "removed in a later version")
@@ -351,5 +358,5 @@ def require(args, command: str, *names: str) -> None:
 
     missing = ["--" + n.replace("_", "-") for n in names if getattr(args, n, None) is None]
     if missing:
-        raise ConfigError(f"eossl {command} needs {' and '.join(missing)} (see 'eossl "
-                          f"{command} --help')")
+        raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                          f"required (see 'eossl {command} --help')")

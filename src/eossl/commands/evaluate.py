@@ -16,7 +16,8 @@ import json
 import pkgutil
 import sys
 
-from ._options import add_devices, parse_checkpoints, seed_list, torch_device
+from ._options import (add_devices, add_progress, parse_checkpoints, seed_list,
+                       torch_device)
 
 COMMAND = "evaluate"
 
@@ -130,6 +131,7 @@ def add_evaluation_parser(tsub, name: str):
     add_devices(p, many=False)
     p.add_argument("--out", help="write results.json, report.md and report.html here "
                                  "(never overwritten)")
+    add_progress(p)
     for key, default in cls.settings.items():
         flag = "--" + key.replace("_", "-")
         if default is True:  # on by default: --no-KEY turns it off
@@ -199,7 +201,8 @@ def run_evaluation(name: str, args, options: dict | None = None) -> int:
         note = ev.pretraining_note(ctx, enc)
         if note:
             print(f"{n}: {note}")
-    records = compare(ev, ctx, encoders, seeds, twins=not args.no_random_init, log=print)
+    records = compare(ev, ctx, encoders, seeds, twins=not args.no_random_init, log=print,
+                      progress=not getattr(args, "no_progress", False))
     command = "eossl " + " ".join(getattr(args, "argv", sys.argv[1:]))
     header = [f"**command**: `{command}`", f"**seeds**: {', '.join(map(str, seeds))}"]
     blocks = report_blocks([ev], records, title=f"eossl evaluate {name}", header=header,

@@ -12,6 +12,7 @@ difference to it is the pretraining's and nothing else. Settings are class attri
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class Context:
         self.root = Path(root) if root is not None else None
         self.device = device
         self._cached: dict = {} if source is None else {("source", ()): source}
+        self._work = None  # the progress bar of the evaluation running (work())
 
     @property
     def source(self):
@@ -118,6 +120,37 @@ class Context:
         from .folds import tile_folds
 
         return self.cached(("tile-folds", size), lambda: tile_folds(self.source, size))
+
+    # progress: the evaluation's fold loops go through track(), so the bar counts folds
+    @contextlib.contextmanager
+    def work(self, desc: str, runs: int, *, enabled: bool = True, leave: bool = True):
+        """A progress bar (eossl.progress.Work) over ``runs`` runs of an evaluation (one
+        encoder or the baseline, one seed each) while the block runs."""
+        from ..progress import Work
+
+        outer = self._work
+        with Work(desc, runs, enabled=enabled, leave=leave) as w:
+            self._work = w
+            try:
+                yield w
+            finally:
+                self._work = outer
+
+    def track(self, folds):
+        """``for fold in ctx.track(folds)``: the folds of one run, each counted on the bar."""
+        return self._work.track(folds) if self._work is not None else iter(folds)
+
+    def end_run(self) -> None:
+        """One run (an encoder or the baseline, one seed) finished."""
+        if self._work is not None:
+            self._work.end_run()
+
+    def say(self, text: str, out=print) -> None:
+        """A line for the user (``out``), written around the bar when one is shown."""
+        if self._work is not None:
+            self._work.write(text, out)
+        else:
+            out(text)
 
     def figure_path(self, name: str) -> Path | None:
         if self.root is None:
@@ -289,34 +322,61 @@ def twin_rows(encoders: Mapping[str, Encoder]) -> dict[str, list[str]]:
 
 def row_info(name: str, encoder: Encoder, twin: str | None = None) -> dict:
     """What a report needs to know about a row besides its numbers."""
-    return {"role": "twin" if encoder.is_random_twin else "encoder",
+    info = {"role": "twin" if encoder.is_random_twin else "encoder",
             "architecture": encoder.describe(), "signature": encoder.signature(),
             "twin": twin, "collapse": encoder.collapse, "collapsed": encoder.collapsed}
+    if origin(encoder):
+        info["origin"] = origin(encoder)
+    return info
+
+
+def origin(encoder: Encoder) -> str:
+    """Where an encoder's weights come from, when not from an eossl pretraining: the weights
+    file and what its description names (models/external.py); '' otherwise."""
+    ext = encoder.metadata.get("external")
+    if not ext or encoder.is_random_twin:
+        return ""
+    file = Path(str(encoder.metadata.get("weights_file", ""))).name
+    what = [str(ext["name"])] if ext.get("name") and ext.get("name") != file else []
+    what += [f"{ext['method']} pretraining"] if ext.get("method") else []
+    return f"weights pretrained elsewhere: {file}" + (f" ({', '.join(what)})" if what else "")
 
 
 def compare(ev: Evaluation, ctx: Context, encoders: Mapping[str, Encoder],
-            seeds: Sequence[int], twins: bool = True, log=None) -> list[dict]:
-    """Records of the baseline, every encoder and (``twins``) the random twins, per seed."""
+            seeds: Sequence[int], twins: bool = True, log=None,
+            progress: bool = False) -> list[dict]:
+    """Records of the baseline, every encoder and (``twins``) the random twins, per seed;
+    ``progress``: a bar (stderr) over those runs, counted in folds; ``log`` gets a line as
+    each run starts."""
     skipped = {n: ev.applies(e) for n, e in encoders.items()}
     for n, why in skipped.items():
         if why:
             raise ConfigError(f"evaluation {ev.name} cannot take encoder {n!r}: {why}")
     groups = twin_rows(encoders) if twins and ev.twins else {}
     twin_of = {m: t for t, members in groups.items() for m in members}
+    has_baseline = type(ev).baseline is not Evaluation.baseline
+    runs = len(seeds) * (len(encoders) + len(groups) + has_baseline)
     out: list[dict] = []
-    for seed in seeds:
-        out += ev.baseline(ctx, seed)
-        rows = {n: {**row_info(n, e, twin_of.get(n)),
-                    "pretraining": ev.pretraining_note(ctx, e)} for n, e in encoders.items()}
-        for name, enc in encoders.items():
-            if log:
-                log(f"{ev.name}: {name}, seed {seed}")
-            out += ev.run(ctx, {name: enc}, seed)
-        for tname, members in groups.items():
-            twin = encoders[members[0]].random_twin(seed)
-            if log:
-                log(f"{ev.name}: {tname}, seed {seed}")
-            out += ev.run(ctx, {tname: twin}, seed)
-            rows[tname] = {**row_info(tname, twin), "twin_of": members}
-        out += ev.model_records(rows, seed)
+
+    def step(name: str, seed: int, work):
+        if log:
+            ctx.say(f"{ev.name}: {name}, seed {seed}", log)
+        records = work()
+        ctx.end_run()
+        return records
+
+    with ctx.work(ev.name, runs, enabled=progress):
+        for seed in seeds:
+            if has_baseline:
+                out += step(R.SPECTRAL, seed, lambda: ev.baseline(ctx, seed))
+            rows = {n: {**row_info(n, e, twin_of.get(n)),
+                        "pretraining": ev.pretraining_note(ctx, e)}
+                    for n, e in encoders.items()}
+            for name, enc in encoders.items():
+                out += step(name, seed, lambda: ev.run(ctx, {name: enc}, seed))
+            for tname, members in groups.items():
+                twin = encoders[members[0]].random_twin(seed)
+                out += step(tname, seed, lambda: ev.run(ctx, {tname: twin}, seed))
+                rows[tname] = {**row_info(tname, twin), "twin_of": members}
+            out += ev.model_records(rows, seed)
     return out

@@ -37,7 +37,7 @@ class FineTuneClassification(Evaluation):
     def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
         folds = ctx.patch_folds(self.patch_size)
         out = []
-        for fold in folds:
+        for fold in ctx.track(folds):
             tr, te = fold.train, fold.test
             k = len(tr.classes)
             for name, enc in encoders.items():

@@ -98,7 +98,7 @@ class Ensemble(Evaluation):
         from .classify import _accelerator
 
         out = []
-        for fold in ctx.patch_folds(self.patch_size):
+        for fold in ctx.track(ctx.patch_folds(self.patch_size)):
             tr, te = fold.train, fold.test
             classes = list(tr.classes)
             rgb = rgb_bands_of(tr.bands)

@@ -203,10 +203,15 @@ def fit(net: nn.Module, data, loss: str, *, steps: int, batch_size: int = 32,
     task = FineTune(net.train(), loss, lr=lr, backbone_lr_scale=backbone_lr_scale,
                     weight_decay=weight_decay, augment=augment, class_weights=class_weights,
                     pos_weight=pos_weight)
+    from ..progress import inner_bar
+
+    shown = inner_bar(steps, "fine-tuning")  # below the evaluation's bar, when it has one
+    # Lightning's own bar counts an epoch, and would stand beside the evaluation's bar
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator=accelerator, devices=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)
-    with warnings.catch_warnings():
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[_Steps(shown)])
+    with shown, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -214,6 +219,16 @@ def fit(net: nn.Module, data, loss: str, *, steps: int, batch_size: int = 32,
         warnings.filterwarnings("ignore", message=".*in eval mode at the start of training.*")
         trainer.fit(task, loader)
     return net.cpu().eval()
+
+
+class _Steps(L.Callback):
+    """Moves a bar by one after each optimiser step of a fit."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.bar.update(1)
 
 
 def epochs_to_steps(epochs: int, n: int, batch_size: int) -> int:

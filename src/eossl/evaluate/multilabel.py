@@ -118,7 +118,7 @@ class MultiLabel(Evaluation):
 
     def baseline(self, ctx: Context, seed: int) -> list[dict]:
         out = []
-        for fold in self._folds(ctx, sar=False):
+        for fold in ctx.track(self._folds(ctx, sar=False)):
             train, test = fold.train, fold.test
             flags = default_log_flags(test.bands)
             f_tr = spectral_features(train.images(), flags)
@@ -136,7 +136,7 @@ class MultiLabel(Evaluation):
         out = []
         for name, enc in encoders.items():
             sar = any(b in SENTINEL1.band_names for b in enc.wanted_bands)
-            for fold in self._folds(ctx, sar):
+            for fold in ctx.track(self._folds(ctx, sar)):
                 train, test = fold.train, fold.test
                 fed = self.fed(name, enc, test.bands)
                 y_tr, y_te = _labels(train), _labels(test)

@@ -104,7 +104,7 @@ class PerBand(Evaluation):
         # an encoder at hand, every band of the data with a registry role
         out = []
         bands = self._bands(ctx) or list(ctx.source.bands)
-        for fold, tr, te, _, _ in self._data(ctx):
+        for fold, tr, te, _, _ in ctx.track(self._data(ctx)):
             x_tr, x_te = tr.images(), te.images()
             for order, band in enumerate(bands):
                 i = list(tr.bands).index(band)
@@ -118,7 +118,7 @@ class PerBand(Evaluation):
     def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
         out = []
         data = list(ctx.source.bands)
-        for fold, tr, te, d_tr, d_te in self._data(ctx):
+        for fold, tr, te, d_tr, d_te in ctx.track(self._data(ctx)):
             y_tr, y_te, classes = np.asarray(tr.labels), np.asarray(te.labels), list(tr.classes)
             for name, enc in encoders.items():
                 full = self.fed(name, enc, data)

@@ -157,7 +157,7 @@ class PixelProbe(Evaluation):
 
     def _probe(self, ctx, name, fn, seed) -> list[dict]:
         out = []
-        for fold, tiles, t, tr, te in self._draws(ctx, seed):
+        for fold, tiles, t, tr, te in ctx.track(self._draws(ctx, seed)):
             x_tr = self._embed(ctx, fn, tiles["train"], t, tr)
             x_te = self._embed(ctx, fn, tiles["test"], t, te)
             (res,) = linear_probe(x_tr, tr[3], x_te, te[3], fractions=(1.0,), seeds=(seed,),

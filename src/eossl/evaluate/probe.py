@@ -387,7 +387,7 @@ class PatchProbe(Evaluation):
 
     def baseline(self, ctx: Context, seed: int) -> list[dict]:
         out = []
-        for fold in self._folds(ctx):
+        for fold in ctx.track(self._folds(ctx)):
             tr, te = fold.train, fold.test
             log = default_log_flags(tr.bands)
             f_tr, f_te = spectral_features(tr.images(), log), spectral_features(te.images(), log)
@@ -400,7 +400,7 @@ class PatchProbe(Evaluation):
 
     def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
         out = []
-        for fold in self._folds(ctx):
+        for fold in ctx.track(self._folds(ctx)):
             tr, te = fold.train, fold.test
             for name, enc in encoders.items():
                 enc = self.fed(name, enc, tr.bands)

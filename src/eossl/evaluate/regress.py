@@ -397,7 +397,7 @@ class Regression(Evaluation):
 
     def baseline(self, ctx: Context, seed: int) -> list[dict]:
         out = []
-        for fold, tr, te in self._data(ctx):
+        for fold, tr, te in ctx.track(self._data(ctx)):
             flags = default_log_flags(tr.bands)
             pred = ridge_head(spectral_features(tr.images(), flags), tr.targets,
                               spectral_features(te.images(), flags), bounds=tr.bounds)
@@ -410,7 +410,7 @@ class Regression(Evaluation):
         from .classify import _accelerator
 
         out = []
-        for fold, tr, te in self._data(ctx):
+        for fold, tr, te in ctx.track(self._data(ctx)):
             for name, enc in encoders.items():
                 enc = self.fed(name, enc, tr.bands)
                 f_tr = frozen_features(enc, tr, device=ctx.device)

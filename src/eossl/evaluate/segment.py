@@ -138,7 +138,7 @@ class Segmentation(Evaluation):
         k = len(classes)
         folds = ctx.tile_folds(self.patch_size)
         out = []
-        for fold, (train, test) in enumerate(folds):
+        for fold, (train, test) in enumerate(ctx.track(folds)):
             counts = train.labelled_counts()
             total = int(counts.sum())
             for name, enc in encoders.items():

@@ -320,6 +320,8 @@ def protocol_blocks(ev, records: list[dict], infos: dict, models: list[str],
                         f"drawn from each seed; {what}")
         else:
             twin = f"; reference row: {info['twin']}" if info.get("twin") else ""
+            if info.get("origin"):
+                twin += f"; {info['origin']}"
             if info.get("pretraining"):
                 twin += f"; {info['pretraining']}"
             col = ""
