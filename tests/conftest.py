@@ -145,11 +145,11 @@ def _spread_tiles(ds, n: int):
     return out
 
 
-def _thinned(mask: np.ndarray, block: int = 64) -> np.ndarray:
-    """A quarter of an area: its 64 px blocks of even row and column, spread over the scene
-    (so each still holds labels of several classes)."""
-    rows = (np.arange(mask.shape[0]) // block % 2 == 0)[:, None]
-    cols = (np.arange(mask.shape[1]) // block % 2 == 0)[None, :]
+def _thinned(mask: np.ndarray, block: int = 64, every: int = 4) -> np.ndarray:
+    """A sixteenth of an area: one 64 px block in every 4 x 4, spread over the scene (so it
+    still holds labels of several classes)."""
+    rows = (np.arange(mask.shape[0]) // block % every == 0)[:, None]
+    cols = (np.arange(mask.shape[1]) // block % every == 0)[None, :]
     return mask & rows & cols
 
 
@@ -157,7 +157,7 @@ def shrink_evaluation_data(mp: pytest.MonkeyPatch, patches=SMALL_PATCHES) -> Non
     """Make every evaluation Context (also those the CLI, the demo and the benchmark build)
     see less of the real data: the first two folds, each a seeded sample of its labelled
     patches (``patches``: train, test; None keeps them all) and a few of its tiles; the first
-    area fold with its training area thinned to a quarter; chips cut to their centre. A whole evaluation, every code path of it, at a test's
+    area fold with its training area thinned to a sixteenth; chips cut to their centre. A whole evaluation, every code path of it, at a test's
     cost: the k-fold logic is tested in test_splits, mean and CI over folds in test_summary,
     and the evaluations' own tests check their numbers on whole folds."""
     from eossl.data.chips import ChipDataset
