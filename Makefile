@@ -26,8 +26,10 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the HTML report test will be skipped (apt-get install chromium)"
 
+# One pytest-xdist worker per core (-n auto), each test file whole on one worker (tests of a
+# file share module fixtures, e.g. test_benchmark's benchmark folder); coverage is combined.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q --cov=eossl --cov-report=term
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --cov=eossl --cov-report=term
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

@@ -159,7 +159,7 @@ def band_dir(tmp_path_factory, sample_cache):
 
 
 def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, failing_method,
-                                                      tiny, capsys):
+                                                      tiny, small_evaluations, capsys):
     args = ["--cache", str(sample_cache), "benchmark", "--methods", f"moco,{failing_method}",
             "--max-steps", "3", "--seeds", "0,1", "--fractions", "0.5,1",
             "--evaluations", "probe,ensemble,per-band,pictures", "--split", "west-east",
@@ -409,7 +409,7 @@ def _check_picture(folder, md, name):
         assert im.info["dpi"][0] <= 100.5 and im.width < 1500
 
 
-def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny):
+def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny, small_evaluations):
     """Colorization through every evaluation on the real scene and the real BigEarthNet
     sample: each applies where it should, gives finite scores in range next to its reference
     rows (the random twin of the same 10-band encoder, the spectral baseline), and its
@@ -485,7 +485,8 @@ def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny):
     assert "RGB + spectral ensemble" in dom and "Regression" in dom
 
 
-def test_benchmark_per_band_table_of_a_bandwise_encoder(band_dir, sample_cache, tiny):
+def test_benchmark_per_band_table_of_a_bandwise_encoder(band_dir, sample_cache, tiny,
+                                                        small_evaluations):
     """RS-BYOL (its recipe's S1/S2 pairs, not the plan's scene) gets the per-band table and
     heat map and a U-Net on its band-wise encoder; the ensemble does not apply (its pool holds
     the visible bands) and says why."""

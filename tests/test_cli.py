@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+from conftest import shrink_evaluation_data
 
 from eossl.cli import main
 
@@ -69,7 +70,8 @@ def test_existing_output_is_never_overwritten(capsys, tmp_path):
     assert (out / "mine.txt").read_text() == "precious"
 
 
-def test_pretrain_then_probe_end_to_end(capfd, sample_cache, tmp_path):
+def test_pretrain_then_probe_end_to_end(capfd, sample_cache, tmp_path, monkeypatch):
+    shrink_evaluation_data(monkeypatch, patches=(None, None))  # two whole folds: scores below
     run = tmp_path / "run"
     # capfd, not capsys: Lightning's log handlers hold the process's real stderr
     code, out, err = _run(capfd, "--cache", str(sample_cache), "pretrain", "--max-steps", "3",
@@ -140,7 +142,7 @@ def test_resume_continues_from_last_checkpoint(capsys, sample_cache, tmp_path):
     assert code == 2 and "nothing to resume" in err
 
 
-def test_demo_end_to_end_on_tiny_budget(capsys, sample_cache, tmp_path):
+def test_demo_end_to_end_on_tiny_budget(capsys, sample_cache, tmp_path, small_evaluations):
     out = tmp_path / "demo"
     code, stdout, err = _run(capsys, "--cache", str(sample_cache), "demo", "--max-steps", "10",
                              "--seeds", "0", "--out", str(out), "--no-progress")

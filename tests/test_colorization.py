@@ -121,7 +121,8 @@ def test_augmentation_keeps_input_and_target_aligned():
     assert 0.5 < changed.float().mean() < 0.95  # about 3/4 of the samples are transformed
 
 
-def test_pretrain_on_real_scene_picture_checkpoint_probe(brandenburg, sample_cache, tmp_path):
+def test_pretrain_on_real_scene_picture_checkpoint_probe(brandenburg, sample_cache, tmp_path,
+                                                         small_evaluations):
     from eossl.checkpoint import load_encoder
     from eossl.cli import main
     from eossl.train import pretrain

@@ -84,7 +84,7 @@ def test_evaluate_regress_on_a_table_of_real_targets(capsys, ckpt, tmp_path, bra
     assert all(r["n_train"] + r["n_test"] <= len(rows) for r in cells.values())
 
 
-def test_evaluate_pixel_probe_and_segment(capsys, ckpt, tmp_path):
+def test_evaluate_pixel_probe_and_segment(capsys, ckpt, tmp_path, small_evaluations):
     _run(capsys, "evaluate", "pixel-probe", "--checkpoint", f"moco={ckpt}", "--per-class", "20",
          "--test-per-class", "40", "--seeds", "0", "--split", "west-east", "--out",
          tmp_path / "pp")  # one fold (west/east): a test's time

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import shrink_evaluation_data
 
 from eossl.checkpoint import load_encoder
 from eossl.evaluate.base import Context, compare, get_evaluation
@@ -30,52 +31,21 @@ TINY = {
 }
 
 
-class SmallContext(Context):
-    """The real data, fewer of it: two folds, each keeping a seeded sample of its patches,
-    tiles and pixels, so nine encoders x ten evaluations run in a test's time."""
-
-    def patch_folds(self, size=16):
-        return self.cached(("small-patches", size), lambda: [
-            type(f)(f.index, _subset(f.train, 48), _subset(f.test, 32))
-            for f in super(SmallContext, self).patch_folds(size)[:2]])
-
-    def area_folds(self, gap=16):
-        """The first fold's areas, whole (a cut window may hold no labelled pixel)."""
-        return super().area_folds(gap)[:1]
-
-    def tile_folds(self, size):
-        return self.cached(("small-tiles", size), lambda: [
-            (_tiles(tr, 6), _tiles(te, 4))
-            for tr, te in super(SmallContext, self).tile_folds(size)[:2]])
-
-
-def _subset(ds, n):
-    """A seeded sample of ``n`` labelled patches."""
-    from eossl.data.datasets import LabelledPatches
-
-    idx = np.sort(np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False))
-    return LabelledPatches(ds.scenes, size=ds.size, classes=ds.classes,
-                           items=[ds.items[i] for i in idx])
-
-
-def _tiles(ds, n):
-    ds.items = ds.items[:: max(1, len(ds.items) // n)][:n]
-    return ds
-
-
 @pytest.fixture(scope="module")
 def small_ctx(sample_cache, tmp_path_factory, pair_files):
+    """The real data, less of it (conftest.shrink_evaluation_data), so nine encoders x ten
+    evaluations run in a test's time."""
     before, after, mask, bands = pair_files
-    return SmallContext("brandenburg", cache=sample_cache,
-                        root=tmp_path_factory.mktemp("eval-out"),
-                        options={"first_seed": 0, "pair": (before, after, mask),
-                                 "bands": bands})
+    with pytest.MonkeyPatch.context() as mp:
+        shrink_evaluation_data(mp)
+        yield Context("brandenburg", cache=sample_cache, root=tmp_path_factory.mktemp("eval-out"),
+                      options={"first_seed": 0, "pair": (before, after, mask), "bands": bands})
 
 
 @pytest.fixture(scope="module")
 def pair_files(brandenburg, tmp_path_factory):
     """Two dates of a change pair cut from the real scene (the second with a bright square
-    painted in) and its change mask, as GeoTIFFs."""
+    painted in) and its change mask, as GeoTIFFs on the scene's grid (its top-left corner)."""
     import rasterio
 
     root = tmp_path_factory.mktemp("pair")
@@ -91,7 +61,7 @@ def pair_files(brandenburg, tmp_path_factory):
     for name, arr in (("before", a), ("after", b), ("mask", m)):
         p = root / f"{name}.tif"
         with rasterio.open(p, "w", driver="GTiff", width=160, height=96, count=arr.shape[0],
-                           dtype=arr.dtype) as dst:
+                           dtype=arr.dtype, crs=scene.crs, transform=scene.transform) as dst:
             dst.write(arr)
         paths.append(str(p))
     return (*paths, list(scene.bands))

@@ -58,7 +58,7 @@ def test_torchgeo_file_is_read_by_its_name_with_torchgeo_bands_and_normalisation
 
 
 def test_timm_safetensors_with_a_sidecar_is_probed_on_the_real_scene(
-        tmp_path, brandenburg, sample_cache, capsys):
+        tmp_path, brandenburg, sample_cache, capsys, small_evaluations):
     """A timm-format safetensors file of four bands, described by a sidecar, is a probe row
     beside the spectral baseline and its random twin."""
     from safetensors.torch import save_file

@@ -52,7 +52,8 @@ def test_linear_probe_learns_a_separable_problem():
 
 
 def test_bandwise_radar_encoder_on_bigearthnet_reads_sentinel1(tiny_checkpoints, sample_cache,
-                                                              tmp_path, capsys):
+                                                              tmp_path, capsys,
+                                                              small_evaluations):
     """`eossl evaluate multilabel` on an RS-BYOL checkpoint (its pool holds S2 bands and S1 VV,
     VH): the data are loaded with their Sentinel-1 bands and the band-wise encoder (and its
     band-wise random twin) reads them; once it failed with an internal error."""
@@ -80,7 +81,7 @@ def test_bandwise_radar_encoder_on_bigearthnet_reads_sentinel1(tiny_checkpoints,
             assert 0 <= r["value"] <= 1
 
 
-def test_l1c_encoder_on_l2a_fills_the_cirrus_band(tiny_checkpoints, sample_cache):
+def test_l1c_encoder_on_l2a_fills_the_cirrus_band(tiny_checkpoints, sample_cache, small_evaluations):
     from eossl.checkpoint import load_encoder
     from eossl.evaluate.base import Context
     from eossl.evaluate.multilabel import MultiLabel

@@ -218,16 +218,17 @@ def test_probe_reports_last_stage_and_multiscale_side_by_side(tiny_checkpoints, 
     """The feature layer decides the verdict (a MoCo encoder's last stage probed 0.60 where
     its stem's pooled features gave 0.65): the probe evaluation shows the last stage and the
     multi-scale features as two tables, and with ``cv`` says which layer each fit chose."""
+    from conftest import first_fold_context
+
     from eossl.checkpoint import load_encoder
-    from eossl.evaluate.base import Context
     from eossl.evaluate.probe import PatchProbe
 
     ev = PatchProbe(fractions=(1.0,), layers=("last", "multiscale", "cv"), C=1.0)
     assert ev.tables == ("Linear probe (last stage)", "Linear probe (multi-scale)",
                          "Linear probe (layer by CV)", "kNN probe (k = 20) (last stage)",
                          "kNN probe (k = 20) (multi-scale)", "kNN probe (k = 20) (layer by CV)")
-    recs = ev.run(Context(source=brandenburg), {"moco": load_encoder(tiny_checkpoints["moco"])},
-                  seed=0)
+    recs = ev.run(first_fold_context(source=brandenburg),
+                  {"moco": load_encoder(tiny_checkpoints["moco"])}, seed=0)
     acc = {r["table"]: r for r in recs if r.get("metric") == "accuracy"}
     assert set(acc) == set(ev.tables)
     assert acc["Linear probe (last stage)"]["value"] != acc["Linear probe (multi-scale)"][
