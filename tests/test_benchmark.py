@@ -126,7 +126,7 @@ TINY = {
     "finetune": {"epochs": 1, "batch_size": 64},
     "pixel-probe": {"per_class": 10, "test_per_class": 10, "patch_size": 32},
     "segment": {"steps": 2, "batch_size": 4, "probe_steps": 2},
-    "regress": {"epochs": 1, "min_labelled": 0.95, "layers": ("last",)},
+    "regress": {"epochs": 1, "min_labelled": 0.5, "layers": ("last",)},
     "multilabel": {"epochs": 1, "layers": ("last",)},
     "ensemble": {"epochs": 1, "saliency_patches": 2},
     "per-band": {"probe_bands": ("B04", "B11")},
@@ -473,7 +473,7 @@ def test_benchmark_runs_every_evaluation(full_dir, sample_cache, tiny, small_eva
     # the protocol that ran (the tiny settings) is printed with each evaluation, and every
     # row's architecture and inputs
     assert "2 AdamW steps of batch 4" in md and "about 1 epochs of batch 64" in md
-    assert ">= 95% labelled pixels" in md
+    assert ">= 50% labelled pixels" in md
     assert "**random init**: the random twin of colorization" in md
     assert "on 10 bands (B01, B05, B06, B07, B08, B8A, B09, B10, B11, B12)" in md
     # the ensemble claim is checked unit by unit against each member, in both metrics
