@@ -214,7 +214,8 @@ TORCHGEO_FILE = "resnet18_sentinel2_all_moco-59bfdff9.pth"
 
 
 def test_encoders_pretrained_elsewhere_are_rows_beside_the_methods(tmp_path, sample_cache,
-                                                                   tiny, capsys):
+                                                                   tiny, small_evaluations,
+                                                                   capsys):
     """A weight file in torchgeo's format (timm keys, torchgeo's file name: SSL4EO-S12 MoCo
     ResNet-18, weights drawn here) is a row of every evaluation beside a method the benchmark
     pretrains, with its own random twin; plan.json keeps it for --resume and re-rendering, and
