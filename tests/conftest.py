@@ -123,7 +123,7 @@ def first_fold_context(*args, **kw):
 # ------------------------------------------------------------------ evaluations at a test's cost
 SMALL_FOLDS = 2              # folds kept (two: the mean and spread over folds still run)
 SMALL_PATCHES = (48, 32)     # labelled patches kept per fold: train, test (a seeded sample)
-SMALL_TILES = (6, 4)         # segmentation tiles kept per fold: train, test (evenly spread)
+SMALL_TILES = (8, 4)         # segmentation tiles kept per fold: train, test (evenly spread)
 SMALL_CHIP_SIDE = 32         # chips (BigEarthNet's are 120 px) cut to their central 32 px
 
 
