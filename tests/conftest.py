@@ -157,9 +157,10 @@ def shrink_evaluation_data(mp: pytest.MonkeyPatch, patches=SMALL_PATCHES) -> Non
     """Make every evaluation Context (also those the CLI, the demo and the benchmark build)
     see less of the real data: the first two folds, each a seeded sample of its labelled
     patches (``patches``: train, test; None keeps them all) and a few of its tiles; the first
-    area fold with its training area thinned to a sixteenth; chips cut to their centre. A whole evaluation, every code path of it, at a test's
-    cost: the k-fold logic is tested in test_splits, mean and CI over folds in test_summary,
-    and the evaluations' own tests check their numbers on whole folds."""
+    area fold with its training area thinned to a sixteenth; chips cut to their centre. A
+    whole evaluation, every code path of it, at a test's cost: the k-fold logic is tested in
+    test_splits, mean and CI over folds in test_summary, and the evaluations' own tests check
+    their numbers on whole folds (first_fold_context above: one whole fold)."""
     from eossl.data.chips import ChipDataset
     from eossl.data.sources import PatchFold
     from eossl.evaluate.base import Context
