@@ -18,10 +18,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from eossl.data import samples  # noqa: E402
+from eossl.data import samples
 
 
 @contextlib.contextmanager
@@ -123,7 +123,7 @@ def first_fold_context(*args, **kw):
 # ------------------------------------------------------------------ evaluations at a test's cost
 SMALL_FOLDS = 2              # folds kept (two: the mean and spread over folds still run)
 SMALL_PATCHES = (48, 32)     # labelled patches kept per fold: train, test (a seeded sample)
-SMALL_TILES = (6, 4)         # segmentation tiles kept per fold: train, test (evenly spread)
+SMALL_TILES = (8, 4)         # segmentation tiles kept per fold: train, test (evenly spread)
 SMALL_CHIP_SIDE = 32         # chips (BigEarthNet's are 120 px) cut to their central 32 px
 
 
@@ -157,9 +157,10 @@ def shrink_evaluation_data(mp: pytest.MonkeyPatch, patches=SMALL_PATCHES) -> Non
     """Make every evaluation Context (also those the CLI, the demo and the benchmark build)
     see less of the real data: the first two folds, each a seeded sample of its labelled
     patches (``patches``: train, test; None keeps them all) and a few of its tiles; the first
-    area fold with its training area thinned to a sixteenth; chips cut to their centre. A whole evaluation, every code path of it, at a test's
-    cost: the k-fold logic is tested in test_splits, mean and CI over folds in test_summary,
-    and the evaluations' own tests check their numbers on whole folds."""
+    area fold with its training area thinned to a sixteenth; chips cut to their centre. A
+    whole evaluation, every code path of it, at a test's cost: the k-fold logic is tested in
+    test_splits, mean and CI over folds in test_summary, and the evaluations' own tests check
+    their numbers on whole folds (first_fold_context above: one whole fold)."""
     from eossl.data.chips import ChipDataset
     from eossl.data.sources import PatchFold
     from eossl.evaluate.base import Context
