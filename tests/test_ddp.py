@@ -80,6 +80,10 @@ class FixedViews(nn.Module):
         self.calls += 1
         return x[..., :s, :s] if k == 0 else x[..., -s:, -s:].flip(-1)
 
+    def pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views of a step, as ContrastiveViews.pair gives them to the two-view methods."""
+        return self(x), self(x)
+
 
 class FixedSeasonalViews(nn.Module):
     """SeCo's (q, k0, k1, k2) = crop(t0), crop(augment(t1)), crop(t2), crop(augment(t0)), with

@@ -45,7 +45,8 @@ def test_evaluate_probe_counts_encoders_seeds_and_folds(tmp_path, sample_cache,
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     out, err = capsys.readouterr()
     # 3 runs (baseline, moco, its random twin) x 2 folds
-    assert re.search(r"100%\|.*\| 6/6 \[.*fold\]", _final(err, "probe")), err
+    # the rate reads "fold/s" or "s/fold" depending on the machine's speed
+    assert re.search(r"100%\|.*\| 6/6 \[.*(fold/s|s/fold)\]", _final(err, "probe")), err
     assert "probe: moco, seed 0" in out  # each run still named on stdout
     # --no-progress reaches the evaluation (compare() draws the bar, tested below)
     from eossl.evaluate import base
@@ -81,7 +82,10 @@ def test_segment_shows_each_fine_tuning_step(sample_cache, tiny_checkpoints, cap
     # no baseline: the encoder and its random twin, one fold each
     assert re.search(r"100%\|.*\| 2/2 \[", _final(err, "segment")), err
     fits = [s for s in re.split(r"[\r\n]", err) if s.startswith("fine-tuning:")]
-    assert any(" 3/3 [" in s for s in fits) and any(" 2/2 [" in s for s in fits), fits
+    # a fit's bar is drawn with its step count (U-Net 3, probe 2); a fast fit may end between
+    # two redraws (tqdm's mininterval) and its bar is cleared on close, so its totals are what
+    # every run shows
+    assert any("/3 [" in s for s in fits) and any("/2 [" in s for s in fits), fits
     assert {r["model"] for r in records if r["metric"] == "miou"} == {"moco", "random init"}
 
 
