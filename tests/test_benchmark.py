@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,16 @@ from eossl.bench.plan import BenchmarkFolder, Budget, Plan
 from eossl.cli import main
 from eossl.errors import ConfigError, OutputExistsError
 
+
+
+def committed_copy(bench: Path, kept: Path) -> Path:
+    """What a committed report keeps of a benchmark folder (plan.json, results.json, figures/):
+    enough for `eossl report` to re-render it."""
+    kept.mkdir()
+    for name in ("plan.json", "results.json"):
+        shutil.copy(bench / name, kept / name)
+    shutil.copytree(bench / "figures", kept / "figures")
+    return kept
 
 def test_budget_parsing():
     assert Budget.parse("10m") == Budget(seconds=600)
@@ -266,11 +277,7 @@ def test_encoders_pretrained_elsewhere_are_rows_beside_the_methods(tmp_path, sam
     assert "methods and encoders moco, ssl4eo" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in evals} == before
     # and a committed report (plan.json, results.json, figures) re-renders with them
-    kept = tmp_path / "committed"
-    kept.mkdir()
-    for name in ("plan.json", "results.json"):
-        shutil.copy(out / name, kept / name)
-    shutil.copytree(out / "figures", kept / "figures")
+    kept = committed_copy(out, tmp_path / "committed")
     assert main(["report", str(kept)]) == 0
     again = (kept / "report.md").read_text()
     assert "## Encoders pretrained elsewhere" in again and "random init (ssl4eo)" in again
@@ -288,11 +295,7 @@ def test_report_rerenders_without_recomputing(bench_dir, tmp_path):
         evals_before
     # a committed report keeps plan.json, results.json and its figures: that is enough to
     # re-render it with every figure and the same captions
-    kept = tmp_path / "committed"
-    kept.mkdir()
-    for name in ("plan.json", "results.json"):
-        shutil.copy(bench_dir / name, kept / name)
-    shutil.copytree(bench_dir / "figures", kept / "figures")
+    kept = committed_copy(bench_dir, tmp_path / "committed")
     assert main(["report", str(kept)]) == 0
     md = (kept / "report.md").read_text()
     assert "| moco |" in md and "## Findings" in md
