@@ -109,7 +109,7 @@ class Plan:
             if name in self.methods:
                 raise ConfigError(f"--checkpoint {name}=...: {name!r} is also a benchmarked "
                                   "method; name the row otherwise (NAME=PATH)")
-            if name.startswith("_") or name == SPECTRAL or name.startswith(RANDOM_TWIN):
+            if name == SPECTRAL or name.startswith(("_", RANDOM_TWIN)):
                 raise ConfigError(f"--checkpoint {name}=...: {name!r} is the name of a "
                                   "reference row; name the row otherwise (NAME=PATH)")
         if not self.seeds:

@@ -358,25 +358,27 @@ def compare(ev: Evaluation, ctx: Context, encoders: Mapping[str, Encoder],
     runs = len(seeds) * (len(encoders) + len(groups) + has_baseline)
     out: list[dict] = []
 
-    def step(name: str, seed: int, work):
+    def step(name: str, seed: int, encoder: Encoder | None = None) -> list[dict]:
+        """One run: the baseline (no encoder) or one encoder, for one seed."""
         if log:
             ctx.say(f"{ev.name}: {name}, seed {seed}", log)
-        records = work()
+        records = (ev.baseline(ctx, seed) if encoder is None
+                   else ev.run(ctx, {name: encoder}, seed))
         ctx.end_run()
         return records
 
     with ctx.work(ev.name, runs, enabled=progress):
         for seed in seeds:
             if has_baseline:
-                out += step(R.SPECTRAL, seed, lambda: ev.baseline(ctx, seed))
+                out += step(R.SPECTRAL, seed)
             rows = {n: {**row_info(n, e, twin_of.get(n)),
                         "pretraining": ev.pretraining_note(ctx, e)}
                     for n, e in encoders.items()}
             for name, enc in encoders.items():
-                out += step(name, seed, lambda: ev.run(ctx, {name: enc}, seed))
+                out += step(name, seed, enc)
             for tname, members in groups.items():
                 twin = encoders[members[0]].random_twin(seed)
-                out += step(tname, seed, lambda: ev.run(ctx, {tname: twin}, seed))
+                out += step(tname, seed, twin)
                 rows[tname] = {**row_info(tname, twin), "twin_of": members}
             out += ev.model_records(rows, seed)
     return out
