@@ -237,3 +237,25 @@ def test_probe_reports_last_stage_and_multiscale_side_by_side(tiny_checkpoints, 
         f"stage{i}" for i in range(5)]
     assert "feature layer 'deep'" in str(pytest.raises(ConfigError, PatchProbe,
                                                       layers=("deep",)).value)
+
+
+@pytest.mark.parametrize("noise", [0.5, 2.0, 6.0])
+def test_warm_started_C_search_picks_what_grid_search_picks(noise):
+    """choose_C walks the C grid with warm starts instead of GridSearchCV's fits from zero;
+    on the same inner folds, with the scaler fitted inside each fold, it must pick the same C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+
+    from eossl.evaluate.probe import C_GRID, choose_C
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 240)
+    X = rng.normal(size=(240, 40)) * noise
+    X[:, :4] += np.eye(4)[y] * 2.0  # four informative features, the rest noise
+    grid = GridSearchCV(
+        make_pipeline(FeatureScaler(), LogisticRegression(max_iter=2000, random_state=0)),
+        {"logisticregression__C": list(C_GRID)}, scoring="accuracy",
+        cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y)
+    assert choose_C(X, y, seed=0) == grid.best_params_["logisticregression__C"]
+    assert choose_C(X[:10], y[:10], seed=0) == 1.0  # too few to split three ways
