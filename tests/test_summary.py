@@ -111,5 +111,5 @@ def test_spectral_baseline_comparisons_and_holm():
                      TWIN: {"accuracy": [0.5, 0.5, 0.5], "balanced_accuracy": [0.3] * 3},
                      "a": {"accuracy": [0.6, 0.61, 0.62], "balanced_accuracy": [0.4] * 3}})
     md, _ = _text(recs)
-    assert re.search(r"against the spectral baseline: lose to the spectral baseline on every "
+    assert re.search(r"against the spectral baseline: rows that lose to the spectral baseline on every "
                      r"seed and fold in accuracy and balanced accuracy: a \(", md)

@@ -255,10 +255,10 @@ def finding_lines(ev, comps: list[Comparison], infos: dict, recs: list[dict]) ->
         n_units = max((n for c in cs for _, n in c.wins.values()), default=0)
         parts = []
         if by["beats"]:
-            parts.append(f"beat {ref} on every seed and fold (n = {n_units}) in {mtext}: "
+            parts.append(f"rows that beat {ref} on every seed and fold (n = {n_units}) in {mtext}: "
                          + ", ".join(entry(c, c.a) for c in by["beats"]))
         if by["loses"]:
-            parts.append(f"lose to {ref} on every seed and fold in {mtext}: "
+            parts.append(f"rows that lose to {ref} on every seed and fold in {mtext}: "
                          + ", ".join(entry(c, c.a) for c in by["loses"]))
         if by["mixed"]:
             parts.append("no consistent difference (wins per metric " + "; ".join(
