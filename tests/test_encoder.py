@@ -44,6 +44,13 @@ def test_every_method_gives_one_interface_and_a_twin_that_differs_in_weights_onl
     sides = [f.shape[-1] for f in pyramid]
     assert sides == sorted(set(sides), reverse=True)  # distinct resolutions, finest first
     assert pixels.shape[0] == 2 and pixels.shape[-2:] == (16, 16)
+    # the pixel probe reads a few pixels per tile; at those points the values must be the
+    # full map's (corners and edges included, where the upsampling clamps)
+    pts = torch.tensor([[[0, 0], [15, 15], [7, 3], [0, 15]], [[15, 0], [8, 8], [1, 14], [3, 3]]])
+    with torch.no_grad():
+        at = enc.pixel_features(x, pts)
+    want = torch.stack([pixels[i][:, pts[i, :, 0], pts[i, :, 1]] for i in range(2)])
+    torch.testing.assert_close(at, want, rtol=1e-4, atol=1e-5)
     assert logits.shape == (2, 3, 16, 16)
     assert enc.name == method and enc.describe()
 

@@ -11,6 +11,7 @@ from eossl.cli import main
 from eossl.data.datasets import IGNORE_INDEX
 from eossl.evaluate.folds import area_folds
 from eossl.evaluate.pixel_probe import area_tiles, embed_pixels, sample_pixels
+from eossl.models.backbones import at_points
 from eossl.normalization import Normalizer
 
 
@@ -40,7 +41,7 @@ def test_tiles_gather_the_right_pixels(brandenburg):
     tiles = area_tiles(mask, 64)
     rng = np.random.default_rng(0)
     rows, cc = rng.integers(0, scene.height, 300), rng.integers(0, 200, 300)
-    emb = embed_pixels(norm, scene.read, tiles, 64, rows, cc)
+    emb = embed_pixels(lambda x, p: at_points(norm(x), p), scene.read, tiles, 64, rows, cc)
     full = norm(torch.from_numpy(scene.load()[None]))[0].numpy()
     np.testing.assert_allclose(emb, full[:, rows, cc].T, rtol=1e-5, atol=1e-5)
 

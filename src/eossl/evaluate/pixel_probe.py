@@ -21,6 +21,7 @@ import torch
 
 from ..data.datasets import IGNORE_INDEX
 from ..errors import ConfigError, DataError
+from ..models.backbones import at_points
 from ..normalization import Normalizer
 from . import results as R
 from .base import Context, Evaluation, register_evaluation
@@ -80,7 +81,9 @@ def embed_pixels(embed_fn, image_reader, tiles, tile: int, rows: np.ndarray,
     """Embeddings (M, D) of the pixels (rows, cols), each from the first tile covering it;
     tiles are embedded in batches of ``batch``.
 
-    ``embed_fn(raw (B, C, t, t)) -> (B, D, t, t)``; ``image_reader((r, c, h, w)) -> (C, h, w)``.
+    ``embed_fn(raw (B, C, t, t), points (B, P, 2)) -> (B, D, P)``: the embeddings of each tile
+    at its pixels (row, col within the tile; a tile with fewer than P pixels repeats its
+    last); ``image_reader((r, c, h, w)) -> (C, h, w)``.
     """
     done = np.zeros(len(rows), dtype=bool)
     jobs = []  # (tile corner, indices of the pixels it gives)
@@ -96,11 +99,16 @@ def embed_pixels(embed_fn, image_reader, tiles, tile: int, rows: np.ndarray,
         part = jobs[start:start + batch]
         x = torch.from_numpy(np.stack([np.ascontiguousarray(image_reader((r, c, tile, tile)))
                                        for (r, c), _ in part]))
-        emb = embed_fn(x.float())  # (B, D, t, t)
+        most = max(len(idx) for _, idx in part)
+        points = np.empty((len(part), most, 2), dtype=np.int64)
+        for j, ((r, c), idx) in enumerate(part):
+            at = np.resize(idx, most)  # repeats the tile's pixels to fill the row
+            points[j, :, 0], points[j, :, 1] = rows[at] - r, cols[at] - c
+        emb = embed_fn(x.float(), torch.from_numpy(points))  # (B, D, P)
         if out is None:
             out = np.empty((len(rows), emb.shape[1]), dtype=np.float32)
-        for e, ((r, c), idx) in zip(emb, part):
-            out[idx] = e[:, rows[idx] - r, cols[idx] - c].T.float().cpu().numpy()
+        for e, (_, idx) in zip(emb, part):
+            out[idx] = e[:, :len(idx)].T.float().cpu().numpy()
     if out is None:
         raise DataError("pixel embedding: no pixel to embed")
     if not np.isfinite(out).all():
@@ -169,15 +177,15 @@ class PixelProbe(Evaluation):
 
     def baseline(self, ctx: Context, seed: int) -> list[dict]:
         norm = Normalizer(ctx.source.stats()).eval()
-        return self._probe(ctx, R.SPECTRAL, norm, seed)
+        return self._probe(ctx, R.SPECTRAL, lambda x, points: at_points(norm(x), points), seed)
 
     def run(self, ctx: Context, encoders: Mapping, seed: int) -> list[dict]:
         out = []
         for name, enc in encoders.items():
             fed = self.fed(name, enc, ctx.source.bands).eval().to(ctx.device)
 
-            def fn(x, fed=fed):
-                return fed.pixel_features(x.to(ctx.device)).cpu()
+            def fn(x, points, fed=fed):
+                return fed.pixel_features(x.to(ctx.device), points).cpu()
 
             out += self._probe(ctx, name, fn, seed)
         return out

@@ -106,19 +106,49 @@ class Backbone(nn.Module):
                               "and U-Nets)")
         return list(self.model.forward_intermediates(x, intermediates_only=True))
 
-    def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
+    def pixel_features(self, x: torch.Tensor, points: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         """One embedding per input pixel (N, D, H, W): a spectral stem's own, otherwise the
-        last feature map upsampled bilinearly to the input size."""
+        last feature map upsampled bilinearly to the input size.
+
+        With ``points`` (N, M, 2 integer row, col per image) only those pixels' embeddings come
+        back, (N, D, M): the values the full map holds there, without upsampling the whole map
+        (upsampling 512 channels to every pixel was half of the pixel probe's time, which reads
+        a few hundred pixels per tile)."""
         if self.has_pixel_stem:
-            return self.model.pixel_features(x)
+            full = self.model.pixel_features(x)
+            return full if points is None else at_points(full, points)
         fmap = self.forward_features(x)
         if fmap.ndim != 4:
             raise ConfigError(f"backbone {self.name!r} gives features of shape "
                               f"{tuple(fmap.shape)}; per-pixel embeddings need a (N, D, h, w) map")
-        return F.interpolate(fmap, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if points is None:
+            return F.interpolate(fmap, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return upsampled_at(fmap, points, x.shape[-2:])
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, in_chans={self.in_chans}, stem_stride={self.stem_stride}"
+
+
+def at_points(full: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(N, D, H, W) maps read at ``points`` (N, M, 2 integer row, col) -> (N, D, M)."""
+    points = points.long().to(full.device)
+    n = torch.arange(full.shape[0], device=full.device)[:, None]
+    return full[n, :, points[..., 0], points[..., 1]].permute(0, 2, 1)
+
+
+def upsampled_at(fmap: torch.Tensor, points: torch.Tensor, size) -> torch.Tensor:
+    """What ``F.interpolate(fmap, size, mode="bilinear", align_corners=False)`` holds at
+    ``points`` (N, M, 2 integer row, col of the upsampled grid) -> (N, D, M), computed at those
+    points only. grid_sample with align_corners=False puts pixel centres where interpolate does,
+    and padding_mode="border" clamps at the edges as interpolate does."""
+    h, w = size
+    p = points.to(fmap.device, torch.float32)
+    gx = (2 * p[..., 1] + 1) / w - 1
+    gy = (2 * p[..., 0] + 1) / h - 1
+    grid = torch.stack([gx, gy], dim=-1)[:, None].to(fmap.dtype)  # (N, 1, M, 2), x first
+    out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[:, :, 0]
 
 
 def _probe_channels(module: nn.Module, fn, x: torch.Tensor) -> list[int]:

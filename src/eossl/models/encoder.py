@@ -115,10 +115,15 @@ class Encoder(nn.Module):
         """Feature maps at distinct resolutions, finest first (a U-Net decoder's input)."""
         return [self.combine(f, raw.shape[0]) for f in self.backbone.pyramid(self.prepare(raw))]
 
-    def pixel_features(self, raw: torch.Tensor) -> torch.Tensor:
+    def pixel_features(self, raw: torch.Tensor, points: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         """One embedding per pixel (N, D, H, W): a spectral stem's own, otherwise the last
-        feature map upsampled to the input size."""
-        return self.combine(self.backbone.pixel_features(self.prepare(raw)), raw.shape[0])
+        feature map upsampled to the input size; with ``points`` (N, M, 2 row, col) only those
+        pixels, (N, D, M)."""
+        x = self.prepare(raw)
+        if points is not None:  # a band-wise encoder runs each image as several inputs
+            points = points.repeat_interleave(x.shape[0] // raw.shape[0], dim=0)
+        return self.combine(self.backbone.pixel_features(x, points), raw.shape[0])
 
     def pyramid_channels(self, size: int = 64) -> list[int]:
         return _probe_channels(self, self.pyramid, self._zeros(size))
