@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,78 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
     assert "over 2 session(s)" in (bench_dir / "report.md").read_text()
     assert main(["benchmark", "--out", str(bench_dir.parent / "nothing"), "--resume"]) == 2
     assert "holds no benchmark to continue" in capsys.readouterr().err
+
+
+def test_evaluation_workers_share_the_steps_and_run_each_once(bench_dir, sample_cache, tiny,
+                                                              small_evaluations, monkeypatch,
+                                                              capsys):
+    """--eval-workers 2: a second evaluation process takes the steps the first has not
+    claimed; every step runs once and the report is whole. (The second process runs here as a
+    thread through the same CLI entry, so it sees this test's small settings.)"""
+    import subprocess
+    import threading
+
+    from eossl.bench import runner
+
+    probe_dir = bench_dir / "evals" / "probe"
+    kept = sorted(p.name for p in probe_dir.glob("*.json"))
+    assert len(kept) >= 4
+    for p in probe_dir.glob("*.json"):  # redo the probe steps
+        p.unlink()
+
+    started = []
+
+    class ThreadPopen:
+        def __init__(self, cmd):
+            started.append(cmd)
+            assert cmd[1:3] == ["-m", "eossl.cli"]
+            self.code = None
+            self.thread = threading.Thread(target=self._run, args=(cmd[3:],))
+            self.thread.start()
+
+        def _run(self, args):
+            self.code = main(args)
+
+        def wait(self):
+            self.thread.join()
+            return self.code
+
+    monkeypatch.setattr(subprocess, "Popen", ThreadPopen)
+    capsys.readouterr()
+    assert main(["--cache", str(sample_cache), "benchmark", "--out", str(bench_dir),
+                 "--resume", "--no-progress", "--eval-workers", "2"]) == 0
+    out = capsys.readouterr().out
+    (cmd,) = started
+    assert cmd[cmd.index("--eval-worker") + 1] == "2/2" and str(bench_dir) in cmd
+    assert sorted(p.name for p in probe_dir.glob("*.json")) == kept
+    assert not list(probe_dir.glob("*.claim"))  # every claim released
+    ran = [line.split("] ")[-1].strip() for line in out.splitlines()
+           if line.strip().startswith(("probe:", "[worker 2/2] probe:"))]
+    assert len(ran) == len(kept) and len(set(ran)) == len(ran)  # each step once
+    assert "evaluating with 2 worker processes" in out
+    assert (bench_dir / "report.md").exists()
+    assert main(["benchmark", "--out", str(bench_dir), "--resume", "--eval-workers", "0"]) == 2
+
+
+def test_a_claimed_step_is_left_to_its_worker_and_a_dead_workers_is_taken(tmp_path):
+    from eossl.bench.plan import BenchmarkFolder
+
+    folder = BenchmarkFolder(tmp_path)
+    claim = folder.eval_path("probe", "moco", 0).with_suffix(".claim")
+    with folder.claim("probe", "moco", 0) as mine:
+        assert mine and claim.exists()
+        with folder.claim("probe", "moco", 0) as again:  # the same step, from this thread
+            assert not again
+    assert not claim.exists()
+    claim.write_text(f"{os.getppid()} 1")  # a live process holds it
+    with folder.claim("probe", "moco", 0) as mine:
+        assert not mine
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim.write_text(f"{dead.pid} 1")  # a worker that died: its step is taken over
+    with folder.claim("probe", "moco", 0) as mine:
+        assert mine
+    assert not claim.exists()
 
 
 # torchgeo's file name of ResNet18_Weights.SENTINEL2_ALL_MOCO, by which eossl knows the file

@@ -8,8 +8,11 @@ where it stopped; a folder holding a different plan is refused rather than mixed
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -154,6 +157,42 @@ def resolve_methods(text: str | None) -> list[str]:
     return names
 
 
+def _claim_token() -> str:
+    return f"{os.getpid()} {threading.get_ident()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _take_claim(path: Path, tries: int = 2) -> bool:
+    for _ in range(tries):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid, thread = (int(v) for v in path.read_text().split())
+            except (OSError, ValueError):
+                return False  # being written right now: someone else's
+            if pid == os.getpid():  # ours: held by a live thread, else left by a dead one
+                if thread in {t.ident for t in threading.enumerate()}:
+                    return False
+            elif _alive(pid):
+                return False
+            path.unlink(missing_ok=True)  # its worker died: take the step over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(_claim_token())
+        return True
+    return False
+
+
 class BenchmarkFolder:
     """The benchmark's folder: plan, status, run folders, evaluation results."""
 
@@ -200,9 +239,28 @@ class BenchmarkFolder:
         return json.loads(p.read_text()) if p.exists() else {"runs": {}, "evals": {}}
 
     def set_status(self, section: str, key: str, value: dict) -> None:
-        st = self.status()
-        st.setdefault(section, {})[key] = value
-        atomic_write_text(self.root / "status.json", json.dumps(st, indent=1))
+        # read-modify-write under a lock: evaluation workers (--eval-workers) share the file
+        from filelock import FileLock
+
+        with FileLock(str(self.root / ".status.lock")):
+            st = self.status()
+            st.setdefault(section, {})[key] = value
+            atomic_write_text(self.root / "status.json", json.dumps(st, indent=1))
+
+    @contextlib.contextmanager
+    def claim(self, evaluation: str, model: str, seed: int):
+        """Yields True when this process (and thread) may run the step, False when another
+        live evaluation worker holds it. The claim is a file created exclusively beside the
+        step's result and removed when the step ends; one left by a process that died is
+        taken over."""
+        path = self.eval_path(evaluation, model, seed).with_suffix(".claim")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mine = _take_claim(path)
+        try:
+            yield mine
+        finally:
+            if mine:
+                path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ layout
     def run_dir(self, method: str, seed: int) -> Path:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
+import sys
 import time
 import traceback
 from functools import partial
 from pathlib import Path
 
 from ..config import DEFAULTS, RECIPES_DIR, load_config
-from ..errors import EosslError
+from ..errors import ConfigError, EosslError
 from .plan import BenchmarkFolder, Plan, RunInfo
 
 CONFIG_DIRS = (Path.cwd() / "configs", RECIPES_DIR)
@@ -307,20 +309,28 @@ def _step(folder: BenchmarkFolder, name: str, model: str, seed: int, fn, *, ctx=
         return
     key = f"{name}/{model}/seed{seed}"
     label = f"{name}: {model.lstrip('_')} seed {seed}"
-    echo(f"      {label}")
-    with contextlib.ExitStack() as stack:
-        if ctx is not None:
-            stack.enter_context(ctx.work(label, runs=1, enabled=progress, leave=False))
-        ok, recs, seconds = _recorded(folder, key, fn, label, echo)
-    if ok:
-        folder.save_eval(name, model, seed, recs)
-        folder.set_status("evals", key, {"state": "done", "seconds": seconds})
+    with folder.claim(name, model, seed) as mine:
+        # another evaluation worker runs it, or finished it since the check above
+        if not mine or folder.load_eval(name, model, seed) is not None:
+            return
+        echo(f"      {label}")
+        with contextlib.ExitStack() as stack:
+            if ctx is not None:
+                stack.enter_context(ctx.work(label, runs=1, enabled=progress, leave=False))
+            ok, recs, seconds = _recorded(folder, key, fn, label, echo)
+        if ok:
+            folder.save_eval(name, model, seed, recs)
+            folder.set_status("evals", key, {"state": "done", "seconds": seconds})
 
 
 def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = True,
-                  command: str = "", echo=print) -> Path:
+                  command: str = "", echo=print, eval_workers: int = 1) -> Path:
+    """Pretrain every run, evaluate (with ``eval_workers`` processes sharing the steps), write
+    the report."""
     from .report import write_benchmark_report
 
+    if eval_workers < 1:
+        raise ConfigError(f"--eval-workers {eval_workers}: expected at least 1")
     folder = BenchmarkFolder(out)
     resumed = folder.open(plan)
     if resumed:
@@ -330,10 +340,84 @@ def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = T
     folder.set_status("environment", "now", environment())
     echo = _session_clock(folder, command, echo)
     runs = pretrain_all(plan, folder, cache=cache, progress=progress, echo=echo)
-    echo("evaluating")
-    evaluate_all(plan, folder, runs, cache=cache, echo=echo, progress=progress)
+    if eval_workers == 1:
+        echo("evaluating")
+        evaluate_all(plan, folder, runs, cache=cache, echo=echo, progress=progress)
+    else:
+        echo(f"evaluating with {eval_workers} worker processes")
+        helpers = [_start_worker(folder, i, eval_workers, cache)
+                   for i in range(2, eval_workers + 1)]
+        try:
+            with _thread_share(eval_workers):
+                evaluate_all(plan, folder, runs, cache=cache, echo=echo, progress=progress)
+        finally:
+            codes = [h.wait() for h in helpers]
+        if any(codes):  # a worker that died left its last step undone: run what is left
+            echo(f"a worker ended with exit status {max(codes)}; finishing what it left")
+            evaluate_all(plan, folder, runs, cache=cache, echo=echo, progress=progress)
     echo("writing the report")
     return write_benchmark_report(folder)
+
+
+# Evaluation workers. The evaluations' fits are small (16-64 px patches, batches of 16-64), and
+# torch's intra-op threads gain little on them: on the 2-core test machine one fine-tuning
+# evaluation took 59 s with 2 threads and 80 s with one, while two single-threaded processes
+# finished two of them in 81 s (1.46x the work per second). So a benchmark may run its
+# evaluation steps in several processes, each with its share of the threads, taking steps by
+# a claim file (BenchmarkFolder.claim) so no step runs twice. Processes rather than threads:
+# each needs its own torch thread count and its own BLAS limits.
+def _thread_share(workers: int):
+    import torch
+
+    @contextlib.contextmanager
+    def share():
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, (os.cpu_count() or workers) // workers))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return share()
+
+
+def _start_worker(folder: BenchmarkFolder, index: int, workers: int, cache):
+    import subprocess
+
+    cmd = [sys.executable, "-m", "eossl.cli"]
+    if cache:
+        cmd += ["--cache", str(cache)]
+    cmd += ["benchmark", "--out", str(folder.root), "--eval-worker", f"{index}/{workers}",
+            "--no-progress"]
+    return subprocess.Popen(cmd)
+
+
+def finished_runs(plan: Plan, folder: BenchmarkFolder) -> list[RunInfo]:
+    """The runs of the plan whose pretraining finished (what the evaluations take)."""
+    runs = []
+    status = folder.status()["runs"]
+    for method in plan.methods:
+        for seed in plan.seeds:
+            st = status.get(f"{method}/seed{seed}", {})
+            ckpt = folder.run_dir(method, seed) / "checkpoints" / "last.ckpt"
+            if st.get("state") == "done" and ckpt.exists():
+                runs.append(RunInfo(method, seed, folder.run_dir(method, seed), ckpt, st))
+    return runs
+
+
+def evaluation_worker(out: str | Path, index: int, workers: int, cache=None) -> None:
+    """One extra evaluation process of ``run_benchmark(eval_workers=workers)``: the steps of
+    the finished runs that no other worker has taken, then it ends (the first process writes
+    the report)."""
+    folder = BenchmarkFolder(out)
+    plan = folder.load_plan()
+
+    def echo(msg: str) -> None:
+        print(f"[worker {index}/{workers}] {msg.strip()}", flush=True)
+
+    with _thread_share(workers):
+        evaluate_all(plan, folder, finished_runs(plan, folder), cache=cache, echo=echo,
+                     progress=False)
 
 
 def _session_clock(folder: BenchmarkFolder, command: str, echo):
