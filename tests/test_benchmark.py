@@ -255,10 +255,16 @@ def test_evaluation_workers_share_the_steps_and_run_each_once(bench_dir, sample_
             self.thread.join()
             return self.code
 
+    import torch
+
     monkeypatch.setattr(subprocess, "Popen", ThreadPopen)
+    threads = torch.get_num_threads()  # the two "processes" share this one's thread count
     capsys.readouterr()
-    assert main(["--cache", str(sample_cache), "benchmark", "--out", str(bench_dir),
-                 "--resume", "--no-progress", "--eval-workers", "2"]) == 0
+    try:
+        assert main(["--cache", str(sample_cache), "benchmark", "--out", str(bench_dir),
+                     "--resume", "--no-progress", "--eval-workers", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     (cmd,) = started
     assert cmd[cmd.index("--eval-worker") + 1] == "2/2" and str(bench_dir) in cmd
@@ -291,6 +297,14 @@ def test_a_claimed_step_is_left_to_its_worker_and_a_dead_workers_is_taken(tmp_pa
     with folder.claim("probe", "moco", 0) as mine:
         assert mine
     assert not claim.exists()
+    # a worker whose benchmark was stopped takes no further step
+    from eossl.bench.runner import _step
+
+    ran = []
+    _step(folder, "probe", "moco", 0, lambda: ran.append(1) or [], stop=lambda: True)
+    assert not ran and folder.load_eval("probe", "moco", 0) is None
+    _step(folder, "probe", "moco", 0, lambda: ran.append(1) or [], stop=lambda: False)
+    assert ran == [1] and folder.load_eval("probe", "moco", 0) == []
 
 
 # torchgeo's file name of ResNet18_Weights.SENTINEL2_ALL_MOCO, by which eossl knows the file

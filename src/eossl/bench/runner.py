@@ -192,7 +192,7 @@ def evaluation_data(plan: Plan, ev):
 
 
 def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], cache=None,
-                 echo=print, progress: bool = True) -> None:
+                 echo=print, progress: bool = True, stop=None) -> None:
     """Every evaluation of the plan on every run it applies to and on every encoder pretrained
     elsewhere (``plan.encoders``), beside the encoder-free baseline and the random twins of
     those encoders (one per distinct architecture and inputs, per seed), each step saved as it
@@ -245,7 +245,7 @@ def evaluate_all(plan: Plan, folder: BenchmarkFolder, runs: list[RunInfo], cache
                 twins.setdefault((twin_of[run.method], run.seed), enc)
         if not todo:
             continue
-        step = partial(_step, folder, name, ctx=ctx, progress=progress, echo=echo)
+        step = partial(_step, folder, name, ctx=ctx, progress=progress, echo=echo, stop=stop)
         for seed in plan.seeds:
             step("_baseline", seed, partial(ev.baseline, ctx, seed))
         for method, seed, enc, info in todo:
@@ -302,10 +302,10 @@ def _evaluate_rows(ev, ctx, encoders: dict, rows: dict, seed: int) -> list[dict]
 
 
 def _step(folder: BenchmarkFolder, name: str, model: str, seed: int, fn, *, ctx=None,
-          progress: bool = False, echo=print) -> None:
+          progress: bool = False, echo=print, stop=None) -> None:
     """One saved step of an evaluation (kept when it already finished), with a bar of its
-    folds (and fine-tuning steps) while it runs."""
-    if folder.load_eval(name, model, seed) is not None:
+    folds (and fine-tuning steps) while it runs; none when ``stop()`` says so."""
+    if folder.load_eval(name, model, seed) is not None or (stop is not None and stop()):
         return
     key = f"{name}/{model}/seed{seed}"
     label = f"{name}: {model.lstrip('_')} seed {seed}"
@@ -371,8 +371,8 @@ def _thread_share(workers: int):
 
     @contextlib.contextmanager
     def share():
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, (os.cpu_count() or workers) // workers))
+        before = torch.get_num_threads()  # torch's pool for this machine, shared out
+        torch.set_num_threads(max(1, before // workers))
         try:
             yield
         finally:
@@ -415,9 +415,14 @@ def evaluation_worker(out: str | Path, index: int, workers: int, cache=None) -> 
     def echo(msg: str) -> None:
         print(f"[worker {index}/{workers}] {msg.strip()}", flush=True)
 
+    parent = os.getppid()
+
+    def orphaned() -> bool:  # the benchmark that started it was stopped: take no more steps
+        return os.getppid() != parent
+
     with _thread_share(workers):
         evaluate_all(plan, folder, finished_runs(plan, folder), cache=cache, echo=echo,
-                     progress=False)
+                     progress=False, stop=orphaned)
 
 
 def _session_clock(folder: BenchmarkFolder, command: str, echo):
