@@ -297,6 +297,12 @@ def test_a_claimed_step_is_left_to_its_worker_and_a_dead_workers_is_taken(tmp_pa
     with folder.claim("probe", "moco", 0) as mine:
         assert mine
     assert not claim.exists()
+    claim.write_text("")  # created but not yet written: someone else's, for a while
+    with folder.claim("probe", "moco", 0) as mine:
+        assert not mine
+    os.utime(claim, (0, 0))  # ... but not forever: left by a process that died long ago
+    with folder.claim("probe", "moco", 0) as mine:
+        assert mine
     # a worker whose benchmark was stopped takes no further step
     from eossl.bench.runner import _step
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -179,7 +180,16 @@ def _take_claim(path: Path, tries: int = 2) -> bool:
             try:
                 pid, thread = (int(v) for v in path.read_text().split())
             except (OSError, ValueError):
-                return False  # being written right now: someone else's
+                # being written right now (someone else's), or left unwritten by a process
+                # that died between creating and writing it a while ago
+                try:
+                    fresh = time.time() - path.stat().st_mtime < 60
+                except OSError:
+                    fresh = False
+                if fresh:
+                    return False
+                path.unlink(missing_ok=True)
+                continue
             if pid == os.getpid():  # ours: held by a live thread, else left by a dead one
                 if thread in {t.ident for t in threading.enumerate()}:
                     return False
