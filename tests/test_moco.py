@@ -270,3 +270,16 @@ def test_pretraining_warns_of_collapse_on_the_console_and_in_summary(sample_cach
     summary = json.loads((run / "summary.json").read_text())
     assert summary["collapse"]["collapsed"] is True
     assert "COLLAPSED" in summary["warnings"][0]
+
+
+def test_sync_batchnorm_on_a_split_batchnorm_method_is_named():
+    """Lightning's sync_batchnorm turns every BatchNorm subclass into SyncBatchNorm, split
+    BatchNorm included; pretraining says so instead of changing the method silently."""
+    from eossl.methods.simclr import SimCLR
+    from eossl.train import split_batchnorm_note
+
+    note = split_batchnorm_note(tiny(bn_splits=4))
+    assert note and "split BatchNorm" in note and "bn_splits: 4" in note
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(tiny(bn_splits=4))
+    assert split_batchnorm_note(converted) is None  # what the note warns about does happen
+    assert split_batchnorm_note(SimCLR(BANDS, stats())) is None

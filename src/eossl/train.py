@@ -741,6 +741,23 @@ class StopOnInterrupt(Callback):
             self.hard = True
 
 
+def split_batchnorm_note(model: torch.nn.Module) -> str | None:
+    """What ``trainer.sync_batchnorm`` would do to a method with split BatchNorm, or None.
+
+    Lightning converts every BatchNorm subclass to SyncBatchNorm, so MoCo's, MoCo-TP's and
+    SeCo's SplitBatchNorm2d layers (their guard against a query and its key sharing batch
+    statistics) would silently become BatchNorm over the whole global batch."""
+    from .methods.moco import SplitBatchNorm2d
+
+    n = sum(isinstance(m, SplitBatchNorm2d) for m in model.modules())
+    if not n:
+        return None
+    return (f"trainer.sync_batchnorm replaces this method's {n} split BatchNorm layers "
+            f"(model.bn_splits: {getattr(model.hparams, 'bn_splits', '?')} groups) by "
+            "BatchNorm over the global batch of all ranks, which changes the method; leave "
+            "sync_batchnorm off for MoCo, MoCo-TP and SeCo")
+
+
 def check_trainer_options(t: dict) -> None:
     """Lightning's own check of the device options (an accelerator this machine lacks, a
     strategy that does not fit the devices, ...), as one ConfigError, before any data is read
@@ -863,6 +880,10 @@ def pretrain(cfg: dict, out: str | os.PathLike, *, resume: bool = False,
                        max_steps=max_steps, max_time_s=max_time, **(cfg.get("model") or {}))
     # which data pretraining saw, and whether it left the test areas out (checkpoint metadata)
     model.pretrain_data = pretrain_data_of(source, d["name"])
+    if t.get("sync_batchnorm") and zero:
+        note = split_batchnorm_note(model)
+        if note:
+            warnings.warn(note, stacklevel=2)
 
     loader_kw = dict(batch_size=int(d["batch_size"]), num_workers=int(d.get("num_workers", 0)))
     # One process: our sampler restarts mid-epoch on resume. Several (DDP) ranks: Lightning
