@@ -1,0 +1,117 @@
+"""The README's benchmark tables, read from a benchmark folder's results.json.
+
+    python benchmarks/readme_table.py docs/benchmark            # the default headline cells
+    python benchmarks/readme_table.py DIR --cell "probe|Linear probe (last stage)|100% labels|accuracy"
+
+Two Markdown tables: every row's mean and 95% confidence interval (Student t over seed x fold
+units) in each headline cell, then each method against its own random twin: the mean
+difference and on how many units it was ahead. Cells come from the same records the report
+renders (eossl.evaluate.summary), so the README says what the report says; a cell whose
+evaluation did not run is "-". The full report keeps every table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from eossl.evaluate import results as R
+from eossl.evaluate.summary import label, row_infos, row_order
+
+# evaluation | table (prefix) | column | metric | header
+CELLS = (
+    "probe|Linear probe (last stage)|1% labels|balanced_accuracy|linear 1% (last stage)",
+    "probe|Linear probe (last stage)|100% labels|balanced_accuracy|linear 100% (last stage)",
+    "probe|Linear probe (multi-scale)|100% labels|balanced_accuracy|linear 100% (multi-scale)",
+    "probe|kNN probe|100% labels|balanced_accuracy|kNN 100% (last stage)",
+    "finetune|*|100% labels|balanced_accuracy|fine-tuned 100%",
+    "pixel-probe|Pixel probe|labelled pixels|balanced_accuracy|pixel probe",
+    "segment|Segmentation: fine-tuned U-Net|1% labels|miou|seg. mIoU 1%",
+    "segment|Segmentation: fine-tuned U-Net|100% labels|miou|seg. mIoU 100%",
+    "multilabel|*|*|micro_map|multi-label micro mAP",
+)
+
+
+def parse_cell(text: str) -> tuple[str, str, str, str, str]:
+    parts = text.split("|")
+    if len(parts) == 4:
+        parts.append(f"{parts[0]} {parts[3]}")
+    if len(parts) != 5:
+        raise SystemExit(f"--cell {text!r}: expected EVALUATION|TABLE|COLUMN|METRIC[|HEADER] "
+                         "(TABLE a prefix, TABLE and COLUMN may be *)")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def unit_values(records: list[dict], cell) -> dict[str, dict[tuple, float]]:
+    """{model: {(seed, fold): value}} of one cell; the first matching table and column."""
+    ev, table, column, metric, _ = cell
+    recs = [r for r in records if r["evaluation"] == ev and r["metric"] == metric
+            and not R.hidden(r) and r.get("value") is not None
+            and (table == "*" or r["table"].startswith(table))
+            and (column == "*" or r["column"] == column)]
+    if not recs:
+        return {}
+    first_table, first_column = recs[0]["table"], recs[0]["column"]
+    out: dict[str, dict[tuple, float]] = defaultdict(dict)
+    for r in recs:
+        if r["table"] == first_table and r["column"] == first_column:
+            out[r["model"]][(r["seed"], r["fold"])] = float(r["value"])
+    return out
+
+
+def mean_ci_text(values) -> str:
+    mean, half = R.mean_ci(list(values))
+    return f"{mean:.3f}" + (f" ± {half:.3f}" if half is not None else "")
+
+
+def tables(records: list[dict], cells) -> str:
+    infos = row_infos(records)
+    rows = row_order(records, infos)
+    by_cell = [unit_values(records, c) for c in cells]
+    head = "| model | " + " | ".join(c[4] for c in cells) + " |"
+    rule = "|---|" + "---|" * len(cells)
+    lines = ["Mean ± 95% CI over seed x fold units.", "", head, rule]
+    for m in rows:
+        flag = " ⚠ collapsed" if infos.get(m, {}).get("collapsed") else ""
+        lines.append(f"| {label(m, infos)}{flag} | " + " | ".join(
+            mean_ci_text(v[m].values()) if m in v else "-" for v in by_cell) + " |")
+    lines += ["", "Against its random twin: mean difference (units ahead / units).", "",
+              head, rule]
+    for m in rows:
+        twin = infos.get(m, {}).get("twin")
+        if not twin:
+            continue
+        cells_text = []
+        for v in by_cell:
+            if m not in v or twin not in v:
+                cells_text.append("-")
+                continue
+            units = sorted(set(v[m]) & set(v[twin]))
+            diffs = [v[m][u] - v[twin][u] for u in units]
+            if not diffs:
+                cells_text.append("-")
+                continue
+            ahead = sum(d > 0 for d in diffs)
+            cells_text.append(f"{sum(diffs) / len(diffs):+.3f} ({ahead}/{len(diffs)})")
+        lines.append(f"| {label(m, infos)} | " + " | ".join(cells_text) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path, help="a benchmark folder (with results.json)")
+    ap.add_argument("--cell", action="append", help="EVALUATION|TABLE|COLUMN|METRIC[|HEADER] "
+                    "(repeatable; default: the README's headline cells)")
+    a = ap.parse_args(argv)
+    path = a.folder / "results.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: no such file (run eossl benchmark or eossl report first)")
+    records = json.loads(path.read_text())["records"]
+    print(tables(records, [parse_cell(c) for c in (a.cell or CELLS)]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
