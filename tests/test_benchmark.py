@@ -214,6 +214,8 @@ def test_benchmark_runs_resumes_and_isolates_failures(bench_dir, sample_cache, f
                  "--resume", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "moco/seed0: finished earlier, kept" in out
+    saved = len(list((bench_dir / "evals").glob("*/*.json")))
+    assert f"so far: 2 of 4 pretraining runs finished, {saved} evaluation steps saved" in out
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert len(json.loads((bench_dir / "status.json").read_text())["sessions"]) == 2
     assert "over 2 session(s)" in (bench_dir / "report.md").read_text()

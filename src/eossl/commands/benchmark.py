@@ -146,6 +146,21 @@ def _external(a) -> dict[str, str]:
     return out
 
 
+def _progress_line(out, plan) -> str:
+    """Where a resumed benchmark stands: pretraining runs finished, evaluation steps saved."""
+    from pathlib import Path
+
+    from ..bench.plan import BenchmarkFolder
+
+    folder = BenchmarkFolder(Path(out))
+    runs = folder.status().get("runs", {})
+    done = sum(1 for m in plan.methods for s in plan.seeds
+               if runs.get(f"{m}/seed{s}", {}).get("state") == "done")
+    saved = len(list((folder.root / "evals").glob("*/*.json")))
+    return (f"so far: {done} of {len(plan.methods) * len(plan.seeds)} pretraining runs "
+            f"finished, {saved} evaluation steps saved")
+
+
 def _command_line(a) -> str:
     import shlex
 
@@ -180,6 +195,7 @@ def run(a) -> int:
         rows = ", ".join(stored.methods + list(stored.encoders)) or "none"
         print(f"resuming {out}: methods and encoders {rows}, seeds "
               f"{', '.join(map(str, stored.seeds))}, budget {stored.budget_obj} (its stored plan)")
+        print(_progress_line(out, stored))
         report = run_benchmark(stored, out, cache=a.cache, progress=not a.no_progress,
                                command=_command_line(a), eval_workers=a.eval_workers)
         print(f"report: {report} (and {report.with_suffix('.html')})")
