@@ -378,6 +378,31 @@ def test_encoders_pretrained_elsewhere_are_rows_beside_the_methods(tmp_path, sam
     assert "## Encoders pretrained elsewhere" in again and "random init (ssl4eo)" in again
 
 
+def test_a_report_of_an_unfinished_benchmark_says_what_has_not_run(bench_dir, tmp_path,
+                                                                   capsys):
+    if not (bench_dir / "plan.json").exists():
+        pytest.skip("needs the benchmark run of the first test")
+    part = tmp_path / "part"
+    shutil.copytree(bench_dir, part)
+    (part / "evals" / "probe" / "moco__seed1.json").unlink()
+    assert main(["report", str(part)]) == 0
+    md = (part / "report.md").read_text()
+    assert "**incomplete**: 1 pretraining run(s) or evaluation step(s)" in md
+    assert "## Not run yet" in md and "- probe: moco (seed 1)" in md
+    assert "incomplete" not in (bench_dir / "report.md").read_text()  # the whole one
+    # a committed copy (plan, results, figures; no evals/) is whole, not "incomplete"
+    kept = committed_copy(bench_dir, tmp_path / "committed")
+    assert main(["report", str(kept)]) == 0
+    assert "incomplete" not in (kept / "report.md").read_text()
+    # before any evaluation has finished there is nothing to report yet, and it says what to do
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(bench_dir / "plan.json", fresh / "plan.json")
+    capsys.readouterr()
+    assert main(["report", str(fresh)]) == 2
+    assert "no evaluation of this benchmark has finished yet" in capsys.readouterr().err
+
+
 def test_report_rerenders_without_recomputing(bench_dir, tmp_path):
     if not (bench_dir / "plan.json").exists():
         pytest.skip("needs the benchmark run of the previous test")

@@ -48,6 +48,10 @@ def load_results(folder: BenchmarkFolder) -> tuple[Plan, dict, list[dict]]:
         return folder.load_plan(), folder.status(), folder.all_eval_records()
     saved = folder.root / "results.json"
     if not saved.exists():
+        if folder.plan_path.exists():
+            raise ConfigError(f"{folder.root}: no evaluation of this benchmark has finished "
+                              f"yet; continue it with eossl benchmark --out {folder.root} "
+                              "--resume")
         raise ConfigError(f"{folder.root} is not a benchmark folder (no plan.json and no "
                           "results.json)")
     data = json.loads(saved.read_text())
@@ -175,6 +179,12 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
         f"**wall clock**: {sum(s['seconds'] for s in sessions) / 60:.1f} min over "
         f"{len(sessions)} session(s)",
     ]
+    n_pending, pending = _pending(plan, st, records)
+    if pending:
+        header.append(f"**incomplete**: {n_pending} pretraining run(s) or evaluation step(s) "
+                      "have not run yet (listed at the end; some may turn out not to apply); "
+                      "every table shows only what has finished, so resume the benchmark "
+                      "before reading it as whole")
     protocols = st.get("protocols", {})
     present = {r["evaluation"] for r in records if r.get("evaluation")}
     evaluations = []
@@ -207,6 +217,8 @@ def build_blocks(folder: BenchmarkFolder) -> list[tuple]:
     if pics:
         blocks.append(("h2", "Pictures from the methods' training runs"))
         blocks += [("img", p, cap) for p, cap in pics]
+    if pending:
+        blocks += [("h2", "Not run yet"), ("list", pending)]
     problems = _problems(st)
     if problems:
         blocks += [("h2", "Failures and evaluations that do not apply"), ("list", problems)]
@@ -294,6 +306,36 @@ def _run_pictures(folder: BenchmarkFolder, plan, records: list[dict], figs: Path
         pics += [(p, f"{m}: {what}" if p.stem.replace("_", " ").lower() == m.lower() else
                   f"{m}: {p.stem.replace('_', ' ')} ({what})") for p in sorted(kept.glob("*.png"))]
     return pics
+
+
+def _pending(plan, st: dict, records: list[dict]) -> tuple[int, list[str]]:
+    """The plan's pretraining runs and per-run evaluation steps that have neither finished nor
+    been recorded as failed or not applicable (what a resume would still do; whether a step
+    applies is only known when it is reached): their count, and one line per kind."""
+    from .runner import benchmark_evaluations
+
+    runs, evals = st.get("runs", {}), st.get("evals", {})
+    # what has a result: the records themselves (a committed report keeps no evals/ folder)
+    have = {(r.get("evaluation"), r.get("model"), r.get("seed")) for r in records}
+    todo: dict[str, list[str]] = defaultdict(list)
+    for m in plan.methods:
+        for s in plan.seeds:
+            if runs.get(f"{m}/seed{s}", {}).get("state") not in ("done", "failed"):
+                todo["pretraining"].append(f"{m}/seed{s}")
+    for ev in benchmark_evaluations(plan):
+        if evals.get(ev, {}).get("state") == "not available":
+            continue
+        for m in list(plan.methods) + list(plan.encoders):
+            for s in plan.seeds:
+                if m in plan.methods and runs.get(f"{m}/seed{s}", {}).get("state") == "failed":
+                    continue
+                if evals.get(f"{ev}/{m}/seed{s}", {}).get("state") in (
+                        "failed", "not applicable"):
+                    continue
+                if (ev, m, s) not in have:
+                    todo[ev].append(f"{m}/seed{s}")
+    return (sum(len(v) for v in todo.values()),
+            [f"{kind}: {_runs_text(items)}" for kind, items in todo.items()])
 
 
 def _problems(st: dict) -> list[str]:
