@@ -70,11 +70,45 @@ def test_landsat_multi_date_views_are_colocated_clear_and_distinct(landsat):
         assert len(set(t)) == 3
         r, c = s["window"].tolist()
         for k, ti in enumerate(t):
-            # the crop is exactly that date's pixels at one shared window
-            assert torch.equal(s["image"][k], loc.images[ti][:, r:r + 24, c:c + 24])
+            # the crop is that date's pixels at one shared window, its fill (-9999: Landsat
+            # 7's scan-line gaps) at the band's mean
+            want = loc.images[ti][:, r:r + 24, c:c + 24]
+            fill = want == loc.nodata
+            assert torch.equal(s["image"][k][~fill], want[~fill])
+            assert (s["image"][k] != loc.nodata).all()
             assert loc.masks[ti][r:r + 24, c:c + 24].float().mean() <= 0.5
     a, b = ds[3], landsat.multi_date(3, 24, 40, seed=1)[3]
     assert torch.equal(a["image"], b["image"])  # seeded draws repeat
+
+
+def test_pixels_without_a_value_reach_the_model_at_the_band_mean(landsat):
+    """10% of the real series' pixels are fill (-9999); the normaliser would put them 7-18
+    standard deviations below the mean. Crops carry the band's mean there instead (which
+    standardises to 0), and a NaN in a memory series is treated the same way."""
+    from eossl.normalization import Normalizer
+
+    assert (landsat.series.images == landsat.locations[0].nodata).float().mean() > 0.05
+    norm = Normalizer(landsat.stats())
+    crops = torch.stack([landsat.multi_date(2, 32, 64, seed=0)[i]["image"] for i in range(64)])
+    z = norm(crops.flatten(0, 1))
+    assert z.abs().max() < 7  # no fill outliers left
+    images = torch.full((2, 2, 8, 8), 500.0)
+    images[0, 1, 2, 3] = float("nan")
+    images[1, 0, 4, 4] = -1.0  # this location's nodata
+    src = MultiDateSource("toy", ["b3", "b4"], [MemoryLocation("a", images, [None, None],
+                                                               nodata=-1.0)])
+    views = src.multi_date(2, 8, 4, seed=0)
+    x = views[0]["image"]
+    assert torch.isfinite(x).all() and (x != -1.0).all()
+    mean = views._fill_values()
+    assert torch.allclose(norm_of(src)(mean.view(1, 2, 1, 1)), torch.zeros(1, 2, 1, 1),
+                          atol=1e-5)
+
+
+def norm_of(source):
+    from eossl.normalization import Normalizer
+
+    return Normalizer(source.stats())
 
 
 def test_landsat_single_date_crops_and_band_subset(sample_cache):
