@@ -237,6 +237,10 @@ def test_nodata_counts_as_unusable(tmp_path):
     assert src.locations[0].name == tmp_path.name
     assert src.usable_dates(0) == [1]
     assert src.bands == ["band001", "band002"]
+    # a crop that keeps some nodata (max_cloud 1) carries the band mean there, never -9999
+    x = src.multi_date(2, 10, 4, seed=0, max_cloud=1.0)  # both dates in every sample
+    got = torch.stack([x[i]["image"] for i in range(4)])
+    assert torch.isfinite(got).all() and (got != -9999).all()
 
 
 # ------------------------------------------------------------------------------ torchgeo layouts

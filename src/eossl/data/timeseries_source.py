@@ -467,7 +467,9 @@ def _folder_location(folder: Path, files: list[tuple[_dt.date, Path]], masks: di
     idx = band_idx
 
     def read_image(t: int) -> np.ndarray:
-        arr, _ = _read_tif(paths[t])
+        arr, nodata = _read_tif(paths[t])
+        if nodata is not None:  # each file's own nodata: no value, filled when cropped
+            arr = np.where(arr == nodata, np.float32(np.nan), arr)
         return arr[idx] if idx is not None else arr
 
     def read_mask(t: int) -> np.ndarray:
