@@ -245,10 +245,10 @@ class _Sampler(Dataset):
         not finite) set to each band's mean.
 
         A crop may keep up to ``max_cloud`` of unusable pixels, and Landsat 7's scan-line gaps
-        leave stripes of fill (-9999) in most windows. Left as they are, the normaliser maps
-        them about 7-18 standard deviations below the mean, and MoCo-TP collapsed on them
-        within 20 steps (mean embedding cosine 0.997; plain MoCo on single-date crops of the
-        same series did not). At the band mean they standardise to 0: no signal, no outlier.
+        leave stripes of fill (-9999: 10% of the ``landsat`` sample's pixels). Left as they
+        are, the normaliser maps them about 7-18 standard deviations below every real value,
+        and the model learns their stripes; at the band mean they standardise to 0: no
+        signal, no outlier.
         """
         x = loc.image(t)[:, r:r + self.size, c:c + self.size].clone()
         missing = ~torch.isfinite(x)
