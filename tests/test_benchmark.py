@@ -232,8 +232,6 @@ def test_evaluation_workers_share_the_steps_and_run_each_once(bench_dir, sample_
     import subprocess
     import threading
 
-    from eossl.bench import runner
-
     probe_dir = bench_dir / "evals" / "probe"
     kept = sorted(p.name for p in probe_dir.glob("*.json"))
     assert len(kept) >= 4
