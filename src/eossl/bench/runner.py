@@ -113,10 +113,10 @@ def pretrain_all(plan: Plan, folder: BenchmarkFolder, cache=None, progress: bool
             i += 1
             key, run_dir = f"{method}/seed{seed}", folder.run_dir(method, seed)
             ckpt = run_dir / "checkpoints" / "last.ckpt"
-            st = folder.status()["runs"].get(key, {})
-            if st.get("state") == "done" and ckpt.exists():
+            done = finished_run(folder, folder.status()["runs"], method, seed)
+            if done is not None:
                 echo(f"[{i}/{total}] {key}: finished earlier, kept")
-                runs.append(RunInfo(method, seed, run_dir, ckpt, st))
+                runs.append(done)
                 continue
             resume = ckpt.exists() and (run_dir / "config.yaml").exists()
             if run_dir.exists() and not resume:
@@ -366,19 +366,16 @@ def run_benchmark(plan: Plan, out: str | Path, *, cache=None, progress: bool = T
 # evaluation steps in several processes, each with its share of the threads, taking steps by
 # a claim file (BenchmarkFolder.claim) so no step runs twice. Processes rather than threads:
 # each needs its own torch thread count and its own BLAS limits.
+@contextlib.contextmanager
 def _thread_share(workers: int):
     import torch
 
-    @contextlib.contextmanager
-    def share():
-        before = torch.get_num_threads()  # torch's pool for this machine, shared out
-        torch.set_num_threads(max(1, before // workers))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-    return share()
+    before = torch.get_num_threads()  # torch's pool for this machine, shared out
+    torch.set_num_threads(max(1, before // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _start_worker(folder: BenchmarkFolder, index: int, workers: int, cache):
@@ -392,17 +389,21 @@ def _start_worker(folder: BenchmarkFolder, index: int, workers: int, cache):
     return subprocess.Popen(cmd)
 
 
+def finished_run(folder: BenchmarkFolder, status: dict, method: str, seed: int
+                 ) -> RunInfo | None:
+    """The run if its pretraining finished (recorded done, checkpoint on disk), else None."""
+    st = status.get(f"{method}/seed{seed}", {})
+    ckpt = folder.run_dir(method, seed) / "checkpoints" / "last.ckpt"
+    if st.get("state") == "done" and ckpt.exists():
+        return RunInfo(method, seed, folder.run_dir(method, seed), ckpt, st)
+    return None
+
+
 def finished_runs(plan: Plan, folder: BenchmarkFolder) -> list[RunInfo]:
     """The runs of the plan whose pretraining finished (what the evaluations take)."""
-    runs = []
     status = folder.status()["runs"]
-    for method in plan.methods:
-        for seed in plan.seeds:
-            st = status.get(f"{method}/seed{seed}", {})
-            ckpt = folder.run_dir(method, seed) / "checkpoints" / "last.ckpt"
-            if st.get("state") == "done" and ckpt.exists():
-                runs.append(RunInfo(method, seed, folder.run_dir(method, seed), ckpt, st))
-    return runs
+    return [r for m in plan.methods for s in plan.seeds
+            if (r := finished_run(folder, status, m, s)) is not None]
 
 
 def evaluation_worker(out: str | Path, index: int, workers: int, cache=None) -> None:

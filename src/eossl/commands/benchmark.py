@@ -151,11 +151,10 @@ def _progress_line(out, plan) -> str:
     from pathlib import Path
 
     from ..bench.plan import BenchmarkFolder
+    from ..bench.runner import finished_runs
 
     folder = BenchmarkFolder(Path(out))
-    runs = folder.status().get("runs", {})
-    done = sum(1 for m in plan.methods for s in plan.seeds
-               if runs.get(f"{m}/seed{s}", {}).get("state") == "done")
+    done = len(finished_runs(plan, folder))
     saved = len(list((folder.root / "evals").glob("*/*.json")))
     return (f"so far: {done} of {len(plan.methods) * len(plan.seeds)} pretraining runs "
             f"finished, {saved} evaluation steps saved")

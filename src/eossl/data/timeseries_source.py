@@ -219,6 +219,7 @@ class _Sampler(Dataset):
                              f"location {loc.name!r} of {source.name!r}")
         self.source, self.size, self.length, self.seed = source, int(size), length, seed
         self.max_cloud, self.max_tries = float(max_cloud), max_tries
+        self._fill: torch.Tensor | None = None  # band means in raw units, made when needed
         self.redrawn = 0    # timestamps rejected by the cloud filter (this process)
         self.fallbacks = 0  # samples that kept the least-cloudy dates after max_tries windows
 
@@ -261,7 +262,7 @@ class _Sampler(Dataset):
 
     def _fill_values(self) -> torch.Tensor:
         """Each band's mean in raw units (the value the normaliser maps to 0)."""
-        if getattr(self, "_fill", None) is None:
+        if self._fill is None:
             st = self.source.stats()
             self._fill = torch.tensor([math.expm1(m) if lg else m
                                        for m, lg in zip(st.mean, st.log)], dtype=torch.float32)
