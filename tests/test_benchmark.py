@@ -482,6 +482,22 @@ def test_html_report_renders_in_chromium(bench_dir):
     assert dom.find("How to read this report") < dom.find('<nav id="contents">')
 
 
+def test_the_committed_benchmark_report_re_renders_as_committed(tmp_path):
+    """docs/benchmark (plan.json, results.json, figures/ and the report the README quotes) is
+    what the current code renders from its results: `eossl report` on a copy writes the same
+    Markdown, every figure it shows is there, and the HTML page opens in Chromium."""
+    committed = Path(__file__).resolve().parents[1] / "docs" / "benchmark"
+    kept = committed_copy(committed, tmp_path / "committed")
+    assert main(["report", str(kept)]) == 0
+    md = (kept / "report.md").read_text()
+    assert md == (committed / "report.md").read_text()
+    shown = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
+    assert "figures/training.png" in shown and "figures/embeddings.png" in shown
+    for path in shown:
+        assert (kept / path).is_file(), path
+    _render_in_chromium(kept, min_images=len(shown))
+
+
 # ------------------------------------------------------------------ every evaluation
 UNIT_RANGE = {"accuracy", "balanced_accuracy", "macro_f1", "miou", "pixel_accuracy",
               "micro_map", "macro_map", "micro_f1"}

@@ -328,7 +328,13 @@ def runs(tmp_path_factory):
         torch.set_num_threads(threads)
         while not ranks.join():
             pass
-    load = lambda f: torch.load(os.path.join(out, f), weights_only=False)  # noqa: E731
+
+    def load(name: str) -> dict:  # every step's gradients: 1.4 GB a file, gone once read
+        path = os.path.join(out, name)
+        res = torch.load(path, weights_only=False)
+        os.remove(path)
+        return res
+
     return load("w1-r0.pt"), [load(f"w{WORLD}-r{r}.pt") for r in range(WORLD)]
 
 

@@ -391,8 +391,9 @@ def write_benchmark_report(folder: BenchmarkFolder | str | Path) -> Path:
     plan, st, records = load_results(folder)
     blocks = build_blocks(folder)
     if (folder.root / "evals").is_dir():
-        keep = [r for r in records if r.get("table") != "_embedding"]
+        # every record, the embedding scatter's points included (one small record per model),
+        # so that a copy of plan.json + results.json re-renders every figure
         atomic_write_text(folder.root / "results.json", json.dumps(
-            {"plan": plan.to_dict(), "status": st, "records": keep}, indent=1,
+            {"plan": plan.to_dict(), "status": st, "records": records}, indent=1,
             default=float))
     return write_blocks(folder.root, blocks, title="eossl benchmark")
