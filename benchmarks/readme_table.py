@@ -5,7 +5,7 @@
 
 Two Markdown tables: every row's mean and 95% confidence interval (Student t over seed x fold
 units) in each headline cell, then each method against its own random twin: the mean
-difference and on how many units it was ahead. Cells come from the same records the report
+difference, on how many units it was ahead and on how many seeds (mean over folds). Cells come from the same records the report
 renders (eossl.evaluate.summary), so the README says what the report says; a cell whose
 evaluation did not run is "-". The full report keeps every table.
 """
@@ -30,6 +30,8 @@ CELLS = (
     "pixel-probe|Pixel probe|labelled pixels|balanced_accuracy|pixel probe",
     "segment|Segmentation: fine-tuned U-Net|1% labels|miou|seg. mIoU 1%",
     "segment|Segmentation: fine-tuned U-Net|100% labels|miou|seg. mIoU 100%",
+    "regress|*|ridge, last stage|mean_r2|class-share R² (ridge, last stage)",
+    "regress|*|fine-tuned|mean_r2|class-share R² (fine-tuned)",
     "multilabel|*|*|micro_map|multi-label micro mAP",
 )
 
@@ -73,11 +75,11 @@ def tables(records: list[dict], cells) -> str:
     head = "| model | " + " | ".join(c[4] for c in cells) + " |"
     rule = "|---|" + "---|" * len(cells)
     lines = ["Mean ± 95% CI over seed x fold units.", "", head, rule]
-    for m in rows:
-        flag = " ⚠ collapsed" if infos.get(m, {}).get("collapsed") else ""
-        lines.append(f"| {label(m, infos)}{flag} | " + " | ".join(
+    for m in rows:  # label() flags a collapsed encoder
+        lines.append(f"| {label(m, infos)} | " + " | ".join(
             mean_ci_text(v[m].values()) if m in v else "-" for v in by_cell) + " |")
-    lines += ["", "Against its random twin: mean difference (units ahead / units).", "",
+    lines += ["", "Against its random twin: mean difference (seed x fold units ahead / units; "
+              "seeds whose mean over folds is ahead / seeds).", "",
               head, rule]
     for m in rows:
         twin = infos.get(m, {}).get("twin")
@@ -94,7 +96,12 @@ def tables(records: list[dict], cells) -> str:
                 cells_text.append("-")
                 continue
             ahead = sum(d > 0 for d in diffs)
-            cells_text.append(f"{sum(diffs) / len(diffs):+.3f} ({ahead}/{len(diffs)})")
+            by_seed = defaultdict(list)  # a seed is ahead when its mean over folds is
+            for (seed, _), d in zip(units, diffs):
+                by_seed[seed].append(d)
+            seeds = sum(sum(ds) > 0 for ds in by_seed.values())
+            cells_text.append(f"{sum(diffs) / len(diffs):+.3f} ({ahead}/{len(diffs)}; "
+                              f"{seeds}/{len(by_seed)})")
         lines.append(f"| {label(m, infos)} | " + " | ".join(cells_text) + " |")
     return "\n".join(lines)
 
