@@ -101,6 +101,18 @@ def tiny_checkpoints(brandenburg, tmp_path_factory) -> dict:
     return out
 
 
+def benchmark_script(name: str):
+    """A script of benchmarks/ imported as a module (benchmarks/ is no package), for the tests
+    of its tables and plots."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def first_fold_context(*args, **kw):
     """An evaluation Context on the real data whose folds (patches, areas, tiles) are cut to
     the first one: a whole evaluation at a test's cost (the k-fold logic is tested in

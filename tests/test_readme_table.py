@@ -3,21 +3,15 @@ shape the benchmark writes; the real folder is checked by test_benchmark's commi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_table.py"
+from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def readme_table():
-    spec = importlib.util.spec_from_file_location("readme_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("readme_table")
 
 
 def _rec(model, seed, fold, value, table="Linear probe (last stage): accuracy"):

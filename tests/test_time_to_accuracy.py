@@ -1,20 +1,14 @@
 """benchmarks/time_to_accuracy.py's tables, goal check and plot, on synthetic probe records (the
 pretraining and probing are eossl's own, tested elsewhere)."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
+from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def tta():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("time_to_accuracy")
 
 
 def _records(values: dict) -> list[dict]:
