@@ -1,22 +1,22 @@
-"""The README's benchmark tables, read from a benchmark folder's results.json.
+"""The README's benchmark tables, read from a benchmark folder's results.json (or .gz).
 
     python benchmarks/readme_table.py docs/benchmark            # the default headline cells
     python benchmarks/readme_table.py DIR --cell "probe|Linear probe (last stage)|100% labels|accuracy"
 
 Two Markdown tables: every row's mean and 95% confidence interval (Student t over seed x fold
 units) in each headline cell, then each method against its own random twin: the mean
-difference, on how many units it was ahead and on how many seeds (mean over folds). Cells come from the same records the report
-renders (eossl.evaluate.summary), so the README says what the report says; a cell whose
-evaluation did not run is "-". The full report keeps every table.
+difference, on how many units it was ahead and on how many seeds (mean over folds). Cells
+come from the same records the report renders (eossl.evaluate.summary), so the README says
+what the report says; a cell whose evaluation did not run is "-". The full report keeps every table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
+from eossl.bench.report import read_saved_results, saved_results
 from eossl.evaluate import results as R
 from eossl.evaluate.summary import label, row_infos, row_order
 
@@ -108,14 +108,16 @@ def tables(records: list[dict], cells) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folder", type=Path, help="a benchmark folder (with results.json)")
+    ap.add_argument("folder", type=Path, help="a benchmark folder (with results.json or "
+                    "results.json.gz)")
     ap.add_argument("--cell", action="append", help="EVALUATION|TABLE|COLUMN|METRIC[|HEADER] "
                     "(repeatable; default: the README's headline cells)")
     a = ap.parse_args(argv)
-    path = a.folder / "results.json"
-    if not path.exists():
-        raise SystemExit(f"{path}: no such file (run eossl benchmark or eossl report first)")
-    records = json.loads(path.read_text())["records"]
+    path = saved_results(a.folder)
+    if path is None:
+        raise SystemExit(f"{a.folder / 'results.json'}: no such file (nor results.json.gz; "
+                         "run eossl benchmark or eossl report first)")
+    records = read_saved_results(path)["records"]
     print(tables(records, [parse_cell(c) for c in (a.cell or CELLS)]))
     return 0
 

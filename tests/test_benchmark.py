@@ -22,11 +22,12 @@ from eossl.errors import ConfigError, OutputExistsError
 
 
 def committed_copy(bench: Path, kept: Path) -> Path:
-    """What a committed report keeps of a benchmark folder (plan.json, results.json, figures/):
-    enough for `eossl report` to re-render it."""
+    """What a committed report keeps of a benchmark folder (plan.json, results.json or its
+    gzipped copy, figures/): enough for `eossl report` to re-render it."""
     kept.mkdir()
-    for name in ("plan.json", "results.json"):
-        shutil.copy(bench / name, kept / name)
+    for name in ("plan.json", "results.json", "results.json.gz"):
+        if (bench / name).exists():
+            shutil.copy(bench / name, kept / name)
     shutil.copytree(bench / "figures", kept / "figures")
     return kept
 
@@ -483,7 +484,7 @@ def test_html_report_renders_in_chromium(bench_dir):
 
 
 def test_the_committed_benchmark_report_re_renders_as_committed(tmp_path):
-    """docs/benchmark (plan.json, results.json, figures/ and the report the README quotes) is
+    """docs/benchmark (plan.json, results.json.gz, figures/ and the report the README quotes) is
     what the current code renders from its results: `eossl report` on a copy writes the same
     Markdown, every figure it shows is there, and the HTML page opens in Chromium."""
     committed = Path(__file__).resolve().parents[1] / "docs" / "benchmark"

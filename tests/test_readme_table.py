@@ -3,6 +3,7 @@ shape the benchmark writes; the real folder is checked by test_benchmark's commi
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -53,3 +54,22 @@ def test_means_differences_and_units_ahead(readme_table, tmp_path, capsys):
 def test_a_folder_without_results_says_what_to_run(readme_table, tmp_path):
     with pytest.raises(SystemExit, match="no such file .*eossl benchmark or eossl report"):
         readme_table.main([str(tmp_path)])
+
+
+def test_a_gzipped_results_file_gives_the_same_tables(readme_table, tmp_path, capsys):
+    """docs/benchmark commits results.json.gz (a full run's records are several MB)."""
+    cell = "probe|Linear probe (last stage)|100% labels|balanced_accuracy|lin"
+    plain, packed = tmp_path / "plain", tmp_path / "packed"
+    plain.mkdir()
+    packed.mkdir()
+    doc = json.dumps({"records": _records()})
+    (plain / "results.json").write_text(doc)
+    with gzip.open(packed / "results.json.gz", "wt") as f:
+        f.write(doc)
+    assert readme_table.main([str(plain), "--cell", cell]) == 0
+    want = capsys.readouterr().out
+    assert readme_table.main([str(packed), "--cell", cell]) == 0
+    assert capsys.readouterr().out == want and "| moco" in want
+    (packed / "results.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(Exception, match="results.json.gz: not a readable benchmark results"):
+        readme_table.main([str(packed), "--cell", cell])

@@ -4,12 +4,13 @@ seed by seed and fold by fold), then pictures, failures and cost; rendered to Ma
 self-contained HTML page by :mod:`eossl.report`.
 
 Everything is read from the benchmark folder (``evals/`` and ``status.json``), or from its
-``results.json`` alone (a committed report keeps only that and its figures), so
-``eossl report DIR`` re-renders without recomputing.
+``results.json`` alone (a committed report keeps only that, or its gzipped copy
+``results.json.gz``, and its figures), so ``eossl report DIR`` re-renders without recomputing.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import platform
 from collections import defaultdict
@@ -41,20 +42,41 @@ def environment() -> dict:
 
 
 # ------------------------------------------------------------------------------- saved data
+def saved_results(root: Path) -> Path | None:
+    """The folder's results.json, or its gzipped copy results.json.gz (what docs/ commits: a
+    full run's records are a few MB of repetitive JSON, 15-20x smaller gzipped); None if
+    neither is there."""
+    for name in ("results.json", "results.json.gz"):
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    return None
+
+
+def read_saved_results(path: Path) -> dict:
+    """The JSON document of a results.json or results.json.gz, with the file named on error."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return json.load(f)
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, EOFError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable benchmark results file ({e})") from e
+
+
 def load_results(folder: BenchmarkFolder) -> tuple[Plan, dict, list[dict]]:
     """(plan, status, records) from the folder's evals/ and status.json, or from its
     results.json when only that was kept."""
     if folder.plan_path.exists() and (folder.root / "evals").is_dir():
         return folder.load_plan(), folder.status(), folder.all_eval_records()
-    saved = folder.root / "results.json"
-    if not saved.exists():
+    saved = saved_results(folder.root)
+    if saved is None:
         if folder.plan_path.exists():
             raise ConfigError(f"{folder.root}: no evaluation of this benchmark has finished "
                               f"yet; continue it with eossl benchmark --out {folder.root} "
                               "--resume")
         raise ConfigError(f"{folder.root} is not a benchmark folder (no plan.json and no "
                           "results.json)")
-    data = json.loads(saved.read_text())
+    data = read_saved_results(saved)
     records = data.get("records", [])
     if records and "evaluation" not in records[0]:
         raise ConfigError(f"{saved} was written by an older eossl benchmark (records without "
