@@ -7,7 +7,8 @@ Two Markdown tables: every row's mean and 95% confidence interval (Student t ove
 units) in each headline cell, then each method against its own random twin: the mean
 difference, on how many units it was ahead and on how many seeds (mean over folds). Cells
 come from the same records the report renders (eossl.evaluate.summary), so the README says
-what the report says; a cell whose evaluation did not run is "-". The full report keeps every table.
+what the report says; a cell whose evaluation did not run is "-". The full report keeps
+every table.
 """
 
 from __future__ import annotations

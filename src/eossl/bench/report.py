@@ -44,7 +44,7 @@ def environment() -> dict:
 # ------------------------------------------------------------------------------- saved data
 def saved_results(root: Path) -> Path | None:
     """The folder's results.json, or its gzipped copy results.json.gz (what docs/ commits: a
-    full run's records are a few MB of repetitive JSON, 15-20x smaller gzipped); None if
+    full run's records are a few MB of repetitive JSON, about 15x smaller gzipped); None if
     neither is there."""
     for name in ("results.json", "results.json.gz"):
         if (Path(root) / name).is_file():
@@ -75,7 +75,7 @@ def load_results(folder: BenchmarkFolder) -> tuple[Plan, dict, list[dict]]:
                               f"yet; continue it with eossl benchmark --out {folder.root} "
                               "--resume")
         raise ConfigError(f"{folder.root} is not a benchmark folder (no plan.json and no "
-                          "results.json)")
+                          "results.json or results.json.gz)")
     data = read_saved_results(saved)
     records = data.get("records", [])
     if records and "evaluation" not in records[0]:
