@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from eossl.bench.report import read_saved_results, saved_results
+from eossl.errors import ConfigError
 from eossl.evaluate import results as R
 from eossl.evaluate.summary import label, row_infos, row_order
 
@@ -118,7 +119,10 @@ def main(argv=None) -> int:
     if path is None:
         raise SystemExit(f"{a.folder / 'results.json'}: no such file (nor results.json.gz; "
                          "run eossl benchmark or eossl report first)")
-    records = read_saved_results(path)["records"]
+    try:
+        records = read_saved_results(path)["records"]
+    except ConfigError as e:  # a script's error: the message, not a traceback
+        raise SystemExit(str(e)) from e
     print(tables(records, [parse_cell(c) for c in (a.cell or CELLS)]))
     return 0
 

@@ -71,5 +71,5 @@ def test_a_gzipped_results_file_gives_the_same_tables(readme_table, tmp_path, ca
     assert readme_table.main([str(packed), "--cell", cell]) == 0
     assert capsys.readouterr().out == want and "| moco" in want
     (packed / "results.json.gz").write_bytes(b"not gzip")
-    with pytest.raises(Exception, match="results.json.gz: not a readable benchmark results"):
+    with pytest.raises(SystemExit, match="results.json.gz: not a readable benchmark results"):
         readme_table.main([str(packed), "--cell", cell])

@@ -1,7 +1,6 @@
 """benchmarks/time_to_accuracy.py's tables, goal check and plot, on synthetic probe records (the
 pretraining and probing are eossl's own, tested elsewhere)."""
 
-
 import pytest
 from conftest import benchmark_script
 

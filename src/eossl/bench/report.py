@@ -65,7 +65,7 @@ def read_saved_results(path: Path) -> dict:
 
 def load_results(folder: BenchmarkFolder) -> tuple[Plan, dict, list[dict]]:
     """(plan, status, records) from the folder's evals/ and status.json, or from its
-    results.json when only that was kept."""
+    results.json (or results.json.gz) when only that was kept."""
     if folder.plan_path.exists() and (folder.root / "evals").is_dir():
         return folder.load_plan(), folder.status(), folder.all_eval_records()
     saved = saved_results(folder.root)
