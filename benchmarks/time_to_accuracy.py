@@ -310,6 +310,41 @@ def goal_lines(records: list[dict], at: float = 10.0) -> list[str]:
     return out
 
 
+def paired_lines(records: list[dict]) -> list[str]:
+    """Each row against the spectral baseline and against its own random twin on the same
+    units (seed x fold): the mean difference of the last-stage linear probe's balanced
+    accuracy (all labels) and on how many units the row is ahead. Reference rows are measured
+    on every seed in the folder while a row may have fewer, so only paired units compare."""
+    table = next((t for t in linear_tables(records) if "last" in t), None)
+    if table is None:
+        return []
+    sel = [r for r in records if r["table"] == table and r["metric"] == "balanced_accuracy"
+           and r["order"] == 1.0 and r["value"] is not None]
+    base = {(r["seed"], r["fold"]): r["value"] for r in sel
+            if r["method"] == "spectral baseline"}
+    twins: dict = defaultdict(dict)
+    for r in sel:
+        for member in r.get("twin_of") or ():
+            twins[member][(r["seed"], r["fold"])] = r["value"]
+    rows: dict = defaultdict(dict)
+    for r in sel:
+        if r["minutes"] > 0:
+            rows[(row_label(r), r["minutes"])][(r["seed"], r["fold"])] = r["value"]
+
+    def diff(units: dict, ref: dict) -> str:
+        d = [v - ref[u] for u, v in units.items() if u in ref]
+        if not d:
+            return "–"
+        return f"{sum(d) / len(d):+.3f} ({sum(x > 0 for x in d)}/{len(d)})"
+
+    out = [("| row | minutes | units | minus spectral baseline (units ahead) "
+            "| minus its random twin (units ahead) |"), "|---|---:|---:|---:|---:|"]
+    for (label, minutes), units in sorted(rows.items()):
+        out.append(f"| {label} | {minutes:g} | {len(units)} | {diff(units, base)} "
+                   f"| {diff(units, twins.get(label, {}))} |")
+    return out
+
+
 def plot(records: list[dict], fraction: float, path: Path) -> Path | None:
     """Balanced accuracy of the linear probe vs pretraining minutes, one line per method
     (variant), one panel per feature layer; error bars and bands: 95% CI over units."""
@@ -334,7 +369,11 @@ def plot(records: list[dict], fraction: float, path: Path) -> Path | None:
         for i, label in enumerate(methods):
             xs = [m for m in minutes if c[label].get(m)]
             stats = [mean_ci(c[label][m]) for m in xs]
-            ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] or 0 for s in stats],
+            # rows share their budgets: a small sideways offset (log axis, so a factor)
+            # keeps overlapping error bars apart
+            dodge = 1 + 0.04 * (i - (len(methods) - 1) / 2)
+            ax.errorbar([x * dodge for x in xs], [s[0] for s in stats],
+                        yerr=[s[1] or 0 for s in stats],
                         marker="o", capsize=3, label=label, color=colours[i % len(colours)])
         for j, label in enumerate(sorted(k for k in c if 0.0 in c[k])):
             mean, half = mean_ci(c[label][0.0])
@@ -363,7 +402,12 @@ def write_outputs(a, records: list[dict], sessions: list[dict]) -> None:
           "folds; a cell is the mean ± 95% CI half-width (Student t) over units, a unit being "
           "one seed on one fold; n: units; steps: mean pretraining steps reached. Reference "
           "rows (spectral baseline, random init) do not depend on the budget.", "",
-          *markdown(records, a.fractions), "Goal at 10 minutes:", "",
+          *markdown(records, a.fractions),
+          "### Paired: linear probe (last stage), balanced accuracy, 100% labels", "",
+          ("Each row minus the spectral baseline and minus its own random twin (same "
+           "architecture, random weights) on the same seeds and folds: mean difference "
+           "(units where the row is ahead / units)."), "",
+          *paired_lines(records), "", "Goal at 10 minutes:", "",
           *(goal_lines(records) or ["- no 10-minute runs in these results"]), "",
           "Sessions:", ""]
     md += [f"- {s['date']}: `{s['command']}` on {s['machine']['cpu_model']}, "

@@ -52,6 +52,16 @@ def test_tables_goal_and_plot(tta, tmp_path):
     assert any("simclr (bf16), 10 min" in g and "on 3 of 6 units" in g and "0.710" in g
                for g in goal)  # seed 0 above the baseline on its three folds, seed 1 below
 
+    for r in recs:  # the twin names the rows it is the random twin of, as probe_all writes it
+        if r["method"] == "random init":
+            r["twin_of"] = ["moco (fp32)"]
+    paired = "\n".join(tta.paired_lines(recs))
+    # moco 0.6 + 0.01 seed against the baseline's 0.5 + 0.01 fold and the twin's 0.3
+    assert "| moco (fp32) | 10 | 6 | +0.095 (6/6) | +0.305 (6/6) |" in paired
+    assert "| moco (fp32) | 1 | 6 | -0.110 (0/6) | +0.100 (6/6) |" in paired
+    simclr = next(ln for ln in paired.splitlines() if ln.startswith("| simclr (bf16) | 10 | 6 |"))
+    assert simclr.endswith("0.000 (3/6) | – |")  # ahead on seed 0 only; no twin of its own
+
     png = tta.plot(recs, 1.0, tmp_path / "tta.png")
     assert png.is_file() and png.stat().st_size > 5000
 
