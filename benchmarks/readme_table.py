@@ -92,8 +92,8 @@ def tables(records: list[dict], cells) -> str:
             if m not in v or twin not in v:
                 cells_text.append("-")
                 continue
-            units = sorted(set(v[m]) & set(v[twin]))
-            diffs = [v[m][u] - v[twin][u] for u in units]
+            paired = R.paired_diffs(v[m], v[twin])
+            units, diffs = list(paired), list(paired.values())
             if not diffs:
                 cells_text.append("-")
                 continue

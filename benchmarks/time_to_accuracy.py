@@ -331,8 +331,10 @@ def paired_lines(records: list[dict]) -> list[str]:
         if r["minutes"] > 0:
             rows[(row_label(r), r["minutes"])][(r["seed"], r["fold"])] = r["value"]
 
+    from eossl.evaluate.results import paired_diffs
+
     def diff(units: dict, ref: dict) -> str:
-        d = [v - ref[u] for u, v in units.items() if u in ref]
+        d = list(paired_diffs(units, ref).values())
         if not d:
             return "–"
         return f"{sum(d) / len(d):+.3f} ({sum(x > 0 for x in d)}/{len(d)})"

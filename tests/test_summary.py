@@ -113,3 +113,12 @@ def test_spectral_baseline_comparisons_and_holm():
     md, _ = _text(recs)
     assert re.search(r"against the spectral baseline: rows that lose to the spectral baseline on every "
                      r"seed and fold in accuracy and balanced accuracy: a \(", md)
+
+
+def test_paired_differences_use_only_units_both_rows_measured():
+    a = {(1, 0): 0.6, (0, 1): 0.5, (0, 0): 0.4, (2, 0): None}
+    b = {(0, 0): 0.5, (0, 1): 0.3, (1, 0): None, (3, 0): 0.1}
+    d = R.paired_diffs(a, b)
+    assert list(d) == [(0, 0), (0, 1)]  # unit order; a None on either side is skipped
+    assert d[(0, 0)] == pytest.approx(-0.1) and d[(0, 1)] == pytest.approx(0.2)
+    assert R.paired_diffs(a, {}) == {}

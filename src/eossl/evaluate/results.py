@@ -65,6 +65,13 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float 
     return float(v.mean()), float(half)
 
 
+def paired_diffs(a: dict, b: dict) -> dict:
+    """``a - b`` on the units both measured (keys such as (seed, fold); None skipped), in unit
+    order: the per-unit differences every "ahead on k of n units" in eossl's tables counts."""
+    return {u: a[u] - b[u] for u in sorted(a)
+            if u in b and a[u] is not None and b[u] is not None}
+
+
 def paired_t_p(diffs: Sequence[float]) -> float | None:
     """Two-sided p of a paired t-test on per-unit differences (None below two units or when
     every difference is the same: the test is undefined there)."""

@@ -159,10 +159,10 @@ def _compare(table, column, a, b, kind, cells_by_metric, metrics, lower) -> Comp
     for metric in metrics:
         va = cells_by_metric[metric][a].get(column, {})
         vb = cells_by_metric[metric][b].get(column, {})
-        units = sorted(u for u in va if u in vb and va[u] is not None and vb[u] is not None)
-        d = [(va[u] - vb[u]) * (-1 if metric in lower else 1) for u in units]
-        c.wins[metric] = (sum(x > 0 for x in d), len(units))
-        c.diffs[metric] = float(np.mean([va[u] - vb[u] for u in units])) if units else np.nan
+        paired = R.paired_diffs(va, vb)
+        d = [x * (-1 if metric in lower else 1) for x in paired.values()]
+        c.wins[metric] = (sum(x > 0 for x in d), len(d))
+        c.diffs[metric] = float(np.mean(list(paired.values()))) if paired else np.nan
         if first_diffs is None:
             first_diffs = d
     c.p = R.paired_t_p(first_diffs or [])
@@ -201,10 +201,9 @@ def comparisons(ev, recs: list[dict], models: list[str], infos: dict) -> list[Co
                 for metric in metrics:
                     cells = by_metric[metric][m]
                     va, vb = cells.get(a, {}), cells.get(b, {})
-                    units = sorted(u for u in va if u in vb and va[u] is not None
-                                   and vb[u] is not None)
-                    d = [(va[u] - vb[u]) * (-1 if metric in lower else 1) for u in units]
-                    cmp.wins[metric] = (sum(x > 0 for x in d), len(units))
+                    d = [x * (-1 if metric in lower else 1)
+                         for x in R.paired_diffs(va, vb).values()]
+                    cmp.wins[metric] = (sum(x > 0 for x in d), len(d))
                     cmp.diffs[metric] = float(np.mean(d)) if d else np.nan
                     first = d if first is None else first
                 cmp.p = R.paired_t_p(first or [])
